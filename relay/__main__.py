@@ -1,0 +1,127 @@
+"""Command line: `python -m relay [-c FILE]`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+import trio
+
+from relay import __version__
+from relay.config import DEMO_PASSWORD, DEMO_USERNAME, Config, default_config
+from relay.errors import ConfigError
+
+EXIT_CONFIG = 2
+
+_LEVELS = {
+    "TRACE": logging.DEBUG,
+    "DEBUG": logging.DEBUG,
+    "INFO": logging.INFO,
+    "WARN": logging.WARNING,
+    "WARNING": logging.WARNING,
+    "ERROR": logging.ERROR,
+    "CRITICAL": logging.CRITICAL,
+    "DISABLE": logging.CRITICAL + 10,
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m relay",
+        description=(
+            "relay: a WebRTC relay. TURN/STUN media gateway (STUNner-style listeners and "
+            "clusters), nextcloud-spreed-signaling compatible signaling server, and "
+            "Prometheus metrics with health endpoints. Without -c it runs an embedded "
+            "default: TURN/UDP on 127.0.0.1:3478 with a demo credential."
+        ),
+    )
+    p.add_argument("-c", "--config", metavar="FILE",
+                   help="configuration file (StunnerConfig v1, YAML or JSON)")
+    p.add_argument("--check-config", action="store_true",
+                   help="validate the configuration, print a summary and exit")
+    p.add_argument("--print-default-config", action="store_true",
+                   help="print the embedded default configuration and exit")
+    p.add_argument("--version", action="version", version=f"relay {__version__}")
+    return p.parse_args(argv)
+
+
+def setup_logging(loglevel: str) -> None:
+    """STUNner's `all:INFO,turn:DEBUG` form: `all` sets the root, others name loggers."""
+    root_level = logging.INFO
+    per_logger: dict[str, int] = {}
+    for part in loglevel.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        scope, _, level = part.rpartition(":")
+        lvl = _LEVELS.get(level.upper(), logging.INFO)
+        if scope in ("", "all"):
+            root_level = lvl
+        else:
+            per_logger[f"relay.{scope}"] = lvl
+    logging.basicConfig(
+        level=root_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger().setLevel(root_level)
+    for name, lvl in per_logger.items():
+        logging.getLogger(name).setLevel(lvl)
+
+
+async def _main(config: Config, announce_demo: bool) -> None:
+    from relay.app import describe, run
+
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            runtime = await nursery.start(run, config)
+            for line in describe(runtime):
+                print(line, flush=True)
+            if announce_demo:
+                print(
+                    f"demo TURN credential: username={DEMO_USERNAME} password={DEMO_PASSWORD} "
+                    f"realm={config.auth.realm}",
+                    flush=True,
+                )
+            print("relay is ready; Ctrl-C or SIGTERM stops it", flush=True)
+            async for signum in signals:
+                logging.getLogger("relay").info(
+                    "received %s, shutting down", signal.Signals(signum).name
+                )
+                runtime.health.shutting_down = True
+                nursery.cancel_scope.cancel()
+                break
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.print_default_config:
+        from relay.config import DEFAULT_CONFIG_YAML
+
+        sys.stdout.write(DEFAULT_CONFIG_YAML)
+        return 0
+    try:
+        config = Config.from_file(args.config) if args.config else default_config()
+    except ConfigError as exc:
+        print(f"relay: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.check_config:
+        print(f"configuration OK: {len(config.listeners)} listener(s), "
+              f"{len(config.clusters)} cluster(s), auth {config.auth.type}")
+        return 0
+    setup_logging(config.admin.loglevel)
+    try:
+        trio.run(_main, config, args.config is None)
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        # Typically a port already in use: say which, no traceback.
+        print(f"relay: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

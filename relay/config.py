@@ -1,0 +1,679 @@
+"""relay's configuration: STUNner's `StunnerConfig` v1 schema plus our own sections.
+
+The native schema is STUNner's (`version`, `admin`, `auth`, `listeners`, `clusters`), so a
+STUNner user can bring a config file as it is.  relay's extensions live in sections of their
+own: `stats` (access gate of the HTTP endpoints), `turn` (relay ports, quotas, lifetimes,
+relay addresses) and `signaling` (the spreed signaling server, parsed by
+`relay.signaling.config`).
+
+Everything is validated here, at the edge: a bad value raises `ConfigError` naming the key
+and the reason, e.g. ``listeners[0].port: 70000 is not a port``.  The result is a tree of
+frozen attrs objects.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import yaml
+
+from relay.errors import ConfigError
+
+T = TypeVar("T")
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# --- STUNner defaults (pkg/apis/v1/default.go) -------------------------------------------
+DEFAULT_REALM = "stunner.l7mp.io"
+DEFAULT_PORT = 3478
+DEFAULT_ADMIN_NAME = "default-stunnerd"
+DEFAULT_LOGLEVEL = "all:INFO"
+DEFAULT_HEALTHCHECK = "http://127.0.0.1:8086"
+
+LISTENER_PROTOCOLS = {
+    "UDP": "TURN-UDP",
+    "TURN-UDP": "TURN-UDP",
+    "TCP": "TURN-TCP",
+    "TURN-TCP": "TURN-TCP",
+    "TLS": "TURN-TLS",
+    "TURN-TLS": "TURN-TLS",
+    "DTLS": "TURN-DTLS",
+    "TURN-DTLS": "TURN-DTLS",
+}
+# Protocols relay serves today; the others are refused with a clear error, not ignored.
+SUPPORTED_LISTENER_PROTOCOLS = frozenset({"TURN-UDP"})
+
+AUTH_TYPES = {
+    "static": "static",
+    "plaintext": "static",
+    "ephemeral": "ephemeral",
+    "longterm": "ephemeral",
+    "none": "none",
+}
+
+_LOGLEVELS = {"TRACE", "DEBUG", "INFO", "WARN", "WARNING", "ERROR", "DISABLE", "CRITICAL"}
+
+
+# --- the tree -----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Endpoint:
+    """An HTTP endpoint in STUNner's URL form (``http://127.0.0.1:8080/metrics``)."""
+
+    host: str
+    port: int
+    path: str
+
+    @property
+    def bind_host(self) -> str:
+        return self.host or "0.0.0.0"
+
+
+@attrs.frozen
+class StaticUser:
+    username: str
+    password: str
+
+
+@attrs.frozen
+class AuthConfig:
+    type: str = "static"
+    realm: str = DEFAULT_REALM
+    users: tuple[StaticUser, ...] = ()
+    secrets: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class AdminConfig:
+    name: str = DEFAULT_ADMIN_NAME
+    loglevel: str = DEFAULT_LOGLEVEL
+    metrics_endpoint: Endpoint | None = None
+    healthcheck_endpoint: Endpoint | None = None
+    user_quota: int = 0
+
+
+@attrs.frozen
+class ListenerConfig:
+    name: str
+    protocol: str = "TURN-UDP"
+    address: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    public_address: str = ""
+    public_port: int = 0
+    routes: tuple[str, ...] = ()
+    cert: str = ""
+    key: str = ""
+
+
+@attrs.frozen
+class PortRange:
+    """One cluster endpoint: a network plus an optional inclusive port range."""
+
+    network: IPNetwork
+    min_port: int = 0
+    max_port: int = 65535
+
+    def contains(self, ip: IPAddress, port: int) -> bool:
+        return ip in self.network and self.min_port <= port <= self.max_port
+
+
+@attrs.frozen
+class ClusterConfig:
+    name: str
+    type: str = "STATIC"
+    protocol: str = "UDP"
+    endpoints: tuple[PortRange, ...] = ()
+    hostnames: tuple[str, ...] = ()  # STRICT_DNS endpoints, resolved by the gateway
+
+
+@attrs.frozen
+class StatsConfig:
+    allowed_ips: tuple[IPNetwork, ...] = (
+        ipaddress.ip_network("127.0.0.1/32"),
+        ipaddress.ip_network("::1/128"),
+    )
+    trusted_proxies: tuple[IPNetwork, ...] = (
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
+
+
+@attrs.frozen
+class TurnConfig:
+    min_port: int = 49152
+    max_port: int = 65535
+    relay_address: str = ""  # IPv4 address put in XOR-RELAYED-ADDRESS; "" = derive
+    relay_address_v6: str = ""  # IPv6 relay address; "" = no IPv6 relay unless derivable
+    default_lifetime: int = 600
+    max_lifetime: int = 3600
+    permission_lifetime: int = 300
+    channel_lifetime: int = 600
+    nonce_lifetime: int = 600
+    total_quota: int = 0  # allocations in all; 0 = unlimited
+    max_permissions: int = 1024  # per allocation (coturn's cap)
+    max_channels: int = 1024  # per allocation
+    software: str = "relay"
+    unauthorized_ratelimit: int = 10  # 401 answers per source IP per second; 0 = unlimited
+    udp_receive_buffer: int = 4 * 1024 * 1024
+
+
+@attrs.frozen
+class Config:
+    version: str = "v1"
+    admin: AdminConfig = AdminConfig()
+    auth: AuthConfig = AuthConfig()
+    listeners: tuple[ListenerConfig, ...] = ()
+    clusters: tuple[ClusterConfig, ...] = ()
+    stats: StatsConfig = StatsConfig()
+    turn: TurnConfig = TurnConfig()
+    signaling: Any = None  # relay.signaling.config.SignalingConfig when configured
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Config:
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(str(p), f"cannot read: {exc.strerror or exc}") from None
+        return cls.from_text(text, source=str(p))
+
+    @classmethod
+    def from_text(cls, text: str, source: str = "<config>") -> Config:
+        try:
+            if source.endswith(".json"):
+                raw = json.loads(text)
+            else:  # YAML is a superset of JSON
+                raw = yaml.safe_load(text)
+        except (yaml.YAMLError, json.JSONDecodeError) as exc:
+            raise ConfigError(source, f"not valid YAML/JSON: {_one_line(str(exc))}") from None
+        if raw is None:
+            raw = {}
+        return cls.from_mapping(raw)
+
+    @classmethod
+    def from_mapping(cls, raw: Any) -> Config:
+        return _parse_config(raw)
+
+    def cluster(self, name: str) -> ClusterConfig | None:
+        for c in self.clusters:
+            if c.name == name:
+                return c
+        return None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+# --- a small typed reader that keeps the key path for error messages ----------------------
+
+
+class Section:
+    """A mapping being read, with its key path, refusing keys nobody read."""
+
+    def __init__(self, raw: Any, path: str) -> None:
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, Mapping):
+            raise ConfigError(path or "<root>", f"must be a mapping, not {_kind(raw)}")
+        for k in raw:
+            if not isinstance(k, str):
+                raise ConfigError(path or "<root>", f"key {k!r} is not a string")
+        self.raw: Mapping[str, Any] = raw
+        self.path = path
+        self._seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def has(self, name: str) -> bool:
+        return name in self.raw and self.raw[name] is not None
+
+    def get(self, name: str, default: Any = None) -> Any:
+        self._seen.add(name)
+        v = self.raw.get(name)
+        return default if v is None else v
+
+    def get_str(self, name: str, default: str = "") -> str:
+        v = self.get(name, default)
+        if isinstance(v, bool) or not isinstance(v, str | int | float):
+            raise ConfigError(self.key(name), f"must be a string, not {_kind(v)}")
+        return str(v)
+
+    def get_int(
+        self, name: str, default: int, *, min: int | None = None, max: int | None = None
+    ) -> int:
+        v = self.get(name, default)
+        if isinstance(v, str) and re.fullmatch(r"\s*-?\d+\s*", v):
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(self.key(name), f"{v!r} is not an integer")
+        if min is not None and v < min:
+            raise ConfigError(self.key(name), f"{v} is below the minimum {min}")
+        if max is not None and v > max:
+            raise ConfigError(self.key(name), f"{v} is above the maximum {max}")
+        return v
+
+    def get_port(self, name: str, default: int, *, allow_zero: bool = False) -> int:
+        v = self.get(name, default)
+        if isinstance(v, str) and v.strip().isdigit():
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int) or not (
+            (0 if allow_zero else 1) <= v <= 65535
+        ):
+            raise ConfigError(self.key(name), f"{v!r} is not a port")
+        return v
+
+    def get_bool(self, name: str, default: bool) -> bool:
+        v = self.get(name, default)
+        words = {"true": True, "yes": True, "on": True, "1": True,
+                 "false": False, "no": False, "off": False, "0": False}
+        if isinstance(v, str) and v.lower() in words:
+            return words[v.lower()]
+        if not isinstance(v, bool):
+            raise ConfigError(self.key(name), f"{v!r} is not a boolean")
+        return v
+
+    def get_list(self, name: str) -> list[Any]:
+        v = self.get(name, [])
+        if isinstance(v, str):
+            return [v]
+        if not isinstance(v, Sequence):
+            raise ConfigError(self.key(name), f"must be a list, not {_kind(v)}")
+        return list(v)
+
+    def section(self, name: str) -> Section:
+        return Section(self.get(name, {}), self.key(name))
+
+    def items(self, name: str, parse: Callable[[Any, str], T]) -> tuple[T, ...]:
+        key = self.key(name)
+        return tuple(parse(item, f"{key}[{i}]") for i, item in enumerate(self.get_list(name)))
+
+    def done(self) -> None:
+        unknown = sorted(set(self.raw) - self._seen)
+        if unknown:
+            raise ConfigError(self.key(unknown[0]), "unknown key")
+
+
+def _kind(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, Mapping):
+        return "a mapping"
+    if isinstance(v, list | tuple):
+        return "a list"
+    return type(v).__name__
+
+
+# --- sections ------------------------------------------------------------------------------
+
+
+def parse_endpoint(value: str, key: str, *, default_port: int, default_path: str) -> Endpoint:
+    """STUNner's endpoint URL: ``http://host:port/path``; host may be empty (all addresses)."""
+    text = value.strip()
+    if "://" not in text:
+        text = "http://" + text
+    try:
+        u = urllib.parse.urlsplit(text)
+        port = u.port
+    except ValueError as exc:
+        raise ConfigError(key, f"{value!r} is not a valid URL: {exc}") from None
+    if u.scheme != "http":
+        raise ConfigError(key, f"{value!r}: only http:// is served")
+    host = u.hostname or ""
+    if host:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if host != "localhost":
+                raise ConfigError(key, f"{value!r}: host must be an IP address") from None
+    return Endpoint(host=host, port=port or default_port, path=u.path or default_path)
+
+
+def _parse_admin(raw: Any, key: str) -> AdminConfig:
+    s = Section(raw, key)
+    name = s.get_str("name", DEFAULT_ADMIN_NAME)
+    loglevel = s.get_str("loglevel", DEFAULT_LOGLEVEL)
+    _check_loglevel(loglevel, s.key("loglevel"))
+    metrics_raw = s.get_str("metrics_endpoint", "")
+    metrics = (
+        parse_endpoint(metrics_raw, s.key("metrics_endpoint"), default_port=8080,
+                       default_path="/metrics")
+        if metrics_raw
+        else None
+    )
+    health_val = s.get("healthcheck_endpoint", DEFAULT_HEALTHCHECK)
+    if not isinstance(health_val, str):
+        raise ConfigError(s.key("healthcheck_endpoint"), "must be a string URL")
+    health = (
+        parse_endpoint(health_val, s.key("healthcheck_endpoint"), default_port=8086,
+                       default_path="/")
+        if health_val
+        else None
+    )
+    user_quota = s.get_int("user_quota", 0, min=0)
+    s.get("offload_engine")
+    s.get("offload_interfaces")
+    s.get("license_config")
+    s.done()
+    return AdminConfig(name, loglevel, metrics, health, user_quota)
+
+
+def _check_loglevel(text: str, key: str) -> None:
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        level = part.split(":", 1)[1] if ":" in part else part
+        if level.upper() not in _LOGLEVELS:
+            raise ConfigError(key, f"unknown log level {level!r}")
+
+
+def _parse_auth(raw: Any, key: str) -> AuthConfig:
+    s = Section(raw, key)
+    type_raw = s.get_str("type", "static").lower()
+    if type_raw not in AUTH_TYPES:
+        raise ConfigError(s.key("type"), f"{type_raw!r} is not one of static, ephemeral, none")
+    auth_type = AUTH_TYPES[type_raw]
+    realm = s.get_str("realm", DEFAULT_REALM)
+    if not realm or len(realm.encode()) > 763:
+        raise ConfigError(s.key("realm"), "must be 1..763 bytes")
+    creds = s.section("credentials")
+    users: list[StaticUser] = []
+    secrets: list[str] = []
+    if creds.has("username") or creds.has("password"):
+        users.append(StaticUser(creds.get_str("username"), creds.get_str("password")))
+    if creds.has("secret"):
+        v = creds.get("secret")
+        items = v if isinstance(v, list) else [v]
+        for i, item in enumerate(items):
+            if not isinstance(item, str) or not item:
+                raise ConfigError(creds.key(f"secret[{i}]"), "must be a non-empty string")
+            secrets.append(item)
+    creds.done()
+    for i, u in enumerate(s.get_list("users")):
+        us = Section(u, f"{s.key('users')}[{i}]")
+        users.append(StaticUser(us.get_str("username"), us.get_str("password")))
+        us.done()
+    for i, u in enumerate(users):
+        if not u.username:
+            raise ConfigError(s.key("credentials.username") if i == 0 else s.key(f"users[{i}]"),
+                              "username must not be empty")
+        if len(u.username.encode()) > 509:
+            raise ConfigError(s.key("credentials.username"), "username longer than 509 bytes")
+    if auth_type == "static" and not users:
+        raise ConfigError(s.key("credentials"), "static auth needs a username and password")
+    if auth_type == "ephemeral" and not secrets:
+        raise ConfigError(s.key("credentials.secret"), "ephemeral auth needs a shared secret")
+    s.done()
+    return AuthConfig(auth_type, realm, tuple(users), tuple(secrets))
+
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9._/-]{1,253}$")
+
+
+def _check_name(name: str, key: str) -> None:
+    if not _NAME_RE.match(name):
+        raise ConfigError(key, f"{name!r} is not a valid name (letters, digits, . _ - /)")
+
+
+def _parse_listener(raw: Any, key: str) -> ListenerConfig:
+    s = Section(raw, key)
+    name = s.get_str("name")
+    if not name:
+        raise ConfigError(s.key("name"), "is required")
+    _check_name(name, s.key("name"))
+    proto_raw = s.get_str("protocol", "TURN-UDP").upper()
+    if proto_raw not in LISTENER_PROTOCOLS:
+        raise ConfigError(s.key("protocol"), f"{proto_raw!r} is not a listener protocol")
+    protocol = LISTENER_PROTOCOLS[proto_raw]
+    if protocol not in SUPPORTED_LISTENER_PROTOCOLS:
+        raise ConfigError(s.key("protocol"), f"{protocol} listeners are not supported yet")
+    address = s.get_str("address", "0.0.0.0")
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise ConfigError(s.key("address"), f"{address!r} is not an IP address") from None
+    port = s.get_port("port", DEFAULT_PORT, allow_zero=True)
+    public_address = s.get_str("public_address", "")
+    if public_address:
+        try:
+            ipaddress.ip_address(public_address)
+        except ValueError:
+            raise ConfigError(s.key("public_address"), f"{public_address!r} is not an IP address"
+                              ) from None
+    public_port = s.get_port("public_port", 0, allow_zero=True)
+    rkey = s.key("routes")
+    routes = tuple(_str_item(v, f"{rkey}[{i}]") for i, v in enumerate(s.get_list("routes")))
+    cert = s.get_str("cert", "")
+    tls_key = s.get_str("key", "")
+    s.get("min_relay_port")
+    s.get("max_relay_port")
+    s.done()
+    return ListenerConfig(name, protocol, address, port, public_address, public_port, routes,
+                          cert, tls_key)
+
+
+def _str_item(v: Any, key: str) -> str:
+    if not isinstance(v, str) or not v:
+        raise ConfigError(key, "must be a non-empty string")
+    return v
+
+
+def parse_cluster_endpoint(text: str, key: str) -> PortRange:
+    """`IP`, `CIDR`, either with an optional `:<min-max>` port range (STUNner's form)."""
+    t = text.strip()
+    lo, hi = 0, 65535
+    m = re.fullmatch(r"(?P<addr>.+?):<(?P<lo>\d+)-(?P<hi>\d+)>", t)
+    if m:
+        t = m.group("addr")
+        lo, hi = int(m.group("lo")), int(m.group("hi"))
+        if not (0 <= lo <= hi <= 65535):
+            raise ConfigError(key, f"{text!r}: bad port range {lo}-{hi}")
+    if t.startswith("[") and t.endswith("]"):
+        t = t[1:-1]
+    try:
+        net = ipaddress.ip_network(t, strict=False)
+    except ValueError:
+        raise ConfigError(key, f"{text!r} is not an IP address or CIDR") from None
+    return PortRange(net, lo, hi)
+
+
+def _parse_cluster(raw: Any, key: str) -> ClusterConfig:
+    s = Section(raw, key)
+    name = s.get_str("name")
+    if not name:
+        raise ConfigError(s.key("name"), "is required")
+    _check_name(name, s.key("name"))
+    ctype = s.get_str("type", "STATIC").upper()
+    if ctype not in ("STATIC", "STRICT_DNS"):
+        raise ConfigError(s.key("type"), f"{ctype!r} is not STATIC or STRICT_DNS")
+    proto = s.get_str("protocol", "UDP").upper()
+    if proto not in ("UDP", "TCP"):
+        raise ConfigError(s.key("protocol"), f"{proto!r} is not UDP or TCP")
+    if proto == "TCP":
+        raise ConfigError(s.key("protocol"), "TCP clusters are not supported yet")
+    eps: list[PortRange] = []
+    hosts: list[str] = []
+    for i, item in enumerate(s.get_list("endpoints")):
+        ekey = f"{s.key('endpoints')}[{i}]"
+        text = _str_item(item, ekey)
+        if ctype == "STATIC":
+            eps.append(parse_cluster_endpoint(text, ekey))
+        else:
+            if not re.fullmatch(r"[A-Za-z0-9.-]{1,253}", text):
+                raise ConfigError(ekey, f"{text!r} is not a DNS name")
+            hosts.append(text)
+    s.done()
+    return ClusterConfig(name, ctype, proto, tuple(eps), tuple(hosts))
+
+
+def parse_networks(values: list[Any], key: str) -> tuple[IPNetwork, ...]:
+    out = []
+    for i, v in enumerate(values):
+        k = f"{key}[{i}]"
+        if not isinstance(v, str):
+            raise ConfigError(k, "must be an IP address or CIDR string")
+        try:
+            out.append(ipaddress.ip_network(v.strip(), strict=False))
+        except ValueError:
+            raise ConfigError(k, f"{v!r} is not an IP address or CIDR") from None
+    return tuple(out)
+
+
+def _parse_stats(raw: Any, key: str) -> StatsConfig:
+    s = Section(raw, key)
+    d = StatsConfig()
+
+    def nets(name: str, default: tuple[IPNetwork, ...]) -> tuple[IPNetwork, ...]:
+        if not s.has(name):
+            s.get(name)
+            return default
+        v = s.get(name)
+        if isinstance(v, str):  # spreed-signaling's comma-separated form
+            v = [p for p in (x.strip() for x in v.split(",")) if p]
+        if not isinstance(v, list):
+            raise ConfigError(s.key(name), "must be a list of IPs/CIDRs")
+        return parse_networks(v, s.key(name))
+
+    allowed = nets("allowed_ips", d.allowed_ips)
+    trusted = nets("trusted_proxies", d.trusted_proxies)
+    s.done()
+    return StatsConfig(allowed, trusted)
+
+
+def _parse_turn(raw: Any, key: str) -> TurnConfig:
+    s = Section(raw, key)
+    d = TurnConfig()
+    min_port = s.get_port("min_port", d.min_port)
+    max_port = s.get_port("max_port", d.max_port)
+    if min_port > max_port:
+        raise ConfigError(s.key("min_port"), f"{min_port} is above max_port {max_port}")
+    relay4 = s.get_str("relay_address", "")
+    relay6 = s.get_str("relay_address_v6", "")
+    for name, val, ver in (("relay_address", relay4, 4), ("relay_address_v6", relay6, 6)):
+        if val:
+            try:
+                ip = ipaddress.ip_address(val)
+            except ValueError:
+                raise ConfigError(s.key(name), f"{val!r} is not an IP address") from None
+            if ip.version != ver:
+                raise ConfigError(s.key(name), f"{val!r} is not an IPv{ver} address")
+    default_lifetime = s.get_int("default_lifetime", d.default_lifetime, min=1, max=86400)
+    max_lifetime = s.get_int("max_lifetime", d.max_lifetime, min=1, max=86400)
+    if max_lifetime < default_lifetime:
+        raise ConfigError(s.key("max_lifetime"),
+                          f"{max_lifetime} is below default_lifetime {default_lifetime}")
+    cfg = TurnConfig(
+        min_port=min_port,
+        max_port=max_port,
+        relay_address=relay4,
+        relay_address_v6=relay6,
+        default_lifetime=default_lifetime,
+        max_lifetime=max_lifetime,
+        permission_lifetime=s.get_int("permission_lifetime", d.permission_lifetime,
+                                      min=1, max=3600),
+        channel_lifetime=s.get_int("channel_lifetime", d.channel_lifetime, min=1, max=3600),
+        nonce_lifetime=s.get_int("nonce_lifetime", d.nonce_lifetime, min=10, max=86400),
+        total_quota=s.get_int("total_quota", d.total_quota, min=0),
+        max_permissions=s.get_int("max_permissions", d.max_permissions, min=1),
+        max_channels=s.get_int("max_channels", d.max_channels, min=1, max=0x1000),
+        software=s.get_str("software", d.software),
+        unauthorized_ratelimit=s.get_int("unauthorized_ratelimit", d.unauthorized_ratelimit, min=0),
+        udp_receive_buffer=s.get_int("udp_receive_buffer", d.udp_receive_buffer, min=0),
+    )
+    s.done()
+    return cfg
+
+
+def _parse_config(raw: Any) -> Config:
+    root = Section(raw, "")
+    version = root.get_str("version", "")
+    if version != "v1":
+        raise ConfigError("version", f"{version!r} is not supported (only v1)")
+    admin = _parse_admin(root.get("admin"), "admin")
+    auth = _parse_auth(root.get("auth"), "auth")
+    listeners = root.items("listeners", _parse_listener)
+    clusters = root.items("clusters", _parse_cluster)
+    stats = _parse_stats(root.get("stats"), "stats")
+    turn = _parse_turn(root.get("turn"), "turn")
+    signaling = None
+    if root.has("signaling"):
+        from relay.signaling.config import parse_signaling
+
+        signaling = parse_signaling(root.get("signaling"), "signaling")
+    else:
+        root.get("signaling")
+    root.done()
+
+    _check_unique([lis.name for lis in listeners], "listeners")
+    _check_unique([c.name for c in clusters], "clusters")
+    cluster_names = {c.name for c in clusters}
+    for i, lis in enumerate(listeners):
+        for j, r in enumerate(lis.routes):
+            if r not in cluster_names:
+                raise ConfigError(f"listeners[{i}].routes[{j}]", f"no cluster named {r!r}")
+    seen: dict[tuple[str, int], int] = {}
+    for i, lis in enumerate(listeners):
+        if lis.port and (lis.address, lis.port) in seen:
+            raise ConfigError(f"listeners[{i}].port",
+                              f"{lis.address}:{lis.port} is also used by listeners"
+                              f"[{seen[(lis.address, lis.port)]}]")
+        seen[(lis.address, lis.port)] = i
+    return Config(version, admin, auth, listeners, clusters, stats, turn, signaling)
+
+
+def _check_unique(names: list[str], key: str) -> None:
+    seen: dict[str, int] = {}
+    for i, n in enumerate(names):
+        if n in seen:
+            raise ConfigError(f"{key}[{i}].name", f"{n!r} is already used by {key}[{seen[n]}]")
+        seen[n] = i
+
+
+# --- the embedded default ---------------------------------------------------------------
+
+DEMO_USERNAME = "demo"
+DEMO_PASSWORD = "demo-password"
+
+DEFAULT_CONFIG_YAML = f"""\
+# relay's embedded default: a TURN/UDP listener on loopback with a demo credential.
+version: v1
+admin:
+  name: relay
+  loglevel: all:INFO
+  metrics_endpoint: http://127.0.0.1:8080/metrics
+  healthcheck_endpoint: http://127.0.0.1:8086
+auth:
+  type: static
+  realm: relay.local
+  credentials:
+    username: {DEMO_USERNAME}
+    password: {DEMO_PASSWORD}
+listeners:
+  - name: udp-listener
+    protocol: TURN-UDP
+    address: 127.0.0.1
+    port: 3478
+    routes: [loopback-peers]
+clusters:
+  - name: loopback-peers
+    type: STATIC
+    endpoints: [127.0.0.1/32]
+turn:
+  min_port: 49152
+  max_port: 65535
+"""
+
+
+def default_config() -> Config:
+    return Config.from_text(DEFAULT_CONFIG_YAML, source="<embedded default>")

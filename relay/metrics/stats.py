@@ -1,0 +1,174 @@
+"""Plain-int statistics bumped by the data plane and read by the collector at scrape time.
+
+Nothing here allocates per packet or calls prometheus_client: the loops do `x += 1` on
+slotted objects and the collector (`relay.metrics.collector`) turns them into metric families
+when Prometheus scrapes.  Label values come from fixed sets (methods, result codes, reasons),
+never from a client.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+
+
+class Traffic:
+    """Packets and bytes in each direction (rx = received by relay, tx = sent by relay)."""
+
+    __slots__ = ("rx_bytes", "rx_packets", "tx_bytes", "tx_packets")
+
+    def __init__(self) -> None:
+        self.rx_packets = 0
+        self.rx_bytes = 0
+        self.tx_packets = 0
+        self.tx_bytes = 0
+
+
+class ConnectionStats:
+    """One STUNner listener or cluster: active and total connections plus traffic.
+
+    For a UDP listener a "connection" is an allocation; for a cluster it is a peer
+    permission admitted through that cluster.
+    """
+
+    __slots__ = ("connections", "connections_total", "name", "traffic")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.connections = 0
+        self.connections_total = 0
+        self.traffic = Traffic()
+
+    def opened(self) -> None:
+        self.connections += 1
+        self.connections_total += 1
+
+    def closed(self) -> None:
+        self.connections -= 1
+
+
+class Histogram:
+    """A fixed-bucket histogram as plain ints (cumulative counts are made at scrape time)."""
+
+    __slots__ = ("bounds", "count", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(sorted(bounds))
+        self.counts = [0] * (len(self.bounds) + 1)  # last slot: +Inf
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        out = []
+        acc = 0
+        for b, c in zip(self.bounds, self.counts, strict=False):
+            acc += c
+            out.append((_fmt_bound(b), acc))
+        acc += self.counts[-1]
+        out.append(("+Inf", acc))
+        return out
+
+
+def _fmt_bound(b: float) -> str:
+    return repr(float(b))
+
+
+# Label value sets: everything a label can take is listed here.
+METHODS = ("binding", "allocate", "refresh", "create_permission", "channel_bind", "other")
+AUTH_FAILURE_REASONS = (
+    "missing_credentials",  # no USERNAME/MESSAGE-INTEGRITY: the ordinary first 401 challenge
+    "unknown_user",
+    "bad_integrity",
+    "stale_nonce",
+    "bad_nonce",
+    "expired_credential",
+    "malformed_username",
+    "wrong_realm",
+    "wrong_user",  # 441: another user on an existing allocation
+)
+PEER_REFUSAL_REASONS = (
+    "no_route",  # outside every cluster on the listener's routes
+    "port_not_allowed",  # inside a cluster network but outside its port range
+    "loopback",
+    "unspecified",
+    "link_local",
+    "multicast",
+    "reserved",
+    "broadcast",
+    "private",
+    "own_address",  # one of relay's own listener, relay, metrics or health addresses
+    "family_mismatch",
+)
+DROP_REASONS = (
+    "no_permission",
+    "unbound_channel",
+    "malformed",
+    "send_buffer_full",
+    "peer_not_allowed",
+    "no_allocation",
+    "ratelimited",
+    "too_large",
+)
+QUOTA_KINDS = ("user", "total", "permissions", "channels", "ports")
+
+LIFETIME_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 43200, 86400)
+LATENCY_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+)
+
+
+class TurnStats:
+    """Every counter of the TURN gateway."""
+
+    __slots__ = (
+        "allocation_lifetime",
+        "allocations_active",
+        "allocations_total",
+        "auth_failures",
+        "channels_active",
+        "clusters",
+        "drops",
+        "listeners",
+        "peer_refusals",
+        "permissions_active",
+        "quota_rejections",
+        "request_latency",
+        "requests",
+    )
+
+    def __init__(self) -> None:
+        self.listeners: dict[str, ConnectionStats] = {}
+        self.clusters: dict[str, ConnectionStats] = {}
+        self.allocations_active = 0
+        self.allocations_total = 0
+        self.permissions_active = 0
+        self.channels_active = 0
+        # (method, result) -> count; result is "success" or an error code such as "401"
+        self.requests: dict[tuple[str, str], int] = {}
+        self.auth_failures: dict[str, int] = dict.fromkeys(AUTH_FAILURE_REASONS, 0)
+        self.peer_refusals: dict[str, int] = dict.fromkeys(PEER_REFUSAL_REASONS, 0)
+        self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
+        self.quota_rejections: dict[str, int] = dict.fromkeys(QUOTA_KINDS, 0)
+        self.allocation_lifetime = Histogram(LIFETIME_BUCKETS)
+        self.request_latency = Histogram(LATENCY_BUCKETS)
+
+    def listener(self, name: str) -> ConnectionStats:
+        st = self.listeners.get(name)
+        if st is None:
+            st = self.listeners[name] = ConnectionStats(name)
+        return st
+
+    def cluster(self, name: str) -> ConnectionStats:
+        st = self.clusters.get(name)
+        if st is None:
+            st = self.clusters[name] = ConnectionStats(name)
+        return st
+
+    def count_request(self, method: str, result: str) -> None:
+        key = (method, result)
+        self.requests[key] = self.requests.get(key, 0) + 1

@@ -1,0 +1,1 @@
+"""The only code that touches sockets: UDP listeners, relay sockets, the drain loops."""

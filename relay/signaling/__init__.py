@@ -1,0 +1,1 @@
+"""The nextcloud-spreed-signaling compatible signaling server."""

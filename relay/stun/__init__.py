@@ -1,0 +1,1 @@
+"""The STUN/TURN wire codec (sans-IO; never imports trio)."""

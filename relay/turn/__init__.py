@@ -1,0 +1,1 @@
+"""The TURN server core: allocations, permissions, channels, auth, quotas, peer policy (sans-IO)."""

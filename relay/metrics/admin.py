@@ -1,0 +1,360 @@
+"""The admin HTTP app: `/metrics` for Prometheus and `/live`, `/ready`, `/status` for probes.
+
+A small ASGI app (no framework) served by hypercorn's Trio worker inside relay's nursery.
+
+- `/metrics` (at `admin.metrics_endpoint`) answers the Prometheus text format 0.0.4 and
+  nothing else, whatever the `Accept` header asks: relay's STUNner names pair a gauge `X`
+  with a counter `X_total`, which OpenMetrics cannot carry.  It is gated like
+  spreed-signaling's stats endpoints (`relay.metrics.gate`): clients outside
+  `stats.allowed_ips` get 403.
+- `/live`, `/ready`, `/status` (under `admin.healthcheck_endpoint`) are open to everyone, so
+  load balancers and Kubernetes can probe them, and serve no secrets.
+- Hostile clients are bounded by hypercorn's limits (header size, read and keep-alive
+  timeouts, requests per connection); each connection is its own Trio task, far from the
+  media path.  Request bodies are never read.
+
+`serve_admin(runtime)` binds the sockets itself (so port 0 works and the real ports are
+known), serves both endpoints (one server when they share host:port), and runs the
+readiness self-probe (`relay.net.probe`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from functools import partial
+from typing import Any
+
+import attrs
+import trio
+from hypercorn.config import Config as HyperConfig
+from hypercorn.config import Sockets
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+
+from relay.config import Endpoint
+from relay.errors import ConfigError
+from relay.metrics.collector import install_collectors
+from relay.metrics.gate import is_allowed
+from relay.net import probe
+from relay.runtime import Runtime
+
+log = logging.getLogger("relay.admin")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+JSON = "application/json"
+TEXT = "text/plain; charset=utf-8"
+METRICS_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # never OpenMetrics, see the module doc
+FORBIDDEN_BODY = b"Authentication check failed\n"
+
+# Hostile-client bounds, all per connection.
+MAX_HEADER_BYTES = 16 * 1024  # request line + headers; larger gets 400/closed
+READ_TIMEOUT = 10  # seconds without a byte from the client: connection closed
+KEEP_ALIVE_TIMEOUT = 5  # seconds an idle keep-alive connection is kept
+KEEP_ALIVE_MAX_REQUESTS = 100  # bounds what a pipelining client can queue per connection
+SEND_BUFFER = 1024 * 1024  # kernel send buffer: replies never wait on a client that won't read
+GRACEFUL_TIMEOUT = 1.0  # seconds in-flight requests get when the admin server stops
+
+
+@attrs.frozen
+class Routes:
+    """What one listening socket serves: the metrics path and/or the health prefix."""
+
+    metrics_path: str | None = None
+    health_prefix: str | None = None  # "" for the root: /live, /ready, /status
+
+
+class AdminApp:
+    """The ASGI app.  One instance per listening socket (its `Routes` differ)."""
+
+    def __init__(self, runtime: Runtime, routes: Routes) -> None:
+        self.runtime = runtime
+        self.routes = routes
+        self._handlers: dict[str, Callable[[Scope], tuple[int, str, bytes]]] = {}
+        if routes.health_prefix is not None:
+            p = routes.health_prefix
+            self._handlers[f"{p}/live"] = self._live
+            self._handlers[f"{p}/ready"] = self._ready
+            self._handlers[f"{p}/status"] = self._status
+        if routes.metrics_path is not None:
+            self._handlers[routes.metrics_path] = self._metrics
+        self._last_error_log = -1e9
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope.get("type")
+        if kind == "http":
+            await self._http(scope, send)
+        elif kind == "lifespan":
+            await _lifespan(receive, send)
+        elif kind == "websocket":
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close", "code": 1008})
+
+    async def _http(self, scope: Scope, send: Send) -> None:
+        path = scope.get("path", "")
+        method = scope.get("method", "GET")
+        handler = self._handlers.get(path)
+        if handler is None:
+            status, ctype, body = 404, TEXT, b"Not Found\n"
+            extra: list[tuple[bytes, bytes]] = []
+        elif method not in ("GET", "HEAD"):
+            status, ctype, body = 405, TEXT, b"Method Not Allowed\n"
+            extra = [(b"allow", b"GET, HEAD")]
+        else:
+            status, ctype, body = handler(scope)
+            extra = []
+        headers = [
+            (b"content-type", ctype.encode()),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+            *extra,
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+
+    # -- health: open, no secrets ---------------------------------------------------------
+
+    def _live(self, scope: Scope) -> tuple[int, str, bytes]:
+        return 200, JSON, b'{"status":"live"}\n'
+
+    def _ready(self, scope: Scope) -> tuple[int, str, bytes]:
+        ready = self.runtime.health.ready()
+        body = {"ready": ready}
+        if not ready:
+            body["reasons"] = not_ready_reasons(self.runtime)  # type: ignore[assignment]
+        return (200 if ready else 503), JSON, _json(body)
+
+    def _status(self, scope: Scope) -> tuple[int, str, bytes]:
+        return 200, JSON, _json(status_document(self.runtime))
+
+    # -- metrics: gated -------------------------------------------------------------------
+
+    def _metrics(self, scope: Scope) -> tuple[int, str, bytes]:
+        stats_cfg = self.runtime.config.stats
+        client = scope.get("client")
+        peer = str(client[0]) if client else ""
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+        if not is_allowed(peer, headers, stats_cfg.allowed_ips, stats_cfg.trusted_proxies):
+            return 403, TEXT, FORBIDDEN_BODY
+        try:
+            body = generate_latest(self.runtime.registry)
+        except Exception:  # a broken collector: answer 500, log at most once a minute
+            now = time.monotonic()
+            if now - self._last_error_log > 60:
+                self._last_error_log = now
+                log.exception("metrics collection failed")
+            return 500, TEXT, b"metrics collection failed\n"
+        return 200, METRICS_CONTENT_TYPE, body
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def _json(doc: Any) -> bytes:
+    return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
+
+
+def not_ready_reasons(runtime: Runtime) -> list[str]:
+    h = runtime.health
+    reasons = []
+    if not h.started:
+        reasons.append("starting")
+    if h.shutting_down:
+        reasons.append("shutting down")
+    reasons.extend(f"listener {s.name} not bound" for s in h.listeners.values() if not s.bound)
+    if not h.probe_ok:
+        reasons.append("self-probe failing")
+    return reasons
+
+
+def status_document(runtime: Runtime) -> dict[str, Any]:
+    """The `/status` JSON: what runs where and how it is doing; never a credential."""
+    cfg = runtime.config
+    h = runtime.health
+    st = runtime.stats
+    return {
+        "name": cfg.admin.name,
+        "version": runtime.version,
+        "uptime_seconds": round(time.monotonic() - runtime.started_monotonic, 3),
+        "ready": h.ready(),
+        "shutting_down": h.shutting_down,
+        "probe_ok": h.probe_ok,
+        "listeners": [
+            {
+                "name": s.name,
+                "protocol": s.protocol,
+                "address": s.address,
+                "port": s.port,
+                "bound": s.bound,
+                "connections": _conn(st.listeners.get(s.name)),
+            }
+            for s in h.listeners.values()
+        ],
+        "clusters": [
+            {
+                "name": c.name,
+                "type": c.type,
+                "protocol": c.protocol,
+                "endpoints": [_endpoint_text(e) for e in c.endpoints] + list(c.hostnames),
+                "connections": _conn(st.clusters.get(c.name)),
+            }
+            for c in cfg.clusters
+        ],
+        "allocations": st.allocations_active,
+        "allocations_total": st.allocations_total,
+        "permissions": st.permissions_active,
+        "channels": st.channels_active,
+    }
+
+
+def _conn(s: Any) -> int:
+    return int(s.connections) if s is not None else 0
+
+
+def _endpoint_text(e: Any) -> str:
+    text = str(e.network)
+    if (e.min_port, e.max_port) != (0, 65535):
+        text += f":<{e.min_port}-{e.max_port}>"
+    return text
+
+
+# -- serving ------------------------------------------------------------------------------------
+
+
+def hypercorn_config() -> HyperConfig:
+    """hypercorn settings that bound what one client can cost us."""
+    hc = HyperConfig()
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("relay.admin.http")
+    hc.include_server_header = False
+    hc.h11_max_incomplete_size = MAX_HEADER_BYTES
+    hc.h2_max_header_list_size = MAX_HEADER_BYTES
+    hc.h2_max_concurrent_streams = 16
+    hc.read_timeout = READ_TIMEOUT
+    hc.keep_alive_timeout = KEEP_ALIVE_TIMEOUT
+    hc.keep_alive_max_requests = KEEP_ALIVE_MAX_REQUESTS
+    hc.max_app_queue_size = 4
+    hc.websocket_max_message_size = 1024
+    hc.graceful_timeout = GRACEFUL_TIMEOUT
+    hc.startup_timeout = 5
+    hc.shutdown_timeout = 1
+    hc.backlog = 128
+    return hc
+
+
+def plan_servers(
+    metrics: Endpoint | None, health: Endpoint | None
+) -> list[tuple[str, int, Routes, list[str]]]:
+    """(host, port, routes, roles) per socket; endpoints sharing a fixed host:port share one."""
+    out: list[tuple[str, int, Routes, list[str]]] = []
+    m_path = metrics.path if metrics else None
+    h_prefix = health.path.rstrip("/") if health else None
+    if metrics and health and metrics.port and (metrics.bind_host, metrics.port) == (
+        health.bind_host,
+        health.port,
+    ):
+        out.append((metrics.bind_host, metrics.port, Routes(m_path, h_prefix),
+                    ["metrics", "health"]))
+        return out
+    if metrics:
+        out.append((metrics.bind_host, metrics.port, Routes(metrics_path=m_path), ["metrics"]))
+    if health:
+        out.append((health.bind_host, health.port, Routes(health_prefix=h_prefix), ["health"]))
+    return out
+
+
+def bind_socket(host: str, port: int, key: str) -> socket.socket:
+    """A listening TCP socket, or a ConfigError naming the endpoint key."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE | socket.AI_NUMERICSERV)
+    except socket.gaierror as exc:
+        raise ConfigError(key, f"cannot resolve {host!r}: {exc.strerror}") from None
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        sock.bind(addr)
+        sock.listen(hypercorn_config().backlog)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(key, f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+                          ) from None
+    return sock
+
+
+async def serve_admin(
+    runtime: Runtime,
+    *,
+    probe_interval: float = probe.PROBE_INTERVAL,
+    probe_timeout: float = probe.PROBE_TIMEOUT,
+    probe_failures: int = probe.PROBE_FAILURES,
+    task_status: trio.TaskStatus[dict[str, tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the metrics and health endpoints until cancelled.
+
+    `task_status.started({"metrics": (host, port), "health": (host, port)})` reports the
+    really bound addresses (only the enabled ones).  The self-probe starts with them.
+    """
+    admin = runtime.config.admin
+    install_collectors(runtime.registry, runtime.stats, runtime.config)
+    plans = plan_servers(admin.metrics_endpoint, admin.healthcheck_endpoint)
+    sockets: list[socket.socket] = []
+    bound: dict[str, tuple[str, int]] = {}
+    try:
+        for host, port, _routes, roles in plans:
+            key = "admin.metrics_endpoint" if "metrics" in roles else "admin.healthcheck_endpoint"
+            sock = bind_socket(host, port, key)
+            sockets.append(sock)
+            addr = sock.getsockname()
+            for role in roles:
+                bound[role] = (addr[0], addr[1])
+            runtime.own_addresses.add((addr[0], addr[1]))
+        async with trio.open_nursery() as nursery:
+            for sock, (_, _, routes, _) in zip(sockets, plans, strict=True):
+                app: Any = AdminApp(runtime, routes)
+                await nursery.start(_serve_socket, wrap_app(app, 0, "asgi"), sock)
+            await nursery.start(
+                partial(
+                    probe.run_probe,
+                    runtime.health,
+                    interval=probe_interval,
+                    wait=probe_timeout,
+                    failures=probe_failures,
+                )
+            )
+            task_status.started(bound)
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+async def _serve_socket(
+    app: Any,
+    sock: socket.socket,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    await worker_serve(
+        app,
+        hypercorn_config(),
+        sockets=Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[]),
+        task_status=task_status,
+    )

@@ -1,0 +1,1 @@
+"""Load generators and benchmark drivers for relay (not imported by relay itself)."""

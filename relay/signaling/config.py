@@ -1,32 +1,183 @@
-"""The `signaling` section of relay's config (mirrors spreed-signaling's server.conf)."""
+"""The `signaling` section of relay's config (mirrors spreed-signaling's server.conf).
+
+server.conf sections map to nested keys, so existing settings carry over::
+
+    signaling:
+      http:
+        listen: "127.0.0.1:8081"        # [http] listen
+      backend:
+        allowall: false                 # [backend] allowall
+        secret: "..."                   # [backend] secret (allowall mode)
+        timeout: 10                     # [backend] timeout, seconds
+        connectionsperhost: 8           # [backend] connectionsperhost
+        backends:                       # [backend] backends = id1 + [id1] urls/secret/...
+          - {id: nc1, urls: ["https://cloud.example.com/"], secret: "...", sessionlimit: 0}
+      sessions:
+        hashkey: "..."                  # [sessions] hashkey/blockkey: accepted, unused
+        blockkey: "..."                 # (session ids are random, not encoded)
+
+The gate of `/api/v1/stats` and `/metrics` is the shared `stats.allowed_ips` /
+`stats.trusted_proxies`.
+"""
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 
 from relay.config import Section
 from relay.errors import ConfigError
 
+DEFAULT_LISTEN = "127.0.0.1:8081"
+
+
+@attrs.frozen
+class BackendConfig:
+    """One Nextcloud instance allowed to use this signaling server."""
+
+    id: str
+    urls: tuple[str, ...]  # canonical base URLs, each ending in "/"
+    secret: bytes
+    session_limit: int = 0  # 0 = unlimited
+
 
 @attrs.frozen
 class SignalingConfig:
     host: str = "127.0.0.1"
     port: int = 8081
+    allow_all: bool = False
+    secret: bytes = b""  # the allowall secret
+    backends: tuple[BackendConfig, ...] = ()
+    backend_timeout: float = 10.0
+    connections_per_host: int = 8
+    hash_key: str = ""
+    block_key: str = ""
+    # Protocol limits and timers (upstream's constants; tests may shorten them).
+    max_message_size: int = 64 * 1024
+    hello_timeout: float = 2.0
+    anonymous_join_timeout: float = 10.0
+    session_expire: float = 30.0
+    read_timeout: float = 60.0
+    ping_interval: float = 54.0
+    room_ping_interval: float = 10.0
+    max_pending: int = 512  # messages queued for a session while its socket is gone
 
     @property
     def listen_display(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+def canonical_url(url: str) -> str | None:
+    """scheme://host[:port]/path/ with the default port dropped; None if not http(s)."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        return None
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    if port is not None and not (
+        (scheme == "http" and port == 80) or (scheme == "https" and port == 443)
+    ):
+        host = f"{host}:{port}"
+    path = parts.path or "/"
+    if not path.endswith("/"):
+        path += "/"
+    return f"{scheme}://{host}{path}"
+
+
+def _parse_listen(text: str, key: str) -> tuple[str, int]:
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(key, f"{text!r} is not host:port")
+    return host.strip("[]") or "0.0.0.0", int(port_text)
+
+
+def _parse_backend(raw: Any, key: str) -> BackendConfig:
+    s = Section(raw, key)
+    bid = s.get_str("id").strip()
+    if not bid:
+        raise ConfigError(s.key("id"), "a backend needs an id")
+    raw_urls = s.get_list("urls")
+    if not raw_urls and s.has("url"):
+        raw_urls = [s.get_str("url")]
+    else:
+        s.get("url")
+    urls: list[str] = []
+    for i, u in enumerate(raw_urls):
+        # server.conf writes `urls = a, b`
+        for part in str(u).split(","):
+            if not part.strip():
+                continue
+            c = canonical_url(part)
+            if c is None:
+                raise ConfigError(
+                    f"{s.key('urls')}[{i}]", f"{part.strip()!r} is not an http(s) URL"
+                )
+            urls.append(c)
+    if not urls:
+        raise ConfigError(s.key("urls"), f"backend {bid!r} needs at least one URL")
+    secret = s.get_str("secret")
+    if not secret:
+        raise ConfigError(s.key("secret"), f"backend {bid!r} needs a shared secret")
+    limit = s.get_int("sessionlimit", 0, min=0)
+    s.done()
+    return BackendConfig(bid, tuple(urls), secret.encode(), limit)
+
+
 def parse_signaling(raw: Any, key: str) -> SignalingConfig:
     s = Section(raw, key)
+    d = SignalingConfig()
     http = s.section("http")
-    listen = http.get_str("listen", "127.0.0.1:8081")
-    host, sep, port_text = listen.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ConfigError(http.key("listen"), f"{listen!r} is not host:port")
+    listen = http.get_str("listen", "")
+    if s.has("listen"):
+        if listen:
+            raise ConfigError(s.key("listen"), "give either listen or http.listen, not both")
+        listen = s.get_str("listen")
+        host, port = _parse_listen(listen, s.key("listen"))
+    else:
+        s.get("listen")
+        host, port = _parse_listen(listen or DEFAULT_LISTEN, http.key("listen"))
     http.done()
+
+    b = s.section("backend")
+    allow_all = b.get_bool("allowall", False)
+    secret = b.get_str("secret")
+    timeout = b.get("timeout", d.backend_timeout)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 600:
+        raise ConfigError(b.key("timeout"), f"{timeout!r} is not a number of seconds in (0, 600]")
+    per_host = b.get_int("connectionsperhost", d.connections_per_host, min=1, max=1024)
+    backends = b.items("backends", _parse_backend)
+    seen: set[str] = set()
+    for i, be in enumerate(backends):
+        if be.id in seen:
+            raise ConfigError(f"{b.key('backends')}[{i}].id", f"duplicate backend id {be.id!r}")
+        seen.add(be.id)
+    if allow_all and not secret:
+        raise ConfigError(b.key("secret"), "allowall needs a shared secret")
+    if not allow_all and not backends:
+        raise ConfigError(b.key("backends"), "configure backends, or allowall with a secret")
+    b.done()
+
+    sess = s.section("sessions")
+    hash_key = sess.get_str("hashkey")
+    block_key = sess.get_str("blockkey")
+    sess.done()
     s.done()
-    return SignalingConfig(host.strip("[]") or "0.0.0.0", int(port_text))
+    return SignalingConfig(
+        host=host,
+        port=port,
+        allow_all=allow_all,
+        secret=secret.encode(),
+        backends=backends,
+        backend_timeout=float(timeout),
+        connections_per_host=per_host,
+        hash_key=hash_key,
+        block_key=block_key,
+    )

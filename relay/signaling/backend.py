@@ -1,0 +1,199 @@
+"""Signed requests from the signaling server to Nextcloud (the "backend").
+
+Every request is a POST of JSON, signed with `Spreed-Signaling-Random` (64 random chars)
+and `Spreed-Signaling-Checksum` = hex(HMAC-SHA256(secret, random ‖ body)), sent with
+`OCS-APIRequest: true`, so the answer is an OCS envelope whose `ocs.data` is the payload.
+Concurrency per Nextcloud host is bounded (`connectionsperhost`); in-flight requests are the
+`signaling_http_client_pool_connections{host}` gauge.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import string
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import httpx
+import trio
+
+from relay.signaling.config import BackendConfig
+from relay.signaling.metrics import SignalingStats
+from relay.signaling.protocol import (
+    BACKEND_PATH_V1,
+    BACKEND_PATH_V3,
+    CAPABILITIES_PATH,
+    FEATURES,
+    SignalingError,
+)
+
+log = logging.getLogger("relay.signaling.backend")
+
+_RANDOM_ALPHABET = string.ascii_letters + string.digits
+CAPABILITIES_CACHE_SECONDS = 60.0
+
+
+def random_string(n: int = 64) -> str:
+    return "".join(secrets.choice(_RANDOM_ALPHABET) for _ in range(n))
+
+
+def checksum(secret: bytes, random: str, body: bytes) -> str:
+    return hmac.new(secret, random.encode() + body, hashlib.sha256).hexdigest()
+
+
+def verify_checksum(secret: bytes, random: str, body: bytes, given: str) -> bool:
+    return hmac.compare_digest(checksum(secret, random, body), given.lower())
+
+
+def signed_headers(secret: bytes, body: bytes, user_agent: str) -> dict[str, str]:
+    rnd = random_string(64)
+    return {
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+        "OCS-APIRequest": "true",
+        "User-Agent": user_agent,
+        "X-Spreed-Signaling-Features": ", ".join(sorted(FEATURES)),
+        "Spreed-Signaling-Random": rnd,
+        "Spreed-Signaling-Checksum": checksum(secret, rnd, body),
+    }
+
+
+class BackendError(SignalingError):
+    """A failed backend request, with the `errors_total` label it counts under."""
+
+    def __init__(self, error_label: str, message: str) -> None:
+        super().__init__("internal_error", message)
+        self.error_label = error_label
+
+
+def parse_ocs(content_type: str, body: bytes) -> Any:
+    """The `ocs.data` payload of a Nextcloud answer, or BackendError."""
+    if not content_type.lower().startswith("application/json"):
+        raise BackendError(
+            "invalid_content_type", f"backend answered {content_type or 'no'} content"
+        )
+    try:
+        env = json.loads(body)
+    except ValueError:
+        raise BackendError("error_decoding_ocs", "backend answer is not JSON") from None
+    if not isinstance(env, dict) or not isinstance(env.get("ocs"), dict):
+        raise BackendError("error_decoding_ocs", "backend answer is not an OCS envelope")
+    ocs = env["ocs"]
+    meta = ocs.get("meta")
+    if isinstance(meta, dict) and meta.get("statuscode") == 429:
+        raise BackendError("throttled", "backend throttled the request")
+    data = ocs.get("data")
+    if data is None or data == [] or data == {}:
+        raise BackendError("error_incomplete_ocs", "incomplete OCS response")
+    return data
+
+
+class BackendRequester(Protocol):
+    async def request(self, backend: BackendConfig, url: str, payload: dict[str, Any]) -> Any:
+        """POST `payload` signed for `backend` to `url`; the OCS data or BackendError."""
+
+    async def signaling_url(self, backend: BackendConfig, base_url: str) -> str:
+        """The backend endpoint under a Nextcloud base URL (v3 if it says so)."""
+
+
+class BackendClient:
+    """httpx on Trio, one pool, a concurrency limit per host."""
+
+    def __init__(
+        self,
+        stats: SignalingStats,
+        *,
+        timeout: float,
+        connections_per_host: int,
+        user_agent: str,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.stats = stats
+        self.timeout = timeout
+        self.per_host = connections_per_host
+        self.user_agent = user_agent
+        self._limits: dict[str, trio.Semaphore] = {}
+        self._caps: dict[str, tuple[float, frozenset[str]]] = {}
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+            follow_redirects=False,
+            transport=transport,
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    def _slot(self, url: str) -> tuple[str, trio.Semaphore]:
+        host = urlsplit(url).netloc
+        sem = self._limits.get(host)
+        if sem is None:
+            sem = self._limits[host] = trio.Semaphore(self.per_host)
+        return host, sem
+
+    async def _post_or_get(
+        self, backend: BackendConfig, method: str, url: str, body: bytes | None
+    ) -> httpx.Response:
+        host, sem = self._slot(url)
+        async with sem:
+            pool = self.stats.pool_connections
+            pool[host] = pool.get(host, 0) + 1
+            try:
+                if body is None:
+                    headers = {"OCS-APIRequest": "true", "Accept": "application/json",
+                               "User-Agent": self.user_agent}
+                    return await self._http.get(url, headers=headers)
+                headers = signed_headers(backend.secret, body, self.user_agent)
+                return await self._http.post(url, content=body, headers=headers)
+            finally:
+                pool[host] -= 1
+
+    async def request(self, backend: BackendConfig, url: str, payload: dict[str, Any]) -> Any:
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        start = trio.current_time()
+        error: str | None = None
+        try:
+            try:
+                resp = await self._post_or_get(backend, "POST", url, body)
+            except httpx.TimeoutException:
+                error = "timeout"
+                raise BackendError("timeout", f"backend request to {url} timed out") from None
+            except httpx.HTTPError as exc:
+                error = "unknown"
+                raise BackendError("unknown", f"backend request failed: {exc}") from None
+            try:
+                return parse_ocs(resp.headers.get("content-type", ""), resp.content)
+            except BackendError as exc:
+                error = exc.error_label
+                raise
+        except trio.Cancelled:
+            error = "canceled"
+            raise
+        finally:
+            self.stats.backend_request_done(backend.id, trio.current_time() - start, error)
+
+    async def signaling_url(self, backend: BackendConfig, base_url: str) -> str:
+        features = await self._capabilities(backend, base_url)
+        return base_url + (BACKEND_PATH_V3 if "signaling-v3" in features else BACKEND_PATH_V1)
+
+    async def _capabilities(self, backend: BackendConfig, base_url: str) -> frozenset[str]:
+        now = trio.current_time()
+        cached = self._caps.get(base_url)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        features: frozenset[str] = frozenset()
+        try:
+            resp = await self._post_or_get(backend, "GET", base_url + CAPABILITIES_PATH, None)
+            if resp.status_code == 200:
+                data = parse_ocs(resp.headers.get("content-type", ""), resp.content)
+                spreed = data.get("capabilities", {}).get("spreed", {})
+                raw = spreed.get("features", []) if isinstance(spreed, dict) else []
+                features = frozenset(f for f in raw if isinstance(f, str))
+        except (httpx.HTTPError, BackendError, AttributeError) as exc:
+            log.info("capabilities of %s unavailable: %s", base_url, exc)
+        self._caps[base_url] = (now + CAPABILITIES_CACHE_SECONDS, features)
+        return features

@@ -1,0 +1,453 @@
+"""The signaling server's I/O shell: one HTTP port for `/spreed` (WebSocket) and the HTTP API.
+
+Each TCP connection is read by h11 with bounded request sizes and a timeout for slow
+clients. `GET /spreed` with a WebSocket upgrade switches the connection to wsproto; other
+paths are `/api/v1/welcome` (public), `/api/v1/stats` and `/metrics` (behind the
+`stats.allowed_ips` gate). A WebSocket connection has a reader (frames → hub) and a writer
+(hub's queued messages → frames, plus the RTT ping); the hub never waits for a socket.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import time
+from typing import Any
+
+import h11
+import trio
+from prometheus_client import generate_latest
+from wsproto.connection import Connection as WsProto
+from wsproto.connection import ConnectionState, ConnectionType
+from wsproto.events import (
+    BytesMessage,
+    CloseConnection,
+    Message,
+    Ping,
+    Pong,
+    TextMessage,
+)
+from wsproto.utilities import RemoteProtocolError
+
+from relay.metrics.gate import is_allowed
+from relay.runtime import Runtime
+from relay.signaling.backend import BackendClient
+from relay.signaling.config import SignalingConfig
+from relay.signaling.hub import Hub
+from relay.signaling.metrics import SignalingCollector, SignalingStats
+from relay.signaling.protocol import FEATURES
+
+log = logging.getLogger("relay.signaling")
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+MAX_HEADER_BYTES = 16 * 1024
+MAX_BODY_BYTES = 256 * 1024
+REQUEST_TIMEOUT = 10.0  # to send a whole request (slow clients are dropped)
+MAX_REQUESTS_PER_CONNECTION = 100
+WRITE_TIMEOUT = 10.0
+CLOSE_TIMEOUT = 2.0  # to wait for the peer's close frame
+SEND_QUEUE = 1024  # frames queued for one client before it counts as too slow
+READ_CHUNK = 65536
+METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011
+
+
+class WsConnection:
+    """One WebSocket client: the hub's `Connection` (send_text/close never block)."""
+
+    def __init__(
+        self, stream: trio.abc.Stream, ws: WsProto, hub: Hub, config: SignalingConfig
+    ) -> None:
+        self.stream = stream
+        self.ws = ws
+        self.hub = hub
+        self.config = config
+        self.stats = hub.stats
+        self._send_ch, self._recv_ch = trio.open_memory_channel[str | bytes](SEND_QUEUE)
+        self._close: tuple[int, str] | None = None
+        self._peer_closed = trio.Event()
+
+    # hub-facing
+    def send_text(self, text: str) -> None:
+        if self._close is not None:
+            return
+        try:
+            self._send_ch.send_nowait(text)
+        except trio.WouldBlock:
+            self.stats.slow_clients_closed += 1
+            self.close(CLOSE_POLICY, "too slow")
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        if self._close is None:
+            self._close = (code, reason)
+            self._send_ch.close()
+
+    def _send_raw(self, data: bytes) -> None:
+        if self._close is None:
+            try:
+                self._send_ch.send_nowait(data)
+            except trio.WouldBlock:
+                pass  # a pong can be skipped
+
+    async def run(self) -> None:
+        self.hub.connect(self)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer, nursery.cancel_scope)
+                await self._reader()
+                self.close()
+        finally:
+            self.hub.disconnect(self)
+
+    async def _reader(self) -> None:
+        cfg = self.config
+        limit = cfg.max_message_size
+        parts: list[str] = []
+        size = 0
+        while self._close is None:
+            with trio.move_on_after(cfg.read_timeout) as timer:
+                try:
+                    data = await self.stream.receive_some(READ_CHUNK)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+            if timer.cancelled_caught:
+                # no frame for read_timeout (the pings keep live clients talking)
+                self.close(CLOSE_POLICY, "read timeout")
+                return
+            if not data:
+                self._peer_closed.set()
+                return
+            try:
+                self.ws.receive_data(bytes(data))
+                events = list(self.ws.events())
+            except RemoteProtocolError:
+                self.close(CLOSE_PROTOCOL_ERROR, "protocol error")
+                return
+            for event in events:
+                if isinstance(event, Message):
+                    size += len(event.data)
+                    if size > limit:
+                        self.close(CLOSE_TOO_BIG, "message too big")
+                        return
+                    if isinstance(event, TextMessage):
+                        parts.append(event.data)
+                    if not event.message_finished:
+                        continue
+                    nbytes, size = size, 0
+                    self.stats.messages_in += 1
+                    if isinstance(event, BytesMessage):
+                        self.stats.bytes_in += nbytes
+                        self.hub.receive_binary(self)
+                        continue
+                    text = parts[0] if len(parts) == 1 else "".join(parts)
+                    parts = []
+                    if nbytes > limit // 4:  # characters; the limit is in bytes
+                        nbytes = len(text.encode("utf-8"))
+                        if nbytes > limit:
+                            self.close(CLOSE_TOO_BIG, "message too big")
+                            return
+                    self.stats.bytes_in += nbytes
+                    try:
+                        await self.hub.receive(self, text)
+                    except Exception:
+                        log.exception("signaling: error handling a client message")
+                        self.close(CLOSE_INTERNAL, "internal error")
+                        return
+                    if self._close is not None:
+                        return
+                elif isinstance(event, Ping):
+                    self._send_raw(self.ws.send(event.response()))
+                elif isinstance(event, Pong):
+                    self._pong(bytes(event.payload))
+                elif isinstance(event, CloseConnection):
+                    self._peer_closed.set()
+                    self.close(event.code, "")
+                    return
+
+    def _pong(self, payload: bytes) -> None:
+        self.stats.bytes_in += len(payload)
+        try:
+            sent = int(payload)
+        except ValueError:
+            return
+        rtt_ms = (time.monotonic_ns() - sent) / 1e6
+        if 0 <= rtt_ms < 3.6e6:
+            self.stats.client_rtt.observe(rtt_ms)
+
+    async def _writer(self, scope: trio.CancelScope) -> None:
+        cfg = self.config
+        next_ping = trio.current_time()  # upstream pings right away, then every 54 s
+        try:
+            while True:
+                with trio.move_on_at(next_ping):
+                    try:
+                        item = await self._recv_ch.receive()
+                    except trio.EndOfChannel:
+                        break
+                    batch = [item]
+                    while len(batch) < 64:
+                        try:
+                            batch.append(self._recv_ch.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                    out = []
+                    for it in batch:
+                        if isinstance(it, str):
+                            out.append(self.ws.send(Message(data=it)))
+                            self.stats.messages_out += 1
+                            self.stats.bytes_out += len(it)
+                        else:
+                            out.append(it)
+                    if not await self._write(b"".join(out)):
+                        return
+                    continue
+                payload = str(time.monotonic_ns()).encode()
+                self.stats.bytes_out += len(payload)
+                if not await self._write(self.ws.send(Ping(payload=payload))):
+                    return
+                next_ping = trio.current_time() + cfg.ping_interval
+            code, reason = self._close or (1000, "")
+            if self.ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+                try:
+                    data = self.ws.send(CloseConnection(code=code, reason=reason))
+                except Exception:
+                    data = b""
+                if data and await self._write(data) and not self._peer_closed.is_set():
+                    with trio.move_on_after(CLOSE_TIMEOUT):
+                        await self._peer_closed.wait()
+        finally:
+            scope.cancel()
+
+    async def _write(self, data: bytes) -> bool:
+        with trio.move_on_after(WRITE_TIMEOUT):
+            try:
+                await self.stream.send_all(data)
+                return True
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return False
+        return False
+
+
+class SignalingServer:
+    """The HTTP front: routes requests, upgrades `/spreed`, serves the hub."""
+
+    def __init__(self, runtime: Runtime, hub: Hub) -> None:
+        self.runtime = runtime
+        self.hub = hub
+        self.config: SignalingConfig = runtime.config.signaling
+        self.common_headers = [
+            (b"Server", f"relay/{runtime.version}".encode()),
+            (b"X-Spreed-Signaling-Features", ", ".join(sorted(FEATURES)).encode()),
+        ]
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        try:
+            await self._handle(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except Exception:
+            log.exception("signaling: connection handler failed")
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        try:
+            peer = str(stream.socket.getpeername()[0])
+        except OSError:
+            return
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        for _ in range(MAX_REQUESTS_PER_CONNECTION):
+            request: h11.Request | None = None
+            body_size = 0
+            with trio.move_on_after(REQUEST_TIMEOUT) as timer:
+                while True:
+                    try:
+                        event = conn.next_event()
+                    except h11.RemoteProtocolError as exc:
+                        await self._error(stream, conn, exc.error_status_hint, "Bad Request")
+                        return
+                    if event is h11.NEED_DATA:
+                        data = await stream.receive_some(READ_CHUNK)
+                        conn.receive_data(data)
+                        continue
+                    if isinstance(event, h11.Request):
+                        request = event
+                    elif isinstance(event, h11.Data):
+                        body_size += len(event.data)
+                        if body_size > MAX_BODY_BYTES:
+                            await self._error(stream, conn, 413, "Request Entity Too Large")
+                            return
+                    elif isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
+                        break
+                    elif isinstance(event, h11.ConnectionClosed):
+                        return
+            if timer.cancelled_caught or request is None:
+                if request is not None or conn.their_state is not h11.IDLE:
+                    await self._error(stream, conn, 408, "Request Timeout")
+                return
+            if not await self._route(stream, conn, peer, request):
+                return
+            if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                return
+            conn.start_next_cycle()
+
+    async def _route(
+        self, stream: trio.SocketStream, conn: h11.Connection, peer: str, req: h11.Request
+    ) -> bool:
+        """Answer one request; False when the connection is done (or became a WebSocket)."""
+        path = req.target.split(b"?", 1)[0].decode("latin-1")
+        method = req.method
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in req.headers]
+        routes = {"/spreed", "/api/v1/welcome", "/api/v1/stats", "/metrics"}
+        if path not in routes:
+            return await self._error(stream, conn, 404, "Not Found")
+        if method != b"GET":
+            return await self._error(stream, conn, 405, "Method Not Allowed", [(b"Allow", b"GET")])
+        if path == "/spreed":
+            return await self._upgrade(stream, conn, req, headers)
+        if path == "/api/v1/welcome":
+            body = json.dumps({"nextcloud-spreed-signaling": "Welcome",
+                               "version": self.runtime.version}) + "\n"
+            return await self._respond(stream, conn, 200, body.encode(), b"application/json")
+        stats_cfg = self.runtime.config.stats
+        if not is_allowed(peer, headers, stats_cfg.allowed_ips, stats_cfg.trusted_proxies):
+            return await self._error(stream, conn, 403, "Authentication check failed")
+        if path == "/api/v1/stats":
+            stats = json.dumps(self.hub.stats_json()).encode() + b"\n"
+            return await self._respond(stream, conn, 200, stats, b"application/json")
+        return await self._respond(
+            stream, conn, 200, generate_latest(self.runtime.registry), METRICS_CONTENT_TYPE
+        )
+
+    async def _respond(
+        self,
+        stream: trio.SocketStream,
+        conn: h11.Connection,
+        status: int,
+        body: bytes,
+        content_type: bytes,
+        extra: list[tuple[bytes, bytes]] | None = None,
+    ) -> bool:
+        headers = [
+            *self.common_headers,
+            (b"Content-Type", content_type),
+            (b"Content-Length", str(len(body)).encode()),
+            *(extra or []),
+        ]
+        keep = conn.their_state is h11.DONE
+        if not keep:
+            headers.append((b"Connection", b"close"))
+        data = conn.send(h11.Response(status_code=status, headers=headers)) or b""
+        data += conn.send(h11.Data(data=body)) or b""
+        data += conn.send(h11.EndOfMessage()) or b""
+        with trio.move_on_after(WRITE_TIMEOUT):
+            await stream.send_all(data)
+            return keep
+        return False
+
+    async def _error(
+        self,
+        stream: trio.SocketStream,
+        conn: h11.Connection,
+        status: int,
+        text: str,
+        extra: list[tuple[bytes, bytes]] | None = None,
+    ) -> bool:
+        if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return False
+        try:
+            return await self._respond(
+                stream, conn, status, (text + "\n").encode(), b"text/plain; charset=utf-8", extra
+            )
+        except h11.LocalProtocolError:
+            return False
+
+    async def _upgrade(
+        self,
+        stream: trio.SocketStream,
+        conn: h11.Connection,
+        req: h11.Request,
+        headers: list[tuple[str, str]],
+    ) -> bool:
+        hdr: dict[str, str] = {}
+        for k, v in headers:
+            hdr.setdefault(k.lower(), v)
+        tokens = {t.strip().lower() for t in hdr.get("connection", "").split(",")}
+        key = hdr.get("sec-websocket-key", "")
+        if (
+            "upgrade" not in tokens
+            or hdr.get("upgrade", "").lower() != "websocket"
+            or hdr.get("sec-websocket-version") != "13"
+            or not _valid_key(key)
+            or conn.their_state is not h11.MIGHT_SWITCH_PROTOCOL  # type: ignore[attr-defined]
+        ):
+            await self._error(stream, conn, 400, "Bad Request: a WebSocket upgrade is expected")
+            return False
+        accept = base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest())
+        data = conn.send(h11.InformationalResponse(status_code=101, headers=[
+            (b"Upgrade", b"websocket"),
+            (b"Connection", b"Upgrade"),
+            (b"Sec-WebSocket-Accept", accept),
+            *self.common_headers,
+        ])) or b""
+        with trio.move_on_after(WRITE_TIMEOUT):
+            await stream.send_all(data)
+            trailing, _closed = conn.trailing_data
+            ws = WsProto(ConnectionType.SERVER, extensions=None, trailing_data=bytes(trailing))
+            await WsConnection(stream, ws, self.hub, self.config).run()
+        return False
+
+
+def _valid_key(key: str) -> bool:
+    try:
+        return len(base64.b64decode(key, validate=True)) == 16
+    except ValueError:
+        return False
+
+
+def build(runtime: Runtime, backend: Any = None) -> tuple[Hub, BackendClient | None]:
+    """The hub wired to a backend client and the metrics registry of `runtime`."""
+    cfg: SignalingConfig = runtime.config.signaling
+    stats = SignalingStats()
+    client: BackendClient | None = None
+    if backend is None:
+        client = backend = BackendClient(
+            stats,
+            timeout=cfg.backend_timeout,
+            connections_per_host=cfg.connections_per_host,
+            user_agent=f"relay/{runtime.version}",
+        )
+    hub = Hub(cfg, backend, stats, version=runtime.version)
+    runtime.registry.register(SignalingCollector(stats, hub.gauges))
+    return hub, client
+
+
+async def serve_signaling(
+    runtime: Runtime,
+    *,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Bind `signaling.http.listen`, report (host, bound port), serve until cancelled."""
+    cfg: SignalingConfig = runtime.config.signaling
+    hub, client = build(runtime)
+    listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.host)
+    server = SignalingServer(runtime, hub)
+    port = listeners[0].socket.getsockname()[1]
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(hub.run)
+            await nursery.start(trio.serve_listeners, server.handle, listeners)
+            log.info("signaling: ws://%s/spreed", f"{cfg.host}:{port}")
+            task_status.started((cfg.host, port))
+    finally:
+        for lis in listeners:
+            await trio.aclose_forcefully(lis)
+        if client is not None:
+            with trio.move_on_after(1.0, shield=True):
+                await client.aclose()

@@ -265,6 +265,7 @@ class SignalingServer:
         for _ in range(MAX_REQUESTS_PER_CONNECTION):
             request: h11.Request | None = None
             body_size = 0
+            partial = False
             with trio.move_on_after(REQUEST_TIMEOUT) as timer:
                 while True:
                     try:
@@ -274,6 +275,7 @@ class SignalingServer:
                         return
                     if event is h11.NEED_DATA:
                         data = await stream.receive_some(READ_CHUNK)
+                        partial = partial or bool(data)
                         conn.receive_data(data)
                         continue
                     if isinstance(event, h11.Request):
@@ -288,8 +290,8 @@ class SignalingServer:
                     elif isinstance(event, h11.ConnectionClosed):
                         return
             if timer.cancelled_caught or request is None:
-                if request is not None or conn.their_state is not h11.IDLE:
-                    await self._error(stream, conn, 408, "Request Timeout")
+                if partial:
+                    await self._timeout(stream, conn)
                 return
             if not await self._route(stream, conn, peer, request):
                 return
@@ -367,6 +369,18 @@ class SignalingServer:
             )
         except h11.LocalProtocolError:
             return False
+
+    async def _timeout(self, stream: trio.SocketStream, conn: h11.Connection) -> None:
+        """408 for a request that did not arrive in time (h11 cannot answer before it has one)."""
+        if conn.our_state is h11.SEND_RESPONSE:
+            await self._error(stream, conn, 408, "Request Timeout")
+            return
+        body = b"Request Timeout\n"
+        head = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
+        head += b"Content-Type: text/plain; charset=utf-8\r\n"
+        head += b"Content-Length: %d\r\n\r\n" % len(body)
+        with trio.move_on_after(WRITE_TIMEOUT):
+            await stream.send_all(head + body)
 
     async def _upgrade(
         self,

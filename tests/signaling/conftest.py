@@ -138,7 +138,8 @@ def ocs(data: Any, status: int = 200) -> dict[str, Any]:
 @pytest.fixture
 async def nextcloud(nursery: trio.Nursery) -> MockNextcloud:
     mock = MockNextcloud(SECRET.encode())
-    listeners = await nursery.start(functools.partial(trio.serve_tcp, mock.handle, 0, host="127.0.0.1"))
+    serve = functools.partial(trio.serve_tcp, mock.handle, 0, host="127.0.0.1")
+    listeners = await nursery.start(serve)
     mock.port = listeners[0].socket.getsockname()[1]
     return mock
 
@@ -180,8 +181,8 @@ class Client:
     async def send(self, msg: dict[str, Any]) -> None:
         await self.ws.send_message(json.dumps(msg))
 
-    async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
-        with trio.fail_after(timeout):
+    async def recv(self) -> dict[str, Any]:
+        with trio.fail_after(5):
             return dict(json.loads(await self.ws.get_message()))
 
     async def recv_until(self, pred: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:

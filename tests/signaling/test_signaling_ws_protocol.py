@@ -190,8 +190,9 @@ async def test_two_talk_peers_exchange_offer_answer_candidates(server: Any) -> N
             (a, b, {"to": b.session_id, "type": "answer", "roomType": "video", "sid": "1",
                     "payload": {"type": "answer", "sdp": "v=0\r\n..."}}),
             (a, b, {"to": b.session_id, "type": "candidate", "roomType": "video", "sid": "1",
-                    "payload": {"candidate": {"candidate": "candidate:1 1 UDP 1 10.0.0.1 5 typ host",
-                                              "sdpMid": "0", "sdpMLineIndex": 0}}}),
+                    "payload": {"candidate": {
+                        "candidate": "candidate:1 1 UDP 1 10.0.0.1 5 typ host",
+                        "sdpMid": "0", "sdpMLineIndex": 0}}}),
             (b, a, {"to": a.session_id, "type": "endOfCandidates", "roomType": "video"}),
         ]
         users = {a: "alice", b: "bob"}

@@ -82,6 +82,7 @@ class LoopbackBus:
             self.dropped += 1
             return 0
         # A handler may unsubscribe (or subscribe) while we deliver: iterate a copy.
-        for sub in tuple(subs):
+        snapshot = tuple(subs)
+        for sub in snapshot:
             sub.handler(message)
-        return len(subs)
+        return len(snapshot)

@@ -21,6 +21,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from benchmarks.report import raise_nofile
+
 USERNAME = "user"
 PASSWORD = "pass"
 REALM = "bench"
@@ -66,9 +68,15 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+# Relay port ranges stay below Linux's default ephemeral range (32768-60999), where the
+# load generators' own client sockets live.
+COTURN_PORTS = (10000, 21399)
+RELAY_PORTS = (21400, 32767)
+
+
 def random_port_range(size: int = 2000) -> tuple[int, int]:
-    """A random relay port range inside 20000-60999 (so parallel runs rarely collide)."""
-    start = random.randrange(20000, 61000 - size, 2)
+    """A random relay port range inside 10000-32767 (so parallel runs rarely collide)."""
+    start = random.randrange(10000, 32768 - size, 2)
     return start, start + size - 1
 
 
@@ -153,7 +161,8 @@ def _spawn(name: str, cmd: list[str], address: tuple[str, int], workdir: str,
     log = open(log_path, "wb")
     try:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, cwd=workdir, env=env)
+                                stdin=subprocess.DEVNULL, cwd=workdir, env=env,
+                                preexec_fn=raise_nofile)
     finally:
         log.close()
     return ServerProcess(name=name, address=address, proc=proc, log_path=log_path, command=cmd)

@@ -34,6 +34,16 @@ _pack_tl = _DATA_TL.pack
 _PADS = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
 _COOKIE_HIGH = MAGIC_COOKIE << 96
 
+_U32 = struct.Struct("!I")
+_unpack_u32 = _U32.unpack_from
+
+# Small bounded caches between IPv4 text and the XOR-ed wire value: a relay talks to a
+# limited set of peers, so these turn most conversions into one dict lookup. They are
+# cleared when full, so hostile churn only costs the slow path.
+_CACHE_MAX = 4096
+_V4_TEXT: dict[int, str] = {}  # XOR-ed 32-bit wire value -> "a.b.c.d"
+_V4_WIRE: dict[str, int] = {}  # "a.b.c.d" -> XOR-ed 32-bit wire value
+
 _ntop = socket.inet_ntop
 _pton = socket.inet_pton
 _AF_INET = socket.AF_INET
@@ -70,8 +80,14 @@ def scan_send_indication(
                     return None
                 family, xport = _unpack_addr(data, vstart)
                 if family == 1 and alen == 8:
-                    x = int.from_bytes(data[vstart + 4 : vstart + 8], "big") ^ MAGIC_COOKIE
-                    peer = (_ntop(_AF_INET, x.to_bytes(4, "big")), xport ^ 0x2112)
+                    wire = _unpack_u32(data, vstart + 4)[0]
+                    text = _V4_TEXT.get(wire)
+                    if text is None:
+                        text = _ntop(_AF_INET, (wire ^ MAGIC_COOKIE).to_bytes(4, "big"))
+                        if len(_V4_TEXT) >= _CACHE_MAX:
+                            _V4_TEXT.clear()
+                        _V4_TEXT[wire] = text
+                    peer = (text, xport ^ 0x2112)
                 elif family == 2 and alen == 20:
                     mask = _COOKIE_HIGH | int.from_bytes(data[8:20], "big")
                     x = int.from_bytes(data[vstart + 4 : vstart + 20], "big") ^ mask
@@ -87,21 +103,42 @@ def scan_send_indication(
     return peer[0], peer[1], memoryview(data)[start:end]
 
 
+def _pton4(ip: str) -> bytes:
+    try:
+        return _pton(_AF_INET, ip)
+    except OSError as exc:
+        raise ValueError(f"not an IPv4 address: {ip!r}") from exc
+
+
+def _pton6(ip: str) -> bytes:
+    try:
+        return _pton(_AF_INET6, ip)
+    except OSError as exc:
+        raise ValueError(f"not an IPv6 address: {ip!r}") from exc
+
+
 def data_indication(
     transaction_id: bytes, peer_ip: str, peer_port: int, payload: bytes | memoryview
 ) -> bytes:
     """A Data indication carrying XOR-PEER-ADDRESS and DATA (ValueError on a bad address)."""
     plen = len(payload)
     pad = -plen & 3
+    if not 0 <= peer_port <= 0xFFFF:
+        raise ValueError(f"port out of range: {peer_port}")
     xport = peer_port ^ 0x2112
     if ":" in peer_ip:
         mask = _COOKIE_HIGH | int.from_bytes(transaction_id, "big")
-        x = int.from_bytes(_pton(_AF_INET6, peer_ip), "big") ^ mask
+        x = int.from_bytes(_pton6(peer_ip), "big") ^ mask
         addr = _pack_v6_head(_XOR_PEER_ADDRESS, 20, 0, 2, xport) + x.to_bytes(16, "big")
         body = 24 + 4 + plen + pad
     else:
-        x = int.from_bytes(_pton(_AF_INET, peer_ip), "big") ^ MAGIC_COOKIE
-        addr = _pack_v4(_XOR_PEER_ADDRESS, 8, 0, 1, xport, x)
+        wire = _V4_WIRE.get(peer_ip)
+        if wire is None:
+            wire = int.from_bytes(_pton4(peer_ip), "big") ^ MAGIC_COOKIE
+            if len(_V4_WIRE) >= _CACHE_MAX:
+                _V4_WIRE.clear()
+            _V4_WIRE[peer_ip] = wire
+        addr = _pack_v4(_XOR_PEER_ADDRESS, 8, 0, 1, xport, wire)
         body = 12 + 4 + plen + pad
     if body > 0xFFFC:
         raise ValueError("Data indication payload too large for the STUN length field")

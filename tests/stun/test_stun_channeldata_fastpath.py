@@ -214,3 +214,26 @@ def test_fast_paths_agree_with_the_codec(
     back = decode(fast)
     assert (back.method, back.cls) == (Method.DATA, MessageClass.INDICATION)
     assert back.attributes == [XorPeerAddress(scanned[0], port), Data(payload)]
+
+
+def test_data_indication_bad_address_is_value_error() -> None:
+    for ip, port in (("300.1.1.1", 1), ("2001:db8::zz", 1), ("192.0.2.1", 70000), ("", 1)):
+        with pytest.raises(ValueError):
+            data_indication(TID, ip, port, b"x")
+
+
+def test_address_caches_stay_bounded_and_correct(monkeypatch: pytest.MonkeyPatch) -> None:
+    from relay.stun import fastpath
+
+    monkeypatch.setattr(fastpath, "_CACHE_MAX", 3)
+    monkeypatch.setattr(fastpath, "_V4_TEXT", {})
+    monkeypatch.setattr(fastpath, "_V4_WIRE", {})
+    for round_ in range(2):
+        for i in range(10):
+            ip = f"198.51.100.{i}"
+            raw = data_indication(TID, ip, 1000 + i, b"p")
+            assert decode(raw).get(XorPeerAddress) == XorPeerAddress(ip, 1000 + i), round_
+            send = b"\x00\x16" + raw[2:]  # same body as a Send indication
+            scanned = scan_send_indication(send, len(send))
+            assert scanned is not None and scanned[:2] == (ip, 1000 + i)
+            assert len(fastpath._V4_TEXT) <= 3 and len(fastpath._V4_WIRE) <= 3

@@ -1,0 +1,157 @@
+"""Micro-benchmark of the STUN/TURN codec (relay.stun): nanoseconds per operation.
+
+Run from the repository root:  python -m benchmarks.bench_codec [--repeat 7] [--quick]
+
+Each case is timed with timeit: ``repeat`` rounds of ``number`` calls; we print the best
+round and the median round per call. Machines are noisy: compare figures from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import timeit
+from collections.abc import Callable
+
+from relay.stun import (
+    Data,
+    Lifetime,
+    Message,
+    MessageClass,
+    Method,
+    Nonce,
+    Realm,
+    RequestedTransport,
+    Software,
+    Username,
+    XorMappedAddress,
+    XorPeerAddress,
+    XorRelayedAddress,
+    data_indication,
+    decode,
+    encode_channel_data,
+    long_term_key,
+    parse_channel_data,
+    scan_send_indication,
+    verify_fingerprint,
+    verify_integrity,
+)
+
+TID = bytes.fromhex("b7e7a701bc34d686fa87dfae")
+KEY = long_term_key("1700000000:alice", "relay.example.org", "s3cr3t-passw0rd")
+PAYLOAD = bytes(160)  # a typical Opus/20 ms RTP packet with SRTP overhead
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def conditions() -> str:
+    return (
+        f"python {platform.python_version()} ({platform.python_implementation()}), "
+        f"{platform.system()} {platform.release()}, {platform.machine()}, "
+        f"CPU: {_cpu_model()}, {os.cpu_count()} logical cores"
+    )
+
+
+def build_cases() -> dict[str, Callable[[], object]]:
+    allocate = Message(
+        Method.ALLOCATE,
+        MessageClass.REQUEST,
+        TID,
+        [
+            Username("1700000000:alice"),
+            Realm("relay.example.org"),
+            Nonce("obMatJos2AAAB" + "x" * 32),
+            RequestedTransport(17),
+        ],
+    ).encode(key=KEY, integrity="sha1", fingerprint=True)
+
+    def allocate_success() -> bytes:
+        return Message(
+            Method.ALLOCATE,
+            MessageClass.SUCCESS,
+            TID,
+            [
+                XorRelayedAddress("203.0.113.10", 49160),
+                Lifetime(600),
+                XorMappedAddress("198.51.100.7", 54321),
+                Software("relay"),
+            ],
+        ).encode(key=KEY, integrity="sha1", fingerprint=True)
+
+    channel_frame = encode_channel_data(0x4001, PAYLOAD)
+    recv_buf = bytearray(65536)
+    recv_buf[: len(channel_frame)] = channel_frame
+    n_channel = len(channel_frame)
+
+    send = Message(
+        Method.SEND,
+        MessageClass.INDICATION,
+        TID,
+        [XorPeerAddress("198.51.100.7", 5004), Data(PAYLOAD)],
+    ).encode()
+    send_buf = bytearray(65536)
+    send_buf[: len(send)] = send
+    n_send = len(send)
+
+    def decode_verify() -> bool:
+        msg = decode(allocate)
+        return verify_integrity(msg, KEY) and verify_fingerprint(msg)
+
+    return {
+        "decode+verify_integrity+fingerprint (auth. Allocate)": decode_verify,
+        "decode (auth. Allocate)": lambda: decode(allocate),
+        "encode Allocate success + MI + FP": allocate_success,
+        "parse_channel_data (160 B, reused buffer)": lambda: parse_channel_data(
+            recv_buf, n_channel
+        ),
+        "scan_send_indication (160 B, reused buffer)": lambda: scan_send_indication(
+            send_buf, n_send
+        ),
+        "data_indication (IPv4 peer, 160 B)": lambda: data_indication(
+            TID, "198.51.100.7", 5004, PAYLOAD
+        ),
+    }
+
+
+def measure(fn: Callable[[], object], repeat: int, min_time: float) -> tuple[float, float, int]:
+    timer = timeit.Timer(fn)
+    number, _ = timer.autorange()
+    # scale so each round takes about min_time seconds
+    one = timer.timeit(number) / number
+    number = max(number, int(min_time / one) if one > 0 else number)
+    rounds = [t / number for t in timer.repeat(repeat=repeat, number=number)]
+    return min(rounds) * 1e9, statistics.median(rounds) * 1e9, number
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--repeat", type=int, default=7, help="timeit rounds per case")
+    parser.add_argument("--quick", action="store_true", help="short rounds (smoke run)")
+    args = parser.parse_args(argv)
+    min_time = 0.02 if args.quick else 0.2
+    print(f"relay.stun codec benchmark; {conditions()}")
+    print(f"timeit: {args.repeat} rounds per case, ~{min_time:g} s per round\n")
+    cases = build_cases()
+    width = max(len(name) for name in cases)
+    print(f"{'case':<{width}}  {'best ns/op':>10}  {'median ns/op':>12}  {'calls/round':>11}")
+    for name, fn in cases.items():
+        best, median, number = measure(fn, args.repeat, min_time)
+        print(f"{name:<{width}}  {best:>10.0f}  {median:>12.0f}  {number:>11}")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

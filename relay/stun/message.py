@@ -56,6 +56,8 @@ _T_MI256 = int(AttrType.MESSAGE_INTEGRITY_SHA256)
 _T_FP = int(AttrType.FINGERPRINT)
 _FP_TL = _TL.pack(_T_FP, 4)
 _INTEGRITY_TYPES = frozenset((_T_MI, _T_MI256, _T_FP))
+# the only attribute classes honoured after MESSAGE-INTEGRITY
+_TRAILERS: frozenset[type] = frozenset((MessageIntegritySha256, Fingerprint))
 
 
 _IPAD = bytes(b ^ 0x36 for b in range(256))
@@ -123,14 +125,34 @@ class Message:
     integrity_offset: int = attrs.field(default=-2, init=False, repr=False, eq=False)
 
     def get(self, kind: type[A]) -> A | None:
-        """The FIRST attribute of that class (RFC 8489: the first one wins), or None."""
+        """The FIRST attribute of that class (RFC 8489: the first one wins), or None.
+
+        Attributes after MESSAGE-INTEGRITY(-SHA256) are not covered by it and are ignored
+        (RFC 8489 §14.5), except MESSAGE-INTEGRITY-SHA256 and FINGERPRINT."""
+        sealed = False
         for attr in self.attributes:
-            if type(attr) is kind:
-                return attr
+            t = type(attr)
+            if t is kind:
+                if sealed and t not in _TRAILERS:
+                    return None
+                return attr  # type: ignore[return-value]
+            if t is MessageIntegrity or t is MessageIntegritySha256:
+                sealed = True
         return None
 
     def get_all(self, kind: type[A]) -> list[A]:
-        return [a for a in self.attributes if type(a) is kind]
+        """Every attribute of that class in order (same rule as :meth:`get` for attributes
+        after the integrity attribute)."""
+        out: list[A] = []
+        sealed = False
+        trailer = kind in _TRAILERS
+        for attr in self.attributes:
+            t = type(attr)
+            if t is kind and (trailer or not sealed):
+                out.append(attr)  # type: ignore[arg-type]
+            if t is MessageIntegrity or t is MessageIntegritySha256:
+                sealed = True
+        return out
 
     def unknown_required(self) -> list[int]:
         """Types 0x0000-0x7FFF we do not understand that appear before MESSAGE-INTEGRITY
@@ -172,7 +194,10 @@ class Message:
                 parts.append(special)
                 size += len(special)
                 continue
-            value = attr.encode_value(tid)
+            try:
+                value = attr.encode_value(tid)
+            except (struct.error, OverflowError) as exc:
+                raise ValueError(f"cannot encode {attr!r:.80}: {exc}") from exc
             vlen = len(value)
             if vlen > 0xFFFF:
                 raise ValueError(f"attribute {attr!r:.60} value longer than 65535 bytes")

@@ -557,3 +557,44 @@ def test_opaque_string() -> None:
         with pytest.raises(ValueError):
             opaque_string(bad)
     assert opaque_string("\u05d0\u05d1") == "\u05d0\u05d1"  # all right-to-left is fine
+
+
+def test_attributes_after_integrity_are_ignored_by_get() -> None:
+    key = b"k"
+    msg = Message(
+        Method.ALLOCATE,
+        MessageClass.REQUEST,
+        TID,
+        [
+            Lifetime(60),
+            MessageIntegrity(),
+            Lifetime(3600),  # appended after the MAC: not authenticated
+            RequestedTransport(6),
+            MessageIntegritySha256(),
+            Fingerprint(),
+        ],
+    )
+    decoded = decode(msg.encode(key=key))
+    assert len(decoded.attributes) == 6  # decode keeps everything, in order
+    assert decoded.get(Lifetime) == Lifetime(60)
+    assert decoded.get_all(Lifetime) == [Lifetime(60)]
+    assert decoded.get(RequestedTransport) is None
+    assert decoded.get_all(RequestedTransport) == []
+    assert decoded.get(MessageIntegrity) is not None
+    assert decoded.get(MessageIntegritySha256) is not None
+    assert decoded.get(Fingerprint) is not None and len(decoded.get_all(Fingerprint)) == 1
+    assert verify_integrity(decoded, key) and verify_fingerprint(decoded)
+
+
+def test_encode_bad_values_are_value_errors() -> None:
+    for attr in (
+        Lifetime(-1),
+        Lifetime(2**32),
+        ChannelNumber(0x10000),
+        RequestedTransport(256),
+        Priority(-5),
+        IceControlled(2**64),
+        UnknownAttributes((70000,)),
+    ):
+        with pytest.raises(ValueError):
+            Message(1, 0, TID, [attr]).encode()

@@ -57,7 +57,7 @@ from relay.stun.constants import (
     Method,
     StunDecodeError,
 )
-from relay.stun.credentials import long_term_key, opaque_string
+from relay.stun.credentials import long_term_key, opaque_string, user_hash
 from relay.stun.fastpath import data_indication, scan_send_indication
 from relay.stun.message import (
     Message,
@@ -129,6 +129,7 @@ __all__ = [
     "parse_channel_data",
     "scan_send_indication",
     "split_type",
+    "user_hash",
     "verify_fingerprint",
     "verify_integrity",
 ]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import unicodedata
 
-__all__ = ["long_term_key", "opaque_string"]
+__all__ = ["long_term_key", "opaque_string", "user_hash"]
 
 # RFC 3454 B.1: commonly mapped to nothing.
 _MAPPED_TO_NOTHING = frozenset(
@@ -113,3 +113,8 @@ def long_term_key(username: str, realm: str, password: str, algorithm: int = 1) 
     if algorithm == 2:
         return hashlib.sha256(material).digest()
     raise ValueError(f"unknown password algorithm {algorithm}")
+
+
+def user_hash(username: str, realm: str) -> bytes:
+    """USERHASH value (RFC 8489 §14.4): SHA-256 of ``username ":" realm`` in UTF-8."""
+    return hashlib.sha256(f"{username}:{realm}".encode()).digest()

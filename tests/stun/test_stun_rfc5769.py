@@ -12,17 +12,21 @@ from relay.stun import (
     IceControlled,
     MessageClass,
     MessageIntegrity,
+    MessageIntegritySha256,
     Method,
     Nonce,
+    PasswordAlgorithm,
     Priority,
     Realm,
     Software,
+    UserHash,
     Username,
     XorMappedAddress,
     decode,
     integrity_kind,
     long_term_key,
     opaque_string,
+    user_hash,
     verify_fingerprint,
     verify_integrity,
 )
@@ -136,3 +140,24 @@ def test_building_the_sample_request_from_scratch_matches_the_vector() -> None:
     )
     built = msg.encode(key=SHORT_TERM_KEY, integrity="sha1", fingerprint=True, padding=b" ")
     assert built == v.REQUEST
+
+
+def test_rfc8489_sha256_vector() -> None:
+    msg = decode(v.SHA256_REQUEST)
+    assert [type(a) for a in msg.attributes] == [
+        UserHash,
+        Nonce,
+        Realm,
+        PasswordAlgorithm,
+        MessageIntegritySha256,
+    ]
+    assert msg.get(UserHash) == UserHash(user_hash(v.LONG_TERM_USERNAME, v.LONG_TERM_REALM))
+    assert msg.get(Nonce) == Nonce(v.SHA256_NONCE)
+    assert msg.get(PasswordAlgorithm) == PasswordAlgorithm(2)
+    assert integrity_kind(msg) == "sha256"
+    key = long_term_key(v.LONG_TERM_USERNAME, v.LONG_TERM_REALM, v.LONG_TERM_PASSWORD, 2)
+    assert verify_integrity(msg, key)
+    md5_key = long_term_key(v.LONG_TERM_USERNAME, v.LONG_TERM_REALM, v.LONG_TERM_PASSWORD, 1)
+    assert not verify_integrity(msg, md5_key)
+    assert msg.encode(key=key) == v.SHA256_REQUEST
+    assert msg.encode() == v.SHA256_REQUEST

@@ -44,8 +44,8 @@ def parse_channel_data(
     larger than the bytes present (with ``stream=True`` the 4-byte padding must fit too;
     check :func:`channel_data_frame_length` against what you have buffered first).
     """
-    if n < 4:
-        raise StunDecodeError("ChannelData header shorter than 4 bytes")
+    if n < 4 or n > len(data):
+        raise StunDecodeError(f"ChannelData: {n} bytes claimed, buffer holds {len(data)}")
     channel, length = _unpack_head(data)
     if not CHANNEL_MIN <= channel <= CHANNEL_MAX:
         raise StunDecodeError(f"ChannelData channel {channel:#06x} outside 0x4000-0x4FFF")

@@ -82,6 +82,7 @@ def test_parse_channel_data() -> None:
     [
         (b"", 0, False),
         (b"\x40\x00\x00", 3, False),  # short header
+        (b"\x40\x00", 4, False),  # n larger than the buffer
         (b"\x40\x00\x00\x05abcd", 8, False),  # length > n - 4
         (b"\x40\x00\x00\x05abcde\x00\x00\x00", 8, False),  # n cuts it short
         (b"\x3f\xff\x00\x00", 4, False),  # channel below range

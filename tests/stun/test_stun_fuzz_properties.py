@@ -240,3 +240,18 @@ def test_internal_hmac_equals_the_standard_library(key: bytes, data: bytes, dige
     from relay.stun.message import _hmac
 
     assert _hmac(key, data, digest) == hmac.digest(key, data, digest)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=40), n=st.integers(0, 48), stream=st.booleans())
+def test_channel_data_parse_only_raises_stun_decode_error(
+    data: bytes, n: int, stream: bool
+) -> None:
+    from relay.stun import parse_channel_data
+
+    try:
+        channel, length = parse_channel_data(data, n, stream=stream)
+    except StunDecodeError:
+        return
+    assert 0x4000 <= channel <= 0x4FFF
+    assert 4 + length <= n <= len(data)

@@ -125,30 +125,42 @@ def build_cases() -> dict[str, Callable[[], object]]:
     }
 
 
-def measure(fn: Callable[[], object], repeat: int, min_time: float) -> tuple[float, float, int]:
+def calibrate(fn: Callable[[], object], min_time: float) -> int:
+    """Calls per round so that one round takes about ``min_time`` seconds."""
     timer = timeit.Timer(fn)
-    number, _ = timer.autorange()
-    # scale so each round takes about min_time seconds
-    one = timer.timeit(number) / number
-    number = max(number, int(min_time / one) if one > 0 else number)
-    rounds = [t / number for t in timer.repeat(repeat=repeat, number=number)]
-    return min(rounds) * 1e9, statistics.median(rounds) * 1e9, number
+    timer.timeit(100)  # warm up
+    one = timer.timeit(1000) / 1000
+    return max(100, int(min_time / one) if one > 0 else 100)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--repeat", type=int, default=7, help="timeit rounds per case")
+    parser.add_argument("--repeat", type=int, default=7, help="timeit rounds per case and pass")
+    parser.add_argument("--passes", type=int, default=2, help="passes over all cases (A B A B)")
     parser.add_argument("--quick", action="store_true", help="short rounds (smoke run)")
     args = parser.parse_args(argv)
     min_time = 0.02 if args.quick else 0.2
     print(f"relay.stun codec benchmark; {conditions()}")
-    print(f"timeit: {args.repeat} rounds per case, ~{min_time:g} s per round\n")
+    print(
+        f"timeit: {args.passes} interleaved passes x {args.repeat} rounds per case, "
+        f"~{min_time:g} s per round\n"
+    )
     cases = build_cases()
+    numbers = {name: calibrate(fn, min_time) for name, fn in cases.items()}
+    rounds: dict[str, list[float]] = {name: [] for name in cases}
+    pass_best: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(args.passes):
+        for name, fn in cases.items():
+            n = numbers[name]
+            got = [t / n * 1e9 for t in timeit.Timer(fn).repeat(repeat=args.repeat, number=n)]
+            rounds[name].extend(got)
+            pass_best[name].append(min(got))
     width = max(len(name) for name in cases)
-    print(f"{'case':<{width}}  {'best ns/op':>10}  {'median ns/op':>12}  {'calls/round':>11}")
-    for name, fn in cases.items():
-        best, median, number = measure(fn, args.repeat, min_time)
-        print(f"{name:<{width}}  {best:>10.0f}  {median:>12.0f}  {number:>11}")
+    print(f"{'case':<{width}}  {'best ns/op':>10}  {'median ns/op':>12}  best per pass")
+    for name in cases:
+        per_pass = " / ".join(f"{b:.0f}" for b in pass_best[name])
+        best, median = min(rounds[name]), statistics.median(rounds[name])
+        print(f"{name:<{width}}  {best:>10.0f}  {median:>12.0f}  {per_pass}")
     sys.stdout.flush()
     return 0
 

@@ -31,8 +31,11 @@ from typing import Any
 import attrs
 import trio
 from hypercorn.config import Config as HyperConfig
-from hypercorn.config import Sockets
-from hypercorn.trio.run import worker_serve
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.statsd import StatsdLogger
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
 from hypercorn.utils import wrap_app
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
@@ -60,7 +63,7 @@ MAX_HEADER_BYTES = 16 * 1024  # request line + headers; larger gets 400/closed
 READ_TIMEOUT = 10  # seconds without a byte from the client: connection closed
 KEEP_ALIVE_TIMEOUT = 5  # seconds an idle keep-alive connection is kept
 KEEP_ALIVE_MAX_REQUESTS = 100  # bounds what a pipelining client can queue per connection
-SEND_BUFFER = 1024 * 1024  # kernel send buffer: replies never wait on a client that won't read
+SEND_TIMEOUT = 10.0  # seconds a response may take to leave; then the connection is closed
 GRACEFUL_TIMEOUT = 1.0  # seconds in-flight requests get when the admin server stops
 
 
@@ -289,7 +292,6 @@ def bind_socket(host: str, port: int, key: str) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         sock.bind(addr)
         sock.listen(hypercorn_config().backlog)
         sock.setblocking(False)
@@ -346,15 +348,95 @@ async def serve_admin(
             sock.close()
 
 
+class _BoundedStream:
+    """A connection as hypercorn's TCP server sees it, with sends that cannot hang.
+
+    hypercorn writes responses inside a cancel shield without a deadline, so a client
+    that stops reading (zero TCP window) would hold that task, and relay's shutdown, for
+    ever.  Here every send has a deadline, and `abort()` (called when the admin server
+    stops) ends a pending send at once; either way the connection is closed.
+    """
+
+    __slots__ = ("_closed", "_send_scope", "_stream")
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self._stream = stream
+        self._send_scope: trio.CancelScope | None = None
+        self._closed = False
+
+    @property
+    def socket(self) -> trio.socket.SocketType:
+        return self._stream.socket
+
+    async def send_all(self, data: bytes) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("connection aborted")
+        with trio.CancelScope(deadline=trio.current_time() + SEND_TIMEOUT) as scope:
+            self._send_scope = scope
+            await self._stream.send_all(data)
+        self._send_scope = None
+        if scope.cancelled_caught:
+            self.abort()
+            raise trio.BrokenResourceError("the client stopped reading")
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self._stream.receive_some(max_bytes)
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await self._stream.aclose()
+
+    def abort(self) -> None:
+        self._closed = True
+        if self._send_scope is not None:
+            self._send_scope.cancel()
+        self._stream.socket.close()  # wakes a pending receive with ClosedResourceError
+
+
 async def _serve_socket(
     app: Any,
     sock: socket.socket,
     *,
-    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    await worker_serve(
-        app,
-        hypercorn_config(),
-        sockets=Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[]),
-        task_status=task_status,
-    )
+    """hypercorn's HTTP/1.1 and h2c protocol over one pre-bound socket, bounded everywhere.
+
+    The same steps as hypercorn's Trio worker (lifespan, accept loop, one task per
+    connection), except that connections get `_BoundedStream` and are aborted when this
+    server is cancelled, so stopping is prompt whatever the clients do.
+    """
+    config = hypercorn_config()
+    config.set_statsd_logger_class(StatsdLogger)
+    context = WorkerContext(None)
+    state: dict[str, Any] = {}
+    live: set[_BoundedStream] = set()
+
+    async def handle(stream: trio.SocketStream) -> None:
+        conn: Any = _BoundedStream(stream)
+        live.add(conn)
+        try:
+            server: Any = TCPServer(app, config, context, ConnectionState(state.copy()), conn)
+            await server.run()
+        finally:
+            live.discard(conn)
+
+    lifespan = Lifespan(app, config, state)
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        async with trio.open_nursery() as conn_nursery:
+            await conn_nursery.start(trio.serve_listeners, handle, [listener])
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                await context.terminated.set()
+                for conn in list(live):
+                    conn.abort()
+        with trio.move_on_after(1, shield=True):
+            await lifespan.wait_for_shutdown()
+        lifespan_nursery.cancel_scope.cancel()

@@ -52,23 +52,23 @@ class LoopbackBus:
     """The single-process bus (upstream's `nats://loopback`)."""
 
     def __init__(self) -> None:
-        self._subs: dict[str, list[Subscription]] = {}
+        # subject -> subscriptions in subscription order (a dict: O(1) unsubscribe)
+        self._subs: dict[str, dict[Subscription, None]] = {}
         self.published = 0
         self.dropped = 0  # published with nobody listening
 
     def subscribe(self, subject: str, handler: Handler) -> Subscription:
         sub = Subscription(self, subject, handler)
-        self._subs.setdefault(subject, []).append(sub)
+        self._subs.setdefault(subject, {})[sub] = None
         return sub
 
     def _remove(self, sub: Subscription) -> None:
         subs = self._subs.get(sub.subject)
         if subs is None:
             return
-        try:
-            subs.remove(sub)
-        except ValueError:
+        if sub not in subs:
             return
+        del subs[sub]
         if not subs:
             del self._subs[sub.subject]
 

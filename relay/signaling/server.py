@@ -13,7 +13,10 @@ import base64
 import hashlib
 import json
 import logging
+import math
+import os
 import time
+from collections import deque
 from typing import Any
 
 import h11
@@ -48,7 +51,7 @@ REQUEST_TIMEOUT = 10.0  # to send a whole request (slow clients are dropped)
 MAX_REQUESTS_PER_CONNECTION = 100
 WRITE_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 2.0  # to wait for the peer's close frame
-SEND_QUEUE = 1024  # frames queued for one client before it counts as too slow
+SEND_QUEUE_BYTES = 4 * 1024 * 1024  # queued for one client before it counts as too slow
 READ_CHUNK = 65536
 METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
@@ -59,41 +62,64 @@ CLOSE_INTERNAL = 1011
 
 
 class WsConnection:
-    """One WebSocket client: the hub's `Connection` (send_text/close never block)."""
+    """One WebSocket client: the hub's `Connection` (send_text/close never block).
+
+    A frame is written straight to the non-blocking socket when nothing is queued (no task
+    hop on the common path); what the kernel does not take is queued for the writer task,
+    which also sends the RTT pings and the close frame.
+    """
 
     def __init__(
-        self, stream: trio.abc.Stream, ws: WsProto, hub: Hub, config: SignalingConfig
+        self, stream: trio.SocketStream, ws: WsProto, hub: Hub, config: SignalingConfig
     ) -> None:
         self.stream = stream
         self.ws = ws
         self.hub = hub
         self.config = config
         self.stats = hub.stats
-        self._send_ch, self._recv_ch = trio.open_memory_channel[str | bytes](SEND_QUEUE)
+        self._fd = stream.socket.fileno()
+        self._queue: deque[bytes] = deque()
+        self._queued = 0
+        self._writing = False
+        self._lot = trio.lowlevel.ParkingLot()
         self._close: tuple[int, str] | None = None
+        self._broken = False
         self._peer_closed = trio.Event()
 
     # hub-facing
     def send_text(self, text: str) -> None:
         if self._close is not None:
             return
-        try:
-            self._send_ch.send_nowait(text)
-        except trio.WouldBlock:
-            self.stats.slow_clients_closed += 1
-            self.close(CLOSE_POLICY, "too slow")
+        self.stats.messages_out += 1
+        self.stats.bytes_out += len(text)
+        self._push(self.ws.send(Message(data=text)))
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         if self._close is None:
             self._close = (code, reason)
-            self._send_ch.close()
+            self._lot.unpark_all()
 
-    def _send_raw(self, data: bytes) -> None:
-        if self._close is None:
+    def _push(self, data: bytes) -> None:
+        if self._broken or self._close is not None:
+            return  # after close() only the writer's close frame goes out
+        if not self._queue and not self._writing:
             try:
-                self._send_ch.send_nowait(data)
-            except trio.WouldBlock:
-                pass  # a pong can be skipped
+                n = os.write(self._fd, data)
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                self._broken = True
+                self.close(CLOSE_INTERNAL, "")
+                return
+            if n == len(data):
+                return
+            data = data[n:]
+        self._queue.append(data)
+        self._queued += len(data)
+        if self._queued > SEND_QUEUE_BYTES and self._close is None:
+            self.stats.slow_clients_closed += 1
+            self.close(CLOSE_POLICY, "too slow")
+        self._lot.unpark_all()
 
     async def run(self) -> None:
         self.hub.connect(self)
@@ -106,20 +132,25 @@ class WsConnection:
             self.hub.disconnect(self)
 
     async def _reader(self) -> None:
+        timer = trio.CancelScope()
+        with timer:
+            await self._read_loop(timer)
+        if timer.cancelled_caught:
+            # no frame for read_timeout (the pings keep live clients talking)
+            self.close(CLOSE_POLICY, "read timeout")
+
+    async def _read_loop(self, timer: trio.CancelScope) -> None:
         cfg = self.config
         limit = cfg.max_message_size
         parts: list[str] = []
         size = 0
         while self._close is None:
-            with trio.move_on_after(cfg.read_timeout) as timer:
-                try:
-                    data = await self.stream.receive_some(READ_CHUNK)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    data = b""
-            if timer.cancelled_caught:
-                # no frame for read_timeout (the pings keep live clients talking)
-                self.close(CLOSE_POLICY, "read timeout")
-                return
+            timer.deadline = trio.current_time() + cfg.read_timeout
+            try:
+                data = await self.stream.receive_some(READ_CHUNK)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            timer.deadline = math.inf  # handling a message may wait for Nextcloud
             if not data:
                 self._peer_closed.set()
                 return
@@ -162,7 +193,7 @@ class WsConnection:
                     if self._close is not None:
                         return
                 elif isinstance(event, Ping):
-                    self._send_raw(self.ws.send(event.response()))
+                    self._push(self.ws.send(event.response()))
                 elif isinstance(event, Pong):
                     self._pong(bytes(event.payload))
                 elif isinstance(event, CloseConnection):
@@ -185,35 +216,30 @@ class WsConnection:
         next_ping = trio.current_time()  # upstream pings right away, then every 54 s
         try:
             while True:
-                with trio.move_on_at(next_ping):
-                    try:
-                        item = await self._recv_ch.receive()
-                    except trio.EndOfChannel:
-                        break
-                    batch = [item]
-                    while len(batch) < 64:
-                        try:
-                            batch.append(self._recv_ch.receive_nowait())
-                        except (trio.WouldBlock, trio.EndOfChannel):
-                            break
-                    out = []
-                    for it in batch:
-                        if isinstance(it, str):
-                            out.append(self.ws.send(Message(data=it)))
-                            self.stats.messages_out += 1
-                            self.stats.bytes_out += len(it)
-                        else:
-                            out.append(it)
-                    if not await self._write(b"".join(out)):
+                if not self._queue and self._close is None:
+                    with trio.move_on_at(next_ping):
+                        await self._lot.park()
+                    if trio.current_time() >= next_ping and self._close is None:
+                        payload = str(time.monotonic_ns()).encode()
+                        self.stats.bytes_out += len(payload)
+                        self._push(self.ws.send(Ping(payload=payload)))
+                        next_ping = trio.current_time() + cfg.ping_interval
+                    continue
+                if self._queue:
+                    data = b"".join(self._queue)
+                    self._queue.clear()
+                    self._queued = 0
+                    self._writing = True
+                    ok = await self._write(data)
+                    self._writing = False
+                    if not ok:
                         return
                     continue
-                payload = str(time.monotonic_ns()).encode()
-                self.stats.bytes_out += len(payload)
-                if not await self._write(self.ws.send(Ping(payload=payload))):
-                    return
-                next_ping = trio.current_time() + cfg.ping_interval
+                break  # closing, everything queued before the close is out
             code, reason = self._close or (1000, "")
-            if self.ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+            if not self._broken and self.ws.state in (
+                ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING
+            ):
                 try:
                     data = self.ws.send(CloseConnection(code=code, reason=reason))
                 except Exception:
@@ -230,7 +256,9 @@ class WsConnection:
                 await self.stream.send_all(data)
                 return True
             except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._broken = True
                 return False
+        self._broken = True
         return False
 
 

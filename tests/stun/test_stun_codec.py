@@ -598,3 +598,11 @@ def test_encode_bad_values_are_value_errors() -> None:
     ):
         with pytest.raises(ValueError):
             Message(1, 0, TID, [attr]).encode()
+
+
+def test_codec_is_sans_io() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, relay.stun; sys.exit(1 if 'trio' in sys.modules else 0)"
+    assert subprocess.run([sys.executable, "-c", code], check=False, timeout=60).returncode == 0

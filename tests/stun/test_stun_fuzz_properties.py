@@ -255,3 +255,23 @@ def test_channel_data_parse_only_raises_stun_decode_error(
         return
     assert 0x4000 <= channel <= 0x4FFF
     assert 4 + length <= n <= len(data)
+
+
+@st.composite
+def tlv_soup(draw: st.DrawFn) -> bytes:
+    """A well-framed message whose attributes have known types but random values: every
+    attribute decoder sees wrong sizes, bad families, bad UTF-8 and so on."""
+    body = b""
+    for _ in range(draw(st.integers(1, 6))):
+        atype = draw(st.sampled_from(sorted(known_modelled_unknown_types)))
+        value = draw(st.binary(max_size=24))
+        body += struct.pack("!HH", atype, len(value)) + value + bytes(-len(value) % 4)
+    mtype = draw(st.sampled_from([0x0001, 0x0003, 0x0016, 0x0113]))
+    return struct.pack("!HHI", mtype, len(body), 0x2112A442) + bytes(12) + body
+
+
+@settings(max_examples=800, deadline=None)
+@given(tlv_soup())
+def test_known_types_with_random_values_only_raise_stun_decode_error(data: bytes) -> None:
+    _decode_or_stun_error(data)
+    scan_send_indication(data, len(data))

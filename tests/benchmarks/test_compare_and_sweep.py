@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.compare_coturn import build_parser, parse_uclient, table, uclient_once
+from benchmarks.profile_relay import fold, report
 from benchmarks.servers import coturn_available, run_coturn
 from benchmarks.sweep import build_parser as sweep_parser
 from benchmarks.sweep import main as sweep_main
@@ -80,3 +81,17 @@ def test_uclient_generator_against_coturn() -> None:
         fig = uclient_once(srv, peer, False, args)
     assert fig["sent"] == 40
     assert fig["received"] > 0 and fig["delivered_pps"] > 0
+
+
+def test_profile_folding_counts_self_and_inclusive_time() -> None:
+    raw = ("main (/x/relay/net/gw.py:10);drain (/x/relay/net/gw.py:50) 3\n"
+           "main (/x/relay/net/gw.py:10);drain (/x/relay/net/gw.py:52) 1\n"
+           "main (/x/relay/net/gw.py:10);get_events (/y/site-packages/trio/_io.py:9) 4\n"
+           "garbage line\n")
+    self_c, incl, total = fold(raw)
+    assert total == 8
+    assert self_c["drain (relay/net/gw.py:50)"] == 3
+    assert incl["main (relay/net/gw.py)"] == 8 and incl["drain (relay/net/gw.py)"] == 4
+    text = report(raw, 5)
+    assert "50.0%  drain (relay/net/gw.py)" in text
+    assert "50.0%  get_events (trio/_io.py)" in text

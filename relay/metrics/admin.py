@@ -316,7 +316,7 @@ async def serve_admin(
     really bound addresses (only the enabled ones).  The self-probe starts with them.
     """
     admin = runtime.config.admin
-    install_collectors(runtime.registry, runtime.stats, runtime.config)
+    install_collectors(runtime.registry, runtime.stats, runtime.config, runtime.health)
     plans = plan_servers(admin.metrics_endpoint, admin.healthcheck_endpoint)
     sockets: list[socket.socket] = []
     bound: dict[str, tuple[str, int]] = {}

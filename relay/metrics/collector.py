@@ -32,6 +32,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from relay.config import Config
 from relay.metrics.stats import ConnectionStats, Histogram, TurnStats
+from relay.runtime import HealthState
 
 log = logging.getLogger("relay.metrics")
 
@@ -59,6 +60,8 @@ RELAY_FAMILIES: dict[str, str] = {
     "relay_turn_quota_rejections_total": "counter",
     "relay_turn_allocations_total": "counter",
     "relay_turn_permissions_active": "gauge",
+    "relay_turn_allocations_limit": "gauge",
+    "relay_ready": "gauge",
     "relay_turn_channels_active": "gauge",
     "relay_turn_allocation_lifetime_seconds": "histogram",
     "relay_turn_request_duration_seconds": "histogram",
@@ -76,8 +79,12 @@ def _counter(name: str, doc: str, labels: list[str] | None = None) -> CounterMet
 class TurnCollector:
     """Reads `TurnStats` (and the configured listener/cluster names) at scrape time."""
 
-    def __init__(self, stats: TurnStats, config: Config | None = None) -> None:
+    def __init__(
+        self, stats: TurnStats, config: Config | None = None, health: HealthState | None = None
+    ) -> None:
         self.stats = stats
+        self.health = health
+        self._quota = config.turn.total_quota if config else 0
         self._listener_names = tuple(lis.name for lis in config.listeners) if config else ()
         self._cluster_names = tuple(c.name for c in config.clusters) if config else ()
 
@@ -197,6 +204,13 @@ class TurnCollector:
         chans = GaugeMetricFamily(
             "relay_turn_channels_active", "Active TURN channel bindings in all allocations."
         )
+        limit = GaugeMetricFamily(
+            "relay_turn_allocations_limit",
+            "The configured total allocation quota (turn.total_quota); 0 means unlimited.",
+        )
+        ready = GaugeMetricFamily(
+            "relay_ready", "1 when /ready answers 200 (listeners bound, self-probe passing)."
+        )
         lifetime = HistogramMetricFamily(
             "relay_turn_allocation_lifetime_seconds",
             "Lifetime of ended TURN allocations in seconds.",
@@ -219,6 +233,9 @@ class TurnCollector:
             allocs.add_metric([], st.allocations_total)
             perms.add_metric([], st.permissions_active)
             chans.add_metric([], st.channels_active)
+            limit.add_metric([], self._quota)
+            if self.health is not None:
+                ready.add_metric([], 1 if self.health.ready() else 0)
             _histogram(lifetime, st.allocation_lifetime)
             _histogram(latency, st.request_latency)
         yield requests
@@ -229,6 +246,9 @@ class TurnCollector:
         yield allocs
         yield perms
         yield chans
+        yield limit
+        if self.health is not None:
+            yield ready
         yield lifetime
         yield latency
 
@@ -245,7 +265,10 @@ _installed: weakref.WeakKeyDictionary[CollectorRegistry, TurnCollector] = (
 
 
 def install_collectors(
-    registry: CollectorRegistry, stats: TurnStats, config: Config | None = None
+    registry: CollectorRegistry,
+    stats: TurnStats,
+    config: Config | None = None,
+    health: HealthState | None = None,
 ) -> TurnCollector:
     """Register the TURN collector plus the process, platform and GC collectors, once.
 
@@ -256,7 +279,7 @@ def install_collectors(
     existing = _installed.get(registry)
     if existing is not None:
         return existing
-    turn = TurnCollector(stats, config)
+    turn = TurnCollector(stats, config, health)
     registry.register(turn)
     for make in (ProcessCollector, PlatformCollector, GCCollector):
         try:

@@ -17,6 +17,14 @@ from relay.metrics.collector import (
     install_collectors,
 )
 from relay.metrics.stats import AUTH_FAILURE_REASONS, DROP_REASONS, TurnStats
+from relay.runtime import HealthState
+
+BASE_RAW: dict[str, Any] = {
+    "version": "v1",
+    "auth": {"type": "static", "credentials": {"username": "u", "password": "p"}},
+    "listeners": [{"name": "udp-a", "port": 0, "routes": ["media"]}],
+    "clusters": [{"name": "media", "endpoints": ["10.0.0.0/8"]}],
+}
 
 
 def _bump_known_traffic(st: TurnStats) -> None:
@@ -65,9 +73,10 @@ def _value(fam: Any, sample: str, **labels: str) -> float:
     return float(hits[0])
 
 
-def _registry(config: Config, st: TurnStats) -> CollectorRegistry:
+def _registry(config: Config, st: TurnStats, health: HealthState | None = None
+              ) -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=True)
-    install_collectors(reg, st, config)
+    install_collectors(reg, st, config, health if health is not None else HealthState())
     return reg
 
 
@@ -176,6 +185,20 @@ def test_relay_families_after_known_stats(make_config: Callable[..., Config]) ->
     assert _value(lat, "relay_turn_request_duration_seconds_bucket", le="1.0") == 2
     assert _value(lat, "relay_turn_request_duration_seconds_bucket", le="+Inf") == 3
     assert _value(lat, "relay_turn_request_duration_seconds_count") == 3
+
+
+def test_quota_limit_and_ready_gauges(make_config: Callable[..., Config]) -> None:
+    raw = {**BASE_RAW, "turn": {"total_quota": 500}}
+    cfg = make_config(raw=raw)
+    health = HealthState()
+    reg = _registry(cfg, TurnStats(), health)
+    _, fams = _scrape(reg)
+    assert _value(fams[("relay_turn_allocations_limit", "gauge")],
+                  "relay_turn_allocations_limit") == 500
+    assert _value(fams[("relay_ready", "gauge")], "relay_ready") == 0
+    health.started = True
+    _, fams = _scrape(reg)
+    assert _value(fams[("relay_ready", "gauge")], "relay_ready") == 1
 
 
 def test_counters_are_live_between_scrapes(make_config: Callable[..., Config]) -> None:

@@ -151,7 +151,9 @@ def relay_config_yaml(host: str, port: int, min_port: int, max_port: int) -> str
         f"listeners: [{{name: udp, protocol: TURN-UDP, address: \"{host}\", port: {port}, "
         "routes: [peers]}]\n"
         f"clusters: [{{name: peers, type: STATIC, endpoints: [\"{peers}\"]}}]\n"
-        f"turn: {{min_port: {min_port}, max_port: {max_port}}}\n"
+        # coturn 4.6 has no 401 rate limit; churn opens a new 5-tuple (and gets a 401) per
+        # allocation from one IP, so relay's limit is off here as well.
+        f"turn: {{min_port: {min_port}, max_port: {max_port}, unauthorized_ratelimit: 0}}\n"
     )
 
 

@@ -165,3 +165,21 @@ async def test_raw_request_returns_error_responses(server: ServerProcess) -> Non
 async def test_sha256_integrity_client_option_is_validated() -> None:
     with pytest.raises(ValueError):
         TurnClient(("127.0.0.1", 3478), "u", "p", integrity="md5")
+
+
+@pytest.mark.skipif(not coturn_available(), reason="coturn's turnserver is not installed")
+async def test_ipv6_loopback_allocation_and_channel() -> None:
+    with run_coturn("::1") as srv:
+        with trio.fail_after(15):
+            async with trio.open_nursery() as nursery:
+                peer = await nursery.start(serve_udp_echo, "::1", 0)
+                async with TurnClient(srv.address, USERNAME, PASSWORD, rto=RTO) as client:
+                    assert client.local_address[0] == "::1"
+                    await client.allocate(family=2)
+                    assert client.relayed is not None and client.relayed[0] == "::1"
+                    await client.channel_bind(0x4000, peer)
+                    _kind, channel, _payload = await _echo_roundtrip(
+                        client, lambda: client.send_channel(0x4000, b"over-v6"), "channel",
+                        b"over-v6")
+                    assert channel == 0x4000
+                nursery.cancel_scope.cancel()

@@ -48,9 +48,9 @@ from benchmarks.turn_load import LoadConfig, LoadResult, echo_peers, run_load
 
 SERVERS = ("coturn", "relay")  # order of A B in every round
 ALL_METRICS = ("channel", "send", "rtt", "churn", "memory")
-LOWER_IS_BETTER = {"rtt", "memory"}
+LOWER_IS_BETTER = {"rtt", "memory", "cpu"}
 UNITS = {"channel": "pkt/s", "send": "pkt/s", "rtt": "ms p99", "churn": "alloc/s",
-         "memory": "KiB/alloc"}
+         "memory": "KiB/alloc", "cpu": "us/echo"}
 
 
 @contextlib.contextmanager
@@ -154,8 +154,13 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
                         res = probe(srv, "channel", base / 2, args, peer)
                         log(f"  {name:6} rtt     at {base / 2:8.0f} pkt/s: p50 "
                             f"{res.rtt_p50_ms:.3f} p99 {res.rtt_p99_ms:.3f} ms loss "
-                            f"{res.loss_pct:.2f}%")
+                            f"{res.loss_pct:.2f}% server cpu {res.server_cpu_pct or 0:.0f}%")
                         figures[metric][name].append(res.rtt_p99_ms)
+                        # Server CPU per echoed packet at that fixed rate: the server's own
+                        # cost, whatever limits the whole machine at saturation.
+                        if res.server_cpu_pct is not None and res.delivered_pps > 0:
+                            figures.setdefault("cpu", {s: [] for s in SERVERS})[name].append(
+                                res.server_cpu_pct / 100 * 1e6 / res.delivered_pps)
                     elif metric == "churn":
                         figures[metric][name].append(churn(srv, args))
                     elif metric == "memory":

@@ -48,9 +48,13 @@ from benchmarks.turn_load import LoadConfig, LoadResult, echo_peers, run_load
 
 SERVERS = ("coturn", "relay")  # order of A B in every round
 ALL_METRICS = ("channel", "send", "rtt", "churn", "memory")
-LOWER_IS_BETTER = {"rtt", "memory", "cpu"}
+LOWER_IS_BETTER = {"rtt", "memory", "cpu", "uclient_channel_loss", "uclient_channel_rtt",
+                   "uclient_send_loss", "uclient_send_rtt"}
 UNITS = {"channel": "pkt/s", "send": "pkt/s", "rtt": "ms p99", "churn": "alloc/s",
-         "memory": "KiB/alloc", "cpu": "us/echo"}
+         "memory": "KiB/alloc", "cpu": "us/echo",
+         "uclient_channel_pps": "msg/s", "uclient_channel_loss": "%",
+         "uclient_channel_rtt": "ms avg", "uclient_send_pps": "msg/s",
+         "uclient_send_loss": "%", "uclient_send_rtt": "ms avg"}
 
 
 @contextlib.contextmanager
@@ -249,7 +253,7 @@ def run_uclient(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def table(figures: dict[str, dict[str, list[float]]]) -> tuple[str, dict[str, Any]]:
-    lines = [f"{'metric':24} {'coturn':>12} {'relay':>12} {'relay/coturn':>13}  rounds"]
+    lines = [f"{'metric':30} {'coturn':>12} {'relay':>12} {'relay/coturn':>13}  rounds"]
     medians: dict[str, Any] = {}
     for metric, by_server in figures.items():
         c = median(by_server["coturn"])
@@ -261,7 +265,7 @@ def table(figures: dict[str, dict[str, list[float]]]) -> tuple[str, dict[str, An
         note = " (lower is better)" if metric in LOWER_IS_BETTER else ""
         rounds = " ".join(f"{a:.4g}/{b:.4g}" for a, b in zip(by_server["coturn"],
                                                             by_server["relay"], strict=False))
-        lines.append(f"{metric + ' [' + unit + ']':24} {c:12.4g} {r:12.4g} {ratio:13.3f}  "
+        lines.append(f"{metric + ' [' + unit + ']':30} {c:12.4g} {r:12.4g} {ratio:13.3f}  "
                      f"{rounds}{note}")
     return "\n".join(lines), medians
 

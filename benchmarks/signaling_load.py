@@ -10,7 +10,7 @@ What upstream's benchmark client does, in Python on trio-websocket: N sessions s
 - max: `--senders` tasks sending back to back — delivered messages/s (on a 2-core machine
   the Python load generator itself may be the limit; the server's CPU share says so).
 
-Memory per session = (server RSS after all hellos − RSS before) / N.
+Memory per session = (server RSS after all hellos - RSS before) / N.
 
 Servers: `relay` (this repository's signaling server, started in a subprocess running only
 `serve_signaling`) and `spreed` (the `nextcloud-spreed-signaling-server` binary, if
@@ -337,7 +337,7 @@ async def run_one(kind: str, n: int, args: argparse.Namespace, nc: MockNextcloud
             result["errors"] = c.errors
             for p in peers:
                 nursery.start_soon(p.ws.aclose)
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
             nursery.cancel_scope.cancel()
     finally:
         proc.terminate()
@@ -350,7 +350,8 @@ async def run_one(kind: str, n: int, args: argparse.Namespace, nc: MockNextcloud
 
 def fmt(r: dict[str, Any]) -> str:
     f, m = r["fixed"], r["max"]
-    return (f"{r['server']:>6} n={r['sessions']:>6}  mem/session={r['rss_per_session_kib']:6.1f} KiB"
+    return (f"{r['server']:>6} n={r['sessions']:>6}  "
+            f"mem/session={r['rss_per_session_kib']:6.1f} KiB"
             f"  rss={r['rss_mib']:6.1f} MiB  connect={r['connect_s']:5.1f}s | "
             f"fixed: {f['msgs_per_s']:7.0f} msg/s p50={f['p50_ms']:6.2f}ms "
             f"p99={f['p99_ms']:7.2f}ms cpu={f['server_cpu_pct']:5.1f}% "
@@ -361,7 +362,7 @@ def fmt(r: dict[str, Any]) -> str:
 
 
 async def bench(args: argparse.Namespace) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     servers = [s for s in args.servers.split(",") if s]
     if "spreed" in servers and shutil.which("nextcloud-spreed-signaling-server") is None:
@@ -415,8 +416,7 @@ async def bench(args: argparse.Namespace) -> None:
                   f"p99 {a['fixed_p99'] / b['fixed_p99']:.2f}x, "
                   f"max rate {a['max_rate'] / b['max_rate']:.2f}x")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+        await trio.Path(args.json).write_text(json.dumps(results, indent=1))
 
 
 def serve_relay(port: int) -> None:

@@ -438,11 +438,13 @@ class SignalingServer:
             (b"Sec-WebSocket-Accept", accept),
             *self.common_headers,
         ])) or b""
-        with trio.move_on_after(WRITE_TIMEOUT):
+        with trio.move_on_after(WRITE_TIMEOUT) as timer:
             await stream.send_all(data)
-            trailing, _closed = conn.trailing_data
-            ws = WsProto(ConnectionType.SERVER, extensions=None, trailing_data=bytes(trailing))
-            await WsConnection(stream, ws, self.hub, self.config).run()
+        if timer.cancelled_caught:
+            return False
+        trailing, _closed = conn.trailing_data
+        ws = WsProto(ConnectionType.SERVER, extensions=None, trailing_data=bytes(trailing))
+        await WsConnection(stream, ws, self.hub, self.config).run()
         return False
 
 

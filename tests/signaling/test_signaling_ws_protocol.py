@@ -362,3 +362,18 @@ async def test_session_limit(make_server: Any, nextcloud: Any) -> None:
         b = await srv.client()
         r = await b.hello("b")
         assert r["error"]["code"] == "session_limit_exceeded"
+
+
+async def test_websocket_outlives_the_http_timeouts(server: Any, monkeypatch: Any) -> None:
+    from relay.signaling import server as srvmod
+
+    monkeypatch.setattr(srvmod, "WRITE_TIMEOUT", 0.2)
+    monkeypatch.setattr(srvmod, "REQUEST_TIMEOUT", 0.2)
+    with trio.fail_after(10):
+        a = await server.client()
+        b = await server.client()
+        await a.hello("alice")
+        await b.hello("bob")
+        await trio.sleep(0.8)
+        await a.message({"type": "session", "sessionid": b.session_id}, {"still": "here"})
+        assert (await b.recv())["message"]["data"] == {"still": "here"}

@@ -2,11 +2,11 @@
 
 A listener that is bound but no longer answers (a wedged drain loop, a full socket buffer,
 a blocked event loop) must turn `/ready` into 503 so a load balancer or Kubernetes stops
-sending clients to this instance.  Every `interval` seconds the probe sends one 20-byte
-Binding request from an ephemeral loopback-side UDP socket to each bound TURN-UDP listener
-and waits up to `wait` seconds for a Binding success response with the same transaction
-ID.  After `failures` consecutive failed rounds `HealthState.probe_ok` turns False; the
-first fully answered round turns it True again.
+sending clients to this instance.  Every `interval` seconds the probe sends one Binding
+request (with FINGERPRINT) from an ephemeral UDP socket to each bound TURN-UDP listener and
+waits up to `wait` seconds for a Binding success response with the same transaction ID and
+our own port in XOR-MAPPED-ADDRESS.  After `failures` consecutive failed rounds
+`HealthState.probe_ok` turns False; the first fully answered round turns it True again.
 
 It logs only when the state changes (never once per round).
 """
@@ -17,11 +17,20 @@ import ipaddress
 import logging
 import os
 import socket
-import struct
 
 import trio
 
 from relay.runtime import HealthState, ListenerStatus
+from relay.stun import (
+    Message,
+    MessageClass,
+    Method,
+    StunDecodeError,
+    XorMappedAddress,
+    decode,
+    has_fingerprint,
+    verify_fingerprint,
+)
 
 log = logging.getLogger("relay.probe")
 
@@ -29,32 +38,36 @@ PROBE_INTERVAL = 5.0  # seconds between rounds
 PROBE_TIMEOUT = 1.0  # seconds to wait for each listener's answer
 PROBE_FAILURES = 3  # consecutive failed rounds before readiness fails
 
-MAGIC_COOKIE = 0x2112A442
-BINDING_REQUEST = 0x0001
-BINDING_SUCCESS = 0x0101
-_HEADER = struct.Struct("!HHI12s")
 PROBED_PROTOCOLS = frozenset({"TURN-UDP"})
 
 
 def binding_request(transaction_id: bytes) -> bytes:
-    """A STUN Binding request with no attributes (RFC 8489 §5: 20-byte header)."""
+    """A STUN Binding request with a FINGERPRINT (RFC 8489 §5, §14.7)."""
     if len(transaction_id) != 12:
         raise ValueError("a STUN transaction ID is 12 bytes")
-    return _HEADER.pack(BINDING_REQUEST, 0, MAGIC_COOKIE, transaction_id)
+    return Message(Method.BINDING, MessageClass.REQUEST, transaction_id).encode(fingerprint=True)
 
 
-def is_binding_success(data: bytes, transaction_id: bytes) -> bool:
-    """True for a well-formed Binding success response to `transaction_id`."""
-    if len(data) < 20:
+def is_binding_success(data: bytes, transaction_id: bytes, local_port: int | None = None) -> bool:
+    """True for a well-formed Binding success response to `transaction_id`.
+
+    It must carry XOR-MAPPED-ADDRESS (with our source port when `local_port` is given: the
+    listener really saw our datagram) and a valid FINGERPRINT when it has one.
+    """
+    try:
+        msg = decode(data)
+    except StunDecodeError:
         return False
-    mtype, length, cookie, tid = _HEADER.unpack_from(data)
-    return bool(
-        mtype == BINDING_SUCCESS
-        and cookie == MAGIC_COOKIE
-        and tid == transaction_id
-        and length % 4 == 0
-        and len(data) == 20 + length
-    )
+    if (
+        msg.method != Method.BINDING
+        or msg.cls != MessageClass.SUCCESS
+        or msg.transaction_id != transaction_id
+    ):
+        return False
+    mapped = msg.get(XorMappedAddress)
+    if mapped is None or (local_port is not None and mapped.port != local_port):
+        return False
+    return not has_fingerprint(msg) or verify_fingerprint(msg)
 
 
 def probe_target(status: ListenerStatus) -> tuple[str, int]:
@@ -78,6 +91,7 @@ async def probe_once(target: tuple[str, int], wait: float) -> bool:
         try:
             # connect(): an ephemeral source port, and the kernel drops other senders.
             await sock.connect((host, port))
+            local_port = sock.getsockname()[1]
             await sock.send(request)
         except OSError:
             return False
@@ -87,7 +101,7 @@ async def probe_once(target: tuple[str, int], wait: float) -> bool:
                     data = await sock.recv(2048)
                 except OSError:  # e.g. ICMP port unreachable surfaced as ECONNREFUSED
                     return False
-                if is_binding_success(data, tid):
+                if is_binding_success(data, tid, local_port):
                     return True
     return False
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +14,20 @@ import trio
 from relay.config import Config
 from relay.net import probe
 from relay.runtime import HealthState, ListenerStatus
+from relay.stun import (
+    Message,
+    MessageClass,
+    Method,
+    XorMappedAddress,
+    decode,
+    has_fingerprint,
+    verify_fingerprint,
+)
+
+
+def success(tid: bytes, ip: str, port: int, **kw: Any) -> bytes:
+    return Message(Method.BINDING, MessageClass.SUCCESS, tid,
+                   [XorMappedAddress(ip, port)]).encode(**kw)
 
 
 class FakeStunListener:
@@ -36,12 +49,10 @@ class FakeStunListener:
             self.requests += 1
             if not self.answering or len(data) < 20:
                 continue
-            mtype, _, cookie = struct.unpack_from("!HHI", data)
-            tid = os.urandom(12) if self.wrong_tid else data[8:20]
-            if mtype == probe.BINDING_REQUEST and cookie == probe.MAGIC_COOKIE:
-                # XOR-MAPPED-ADDRESS would follow in a real answer; the header is what counts.
-                await self.sock.sendto(struct.pack("!HHI", probe.BINDING_SUCCESS, 0, cookie)
-                                       + tid, addr)
+            req = decode(data)
+            tid = os.urandom(12) if self.wrong_tid else req.transaction_id
+            if req.method == Method.BINDING and req.cls == MessageClass.REQUEST:
+                await self.sock.sendto(success(tid, addr[0], addr[1]), addr)
 
 
 async def fake_listener(nursery: trio.Nursery) -> tuple[FakeStunListener, int]:
@@ -69,26 +80,36 @@ async def ready_status(url: str) -> int:
 def test_binding_request_wire_format() -> None:
     tid = bytes(range(12))
     req = probe.binding_request(tid)
-    assert req == b"\x00\x01\x00\x00\x21\x12\xa4\x42" + tid
+    assert req[:8] == b"\x00\x01\x00\x08\x21\x12\xa4\x42" and req[8:20] == tid
+    msg = decode(req)
+    assert (msg.method, msg.cls, msg.transaction_id) == (Method.BINDING,
+                                                         MessageClass.REQUEST, tid)
+    assert has_fingerprint(msg) and verify_fingerprint(msg)
     with pytest.raises(ValueError):
         probe.binding_request(b"short")
 
 
-def test_is_binding_success_checks_type_cookie_tid_and_length() -> None:
+def test_is_binding_success_checks_the_answer() -> None:
     tid = os.urandom(12)
-    ok = struct.pack("!HHI", 0x0101, 0, probe.MAGIC_COOKIE) + tid
+    ok = success(tid, "127.0.0.1", 40000)
     assert probe.is_binding_success(ok, tid)
+    assert probe.is_binding_success(ok, tid, 40000)
+    assert probe.is_binding_success(success(tid, "127.0.0.1", 40000, fingerprint=True), tid,
+                                    40000)
+    assert not probe.is_binding_success(ok, tid, 40001)  # not our mapping
     assert not probe.is_binding_success(ok, os.urandom(12))
     assert not probe.is_binding_success(ok[:19], tid)
-    err = struct.pack("!HHI", 0x0111, 0, probe.MAGIC_COOKIE) + tid  # Binding error response
-    assert not probe.is_binding_success(err, tid)
-    bad_cookie = struct.pack("!HHI", 0x0101, 0, 0x12345678) + tid
-    assert not probe.is_binding_success(bad_cookie, tid)
-    software = b"\x80\x22\x00\x04rlay"  # SOFTWARE "rlay": 8 bytes of attributes
-    with_attr = struct.pack("!HHI", 0x0101, 8, probe.MAGIC_COOKIE) + tid + software
-    assert probe.is_binding_success(with_attr, tid)
-    truncated = struct.pack("!HHI", 0x0101, 8, probe.MAGIC_COOKIE) + tid + b"\x00\x00"
-    assert not probe.is_binding_success(truncated, tid)
+    assert not probe.is_binding_success(b"\xff" * 40, tid)
+    bare = Message(Method.BINDING, MessageClass.SUCCESS, tid).encode()
+    assert not probe.is_binding_success(bare, tid)  # no XOR-MAPPED-ADDRESS
+    err = Message(Method.BINDING, MessageClass.ERROR, tid, [XorMappedAddress("127.0.0.1", 1)])
+    assert not probe.is_binding_success(err.encode(), tid)
+    alloc = Message(Method.ALLOCATE, MessageClass.SUCCESS, tid,
+                    [XorMappedAddress("127.0.0.1", 1)])
+    assert not probe.is_binding_success(alloc.encode(), tid)
+    fp = bytearray(success(tid, "127.0.0.1", 40000, fingerprint=True))
+    fp[-1] ^= 1  # a corrupted FINGERPRINT
+    assert not probe.is_binding_success(bytes(fp), tid, 40000)
 
 
 def test_probe_target_maps_wildcards_to_loopback() -> None:

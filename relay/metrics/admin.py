@@ -9,9 +9,10 @@ A small ASGI app (no framework) served by hypercorn's Trio worker inside relay's
   `stats.allowed_ips` get 403.
 - `/live`, `/ready`, `/status` (under `admin.healthcheck_endpoint`) are open to everyone, so
   load balancers and Kubernetes can probe them, and serve no secrets.
-- Hostile clients are bounded by hypercorn's limits (header size, read and keep-alive
-  timeouts, requests per connection); each connection is its own Trio task, far from the
-  media path.  Request bodies are never read.
+- Hostile clients are bounded: header size, read and keep-alive timeouts, requests per
+  connection (hypercorn's settings), a deadline on every send and a cap on open
+  connections (ours); each connection is its own Trio task, far from the media path.
+  Request bodies are never read.
 
 `serve_admin(runtime)` binds the sockets itself (so port 0 works and the real ports are
 known), serves both endpoints (one server when they share host:port), and runs the
@@ -63,6 +64,7 @@ MAX_HEADER_BYTES = 16 * 1024  # request line + headers; larger gets 400/closed
 READ_TIMEOUT = 10  # seconds without a byte from the client: connection closed
 KEEP_ALIVE_TIMEOUT = 5  # seconds an idle keep-alive connection is kept
 KEEP_ALIVE_MAX_REQUESTS = 100  # bounds what a pipelining client can queue per connection
+MAX_CONNECTIONS = 512  # per admin socket; beyond it new connections are closed at once
 SEND_TIMEOUT = 10.0  # seconds a response may take to leave; then the connection is closed
 GRACEFUL_TIMEOUT = 1.0  # seconds in-flight requests get when the admin server stops
 
@@ -357,12 +359,14 @@ class _BoundedStream:
     stops) ends a pending send at once; either way the connection is closed.
     """
 
-    __slots__ = ("_closed", "_send_scope", "_stream")
+    __slots__ = ("_closed", "_live", "_send_scope", "_stream")
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.SocketStream, live: set[_BoundedStream]) -> None:
         self._stream = stream
         self._send_scope: trio.CancelScope | None = None
         self._closed = False
+        self._live = live  # the server's open connections; we leave it when the client does
+        live.add(self)
 
     @property
     def socket(self) -> trio.socket.SocketType:
@@ -380,17 +384,22 @@ class _BoundedStream:
             raise trio.BrokenResourceError("the client stopped reading")
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self._stream.receive_some(max_bytes)
+        data = await self._stream.receive_some(max_bytes)
+        if not data:
+            self._live.discard(self)  # the client is gone; hypercorn may linger a while
+        return data
 
     async def send_eof(self) -> None:
         await self._stream.send_eof()
 
     async def aclose(self) -> None:
         self._closed = True
+        self._live.discard(self)
         await self._stream.aclose()
 
     def abort(self) -> None:
         self._closed = True
+        self._live.discard(self)
         if self._send_scope is not None:
             self._send_scope.cancel()
         self._stream.socket.close()  # wakes a pending receive with ClosedResourceError
@@ -412,16 +421,21 @@ async def _serve_socket(
     config.set_statsd_logger_class(StatsdLogger)
     context = WorkerContext(None)
     state: dict[str, Any] = {}
-    live: set[_BoundedStream] = set()
+    live: set[_BoundedStream] = set()  # connections whose client is still there (the cap)
+    conns: set[_BoundedStream] = set()  # every connection task still running (aborted at stop)
 
     async def handle(stream: trio.SocketStream) -> None:
-        conn: Any = _BoundedStream(stream)
-        live.add(conn)
+        if len(live) >= MAX_CONNECTIONS:
+            await stream.aclose()  # a flood of idle connections cannot exhaust our fds
+            return
+        conn: Any = _BoundedStream(stream, live)
+        conns.add(conn)
         try:
             server: Any = TCPServer(app, config, context, ConnectionState(state.copy()), conn)
             await server.run()
         finally:
             live.discard(conn)
+            conns.discard(conn)
 
     lifespan = Lifespan(app, config, state)
     async with trio.open_nursery() as lifespan_nursery:
@@ -435,7 +449,7 @@ async def _serve_socket(
                 await trio.sleep_forever()
             finally:
                 await context.terminated.set()
-                for conn in list(live):
+                for conn in list(conns):
                     conn.abort()
         with trio.move_on_after(1, shield=True):
             await lifespan.wait_for_shutdown()

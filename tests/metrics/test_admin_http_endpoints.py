@@ -255,6 +255,26 @@ async def test_slow_client_does_not_stall_others(
             await s.aclose()
 
 
+async def test_connection_cap(
+    start_admin: Any, make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from relay.metrics import admin as admin_module
+
+    monkeypatch.setattr(admin_module, "MAX_CONNECTIONS", 3)
+    adm = await start_admin(make_config())
+    host, port = adm.bound["health"]
+    idle = [await trio.open_tcp_stream(host, port) for _ in range(3)]
+    for s in idle:
+        await s.send_all(b"GET /li")
+    await trio.sleep(0.1)
+    with pytest.raises(httpx.TransportError):
+        await get(adm.url("health", "/live"))
+    for s in idle:
+        await s.aclose()
+    await trio.sleep(0.1)
+    assert (await get(adm.url("health", "/live"))).status_code == 200
+
+
 async def test_stops_promptly_with_a_client_that_never_reads(
     make_config: Callable[..., Config], make_runtime: Any
 ) -> None:

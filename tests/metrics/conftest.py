@@ -67,7 +67,9 @@ class RunningAdmin:
 
     def url(self, role: str, path: str) -> str:
         host, port = self.bound[role]
-        return f"http://{host}:{port}{path}"
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        return f"http://[{host}]:{port}{path}" if ":" in host else f"http://{host}:{port}{path}"
 
 
 StartAdmin = Callable[..., Any]

@@ -200,6 +200,29 @@ async def test_health_off_metrics_on(
     assert (await get(adm.url("metrics", "/metrics"))).status_code == 200
 
 
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback")
+async def test_ipv6_endpoints_and_gate(
+    start_admin: Any, make_config: Callable[..., Config]
+) -> None:
+    adm = await start_admin(make_config(metrics=Endpoint("::1", 0, "/metrics"),
+                                        health=Endpoint("::1", 0, "/")))
+    assert adm.bound["metrics"][0] == "::1"
+    assert (await get(adm.url("metrics", "/metrics"))).status_code == 200  # ::1 is allowed
+    assert (await get(adm.url("health", "/live"))).status_code == 200
+    adm2 = await start_admin(make_config(metrics=Endpoint("::1", 0, "/metrics"),
+                                         allowed_ips=["127.0.0.1/32"]))
+    assert (await get(adm2.url("metrics", "/metrics"))).status_code == 403
+
+
 async def test_port_in_use_is_a_clear_error(make_config: Callable[..., Config],
                                             make_runtime: Any) -> None:
     with socket.socket() as busy:

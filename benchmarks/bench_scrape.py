@@ -12,7 +12,11 @@ with 10,000 allocations (in the stats: the collector cannot see more than that):
 - `scrape`: `generate_latest()` of the whole registry (TURN + process + platform + GC
   collectors), i.e. what one `GET /metrics` computes, and the size of the answer;
 - with `--http`: the median round trip of `GET /metrics` over loopback through the admin
-  server (hypercorn), from a client in the same process.
+  server (hypercorn), from a client in the same process;
+- with `--live` (needs the TURN gateway): a real relay process (`python -m relay`), scraped
+  over HTTP with 0, then 10,000 allocations held by TURN clients, then 0 again (A B A); and
+  the forwarding rate of `benchmarks.turn_load` without and with a client scraping
+  `/metrics` as fast as it can, alternated (A B A B).
 
 Cases are interleaved round by round (A B A B) so machine noise hits all of them alike;
 the figures are the median and the best round, per scrape.
@@ -167,12 +171,155 @@ def run_http(rounds: int, number: int, allocs: list[int]) -> None:
     trio.run(main)
 
 
+LIVE_CONFIG = """\
+version: v1
+admin: {{metrics_endpoint: "http://127.0.0.1:{mport}/metrics", healthcheck_endpoint: "",
+        loglevel: "all:WARN"}}
+auth: {{type: static, realm: bench, credentials: {{username: user, password: pass}}}}
+listeners: [{{name: udp, protocol: TURN-UDP, address: "127.0.0.1", port: {port},
+             routes: [peers]}}]
+clusters: [{{name: peers, type: STATIC, endpoints: ["127.0.0.1/32"]}}]
+turn: {{min_port: {lo}, max_port: {hi}, unauthorized_ratelimit: 0, total_quota: 0}}
+"""
+
+
+def _free_tcp_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_live(rounds: int, number: int, allocations: int, load_seconds: float) -> None:
+    import contextlib
+    import subprocess
+    import tempfile
+    import threading
+
+    import httpx
+    import trio
+
+    from benchmarks.report import raise_nofile
+    from benchmarks.servers import ServerProcess, _spawn, free_udp_port, stop, wait_ready
+    from benchmarks.turn_load import LoadConfig, run_load
+    from benchmarks.turnclient import TurnClient
+
+    raise_nofile()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    port, mport = free_udp_port(), _free_tcp_port()
+    lo, hi = 21400, 32767
+    with tempfile.TemporaryDirectory(prefix="relay-bench-scrape-") as tmp:
+        cfg = os.path.join(tmp, "relay.yaml")
+        with open(cfg, "w") as fh:
+            fh.write(LIVE_CONFIG.format(mport=mport, port=port, lo=lo, hi=hi))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        server: ServerProcess = _spawn("relay", [sys.executable, "-m", "relay", "-c", cfg],
+                                       ("127.0.0.1", port), tmp, env=env)
+        url = f"http://127.0.0.1:{mport}/metrics"
+        try:
+            wait_ready(server, 20)
+            print(f"\nlive relay pid {server.pid}: TURN 127.0.0.1:{port}, metrics {url}")
+
+            async def scrape_times(client: httpx.AsyncClient) -> list[float]:
+                out = []
+                for _ in range(number):
+                    t0 = time.perf_counter()
+                    r = await client.get(url)
+                    out.append(time.perf_counter() - t0)
+                    if r.status_code != 200:
+                        raise RuntimeError(f"GET /metrics: {r.status_code}")
+                return out
+
+            async def alloc_phase() -> dict[str, list[float]]:
+                res: dict[str, list[float]] = {}
+                async with httpx.AsyncClient(trust_env=False) as client:
+                    res["A 0 allocations"] = await scrape_times(client)
+                    held: list[TurnClient] = []
+                    async with contextlib.AsyncExitStack() as stack:
+                        limiter = trio.CapacityLimiter(64)
+
+                        async def one() -> None:
+                            async with limiter:
+                                c = TurnClient(("127.0.0.1", port), "user", "pass", rto=0.25)
+                                await stack.enter_async_context(c)
+                                with contextlib.suppress(Exception):
+                                    await c.allocate(timeout=10.0)
+                                    held.append(c)
+
+                        t0 = time.perf_counter()
+                        async with trio.open_nursery() as nursery:
+                            for _ in range(allocations):
+                                nursery.start_soon(one)
+                        print(f"  {len(held)} allocations held "
+                              f"(set up in {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+                        r = await client.get(url)
+                        active = [ln for ln in r.text.splitlines()
+                                  if ln.startswith("stunner_allocations_active ")]
+                        res[f"B {len(held)} allocations ({active[0] if active else '?'})"] = (
+                            await scrape_times(client))
+                        for c in held:
+                            c.close()
+                    await trio.sleep(1.0)
+                    res["A 0 allocations again (clients gone)"] = await scrape_times(client)
+                return res
+
+            phases = trio.run(alloc_phase)
+            print(f"GET /metrics round trip over loopback, {number} scrapes per phase:")
+            for label, t in phases.items():
+                t.sort()
+                print(f"  {label:<58} median {statistics.median(t) * 1e3:6.2f} ms"
+                      f"  p90 {t[int(len(t) * 0.9)] * 1e3:6.2f} ms")
+
+            # Forwarding with and without a client scraping as fast as it can.
+            stop_flag = threading.Event()
+            scrapes = [0]
+
+            def hammer() -> None:
+                with httpx.Client(trust_env=False) as c:
+                    while not stop_flag.is_set():
+                        c.get(url)
+                        scrapes[0] += 1
+
+            print(f"\nturn_load (20 clients, channel mode, 100 B, max rate, {load_seconds:.0f} s)"
+                  " without / with a client scraping /metrics back to back:")
+            for rnd in range(rounds):
+                for scraping in (False, True):
+                    th = None
+                    if scraping:
+                        stop_flag.clear()
+                        scrapes[0] = 0
+                        th = threading.Thread(target=hammer, daemon=True)
+                        th.start()
+                    res = run_load(LoadConfig(server=("127.0.0.1", port), clients=20,
+                                              duration=load_seconds, progress=False,
+                                              server_pid=server.pid))
+                    if th is not None:
+                        stop_flag.set()
+                        th.join(10)
+                    rate = (f"{scrapes[0] / load_seconds:.0f} scrapes/s" if scraping
+                            else "no scrapes")
+                    print(f"  round {rnd + 1} {rate:>16}: delivered {res.delivered_pps:8.0f} pkt/s"
+                          f"  loss {res.loss_pct:5.2f}%  rtt p99 {res.rtt_p99_ms:6.2f} ms"
+                          f"  server cpu {res.server_cpu_pct or 0:.0f}%")
+        except (RuntimeError, subprocess.SubprocessError) as exc:
+            print(f"live run failed: {exc}", file=sys.stderr)
+        finally:
+            stop(server)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
     ap.add_argument("--number", type=int, default=50, help="scrapes per case per round")
     ap.add_argument("--quick", action="store_true", help="3 rounds of 5 (a smoke run)")
     ap.add_argument("--http", action="store_true", help="also time GET /metrics over HTTP")
+    ap.add_argument("--live", action="store_true",
+                    help="also scrape a real relay process holding allocations, and measure "
+                         "forwarding during scrapes (needs the TURN gateway)")
+    ap.add_argument("--allocations", type=int, default=10_000, help="held in --live")
+    ap.add_argument("--load-seconds", type=float, default=5.0, help="per turn_load run")
     args = ap.parse_args(argv)
     rounds, number = (3, 5) if args.quick else (args.rounds, args.number)
     print(f"bench_scrape: python {platform.python_version()} on {platform.machine()}, "
@@ -183,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     run_inprocess(rounds, number, [(1, 1), (10, 10), (100, 100)], allocs)
     if args.http:
         run_http(rounds, number, allocs)
+    if args.live:
+        run_live(min(rounds, 3) if not args.quick else 1, number, args.allocations,
+                 args.load_seconds)
     return 0
 
 

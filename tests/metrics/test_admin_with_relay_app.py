@@ -56,11 +56,11 @@ async def test_admin_only_relay_is_ready_and_scrapable(
         pass
 
 
+@pytest.mark.skipif(importlib.util.find_spec("relay.net.gateway") is None,
+                    reason="relay's TURN gateway (relay.net.gateway) is not in this tree yet")
 async def test_relay_with_gateway_ready_probe_and_listener_metrics(
     make_config: Callable[..., Config],
 ) -> None:
-    if importlib.util.find_spec("relay.net.gateway") is None:
-        pytest.skip("relay's TURN gateway (relay.net.gateway) is not in this tree yet")
     mport, hport = _free_port(), _free_port()
     cfg = make_config(metrics=Endpoint("127.0.0.1", mport, "/metrics"),
                       health=Endpoint("127.0.0.1", hport, "/"))

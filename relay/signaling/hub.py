@@ -122,6 +122,7 @@ class Hub:
         self._by_room_session: dict[tuple[str, str], Session] = {}
         self._waiting: dict[Connection, _Waiting] = {}  # connected, no session yet
         self._busy: set[Connection] = set()  # a hello is in flight for these
+        self._timed: set[Session] = set()  # sessions with an expiry or join deadline
         self.rooms: dict[tuple[str, str], Room] = {}
         self._compat = BackendConfig(COMPAT_BACKEND_ID, (), config.secret)
         self._nursery: trio.Nursery | None = None
@@ -141,6 +142,7 @@ class Hub:
         if session is not None and session.conn is conn:
             session.conn = None
             session.expires_at = trio.current_time() + self.config.session_expire
+            self._timed.add(session)
 
     def receive_binary(self, conn: Connection) -> None:
         self._send_conn(
@@ -232,6 +234,7 @@ class Hub:
         )
         if not user_id:
             session.join_deadline = trio.current_time() + self.config.anonymous_join_timeout
+            self._timed.add(session)
         self._register(session)
         del self._waiting[conn]
         self._by_conn[conn] = session
@@ -491,6 +494,7 @@ class Hub:
             sub.close()
         session.subs.clear()
         del self.sessions[session.public_id]
+        self._timed.discard(session)
         self._by_private.pop(session.private_id, None)
         if session.conn is not None:
             self._by_conn.pop(session.conn, None)
@@ -505,8 +509,10 @@ class Hub:
                 del self._waiting[conn]
                 self._send_conn(conn, p.bye_message(reason="hello_timeout"))
                 conn.close(CLOSE_NORMAL, "")
-        for session in list(self.sessions.values()):
-            if session.expires_at is not None and session.expires_at <= now:
+        for session in list(self._timed):
+            if session.expires_at is None and session.join_deadline is None:
+                self._timed.discard(session)
+            elif session.expires_at is not None and session.expires_at <= now:
                 self._destroy(session)
             elif session.join_deadline is not None and session.join_deadline <= now:
                 sconn = session.conn

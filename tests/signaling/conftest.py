@@ -240,6 +240,11 @@ def signaling_config(nc: MockNextcloud, **backend: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
+def sig_config(nextcloud: MockNextcloud) -> dict[str, Any]:
+    return signaling_config(nextcloud)
+
+
+@pytest.fixture
 def make_server(nursery: trio.Nursery, nextcloud: MockNextcloud) -> Any:
     async def make(raw: dict[str, Any] | None = None) -> Server:
         cfg = Config.from_mapping(raw or signaling_config(nextcloud))

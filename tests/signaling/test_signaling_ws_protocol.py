@@ -377,3 +377,59 @@ async def test_websocket_outlives_the_http_timeouts(server: Any, monkeypatch: An
         await trio.sleep(0.8)
         await a.message({"type": "session", "sessionid": b.session_id}, {"still": "here"})
         assert (await b.recv())["message"]["data"] == {"still": "here"}
+
+
+async def test_rejoin_with_a_new_talk_session_sends_change(server: Any) -> None:
+    with trio.fail_after(10):
+        a = await server.client()
+        b = await server.client()
+        await a.hello("alice")
+        await b.hello("bob")
+        await a.join("r", "ta")
+        await b.join("r", "tb")
+        await a.drain()
+        await b.drain()
+        r = await b.join("r", "tb-new")
+        assert r["error"]["code"] == "already_joined"
+        ev = await a.recv()
+        assert ev["event"]["type"] == "change"
+        assert ev["event"]["change"][0]["sessionid"] == b.session_id
+        assert ev["event"]["change"][0]["roomsessionid"] == "tb-new"
+
+
+async def test_cancellation_closes_the_port_and_the_sockets(
+    nursery: Any, sig_config: dict[str, Any]
+) -> None:
+    from relay.config import Config
+    from relay.runtime import Runtime
+    from relay.signaling.server import serve_signaling
+
+    with trio.fail_after(10):
+        runtime = Runtime(Config.from_mapping(sig_config))
+        scope = trio.CancelScope()
+        started = trio.Event()
+        port = 0
+
+        async def run() -> None:
+            nonlocal port
+            with scope:
+                async with trio.open_nursery() as n:
+                    _host, port = await n.start(serve_signaling, runtime)
+                    started.set()
+
+        nursery.start_soon(run)
+        await started.wait()
+        ws = await trio_websocket.connect_websocket_url(nursery, f"ws://127.0.0.1:{port}/spreed")
+        await ws.get_message()  # welcome
+        scope.cancel()
+        with trio.fail_after(3):
+            try:
+                while True:
+                    await ws.get_message()
+            except trio_websocket.ConnectionClosed:
+                pass
+        try:
+            await trio.open_tcp_stream("127.0.0.1", port)
+            raise AssertionError("the port is still open")
+        except OSError:
+            pass

@@ -30,6 +30,7 @@ from typing import Any
 import trio
 
 from benchmarks.report import (
+    CpuMeter,
     Progress,
     RttRecorder,
     check_loopback,
@@ -74,6 +75,7 @@ class AllocResult:
     churn_rate: float = 0.0  # full cycles (allocations) per second
     cycle_p50_ms: float = float("nan")
     cycle_p99_ms: float = float("nan")
+    churn_server_cpu_pct: float | None = None
     memory: list[dict[str, float]] = field(default_factory=list)
     conditions: dict[str, Any] = field(default_factory=dict)
 
@@ -84,7 +86,9 @@ class AllocResult:
                 f"churn {self.churn_rate:.0f} alloc/s ({self.churn_cycles} cycles in "
                 f"{self.churn_seconds:.1f}s, C={self.config['concurrency']}, "
                 f"W={self.config['workers']}, errors={self.churn_errors}) cycle p50/p99="
-                f"{self.cycle_p50_ms:.2f}/{self.cycle_p99_ms:.2f} ms")
+                f"{self.cycle_p50_ms:.2f}/{self.cycle_p99_ms:.2f} ms"
+                + (f" server_cpu={self.churn_server_cpu_pct:.0f}%"
+                   if self.churn_server_cpu_pct is not None else ""))
         for m in self.memory:
             parts.append(f"| {int(m['allocations'])} idle: {m['bytes_per_allocation'] / 1024:.2f}"
                          f" KiB/alloc (RSS +{m['rss_delta'] / 1e6:.1f} MB)")
@@ -98,7 +102,7 @@ class AllocResult:
 # A deleted allocation's client socket stays open this long, so the kernel does not hand
 # its port (its 5-tuple) to the next cycle while the server may still hold the old one
 # (coturn frees deleted allocations on a ~1 s timer and answers 437 meanwhile).
-LINGER = 3.0
+LINGER = 5.0
 
 
 async def _cycle(cfg: AllocConfig, peer: tuple[str, int], channel: int,
@@ -285,10 +289,13 @@ def run_alloc(cfg: AllocConfig) -> AllocResult:
         if cfg.duration > 0:
             conc = _split(cfg.concurrency, workers)
             caps = _split(cfg.max_cycles, workers)
+            cpu = CpuMeter(cfg.server_pid)
+            cpu.start()
             for i, c in enumerate(conns):
                 shared[i] = 0
                 c.send(("churn", cfg.duration, max(1, conc[i]), caps[i]))
             res = _gather(conns, procs, shared, cfg.duration + 60, progress, "churn cycles")
+            result.churn_server_cpu_pct = cpu.stop()
             lat: list[float] = []
             from array import array
 
@@ -374,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", default="",
                    help="comma-separated cumulative idle allocation counts, e.g. 1000,10000 "
                         "(needs --server-pid)")
-    p.add_argument("--server-pid", type=int, default=None, help="server pid (for RSS)")
+    p.add_argument("--server-pid", type=int, default=None,
+                   help="server pid (for its CPU use during churn and its RSS)")
     p.add_argument("--allow-remote-target", action="store_true",
                    help="allow a non-loopback server (only a server you may load)")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON to FILE")

@@ -162,7 +162,7 @@ class BackendClient:
             except httpx.TimeoutException:
                 error = "timeout"
                 raise BackendError("timeout", f"backend request to {url} timed out") from None
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 error = "unknown"
                 raise BackendError("unknown", f"backend request failed: {exc}") from None
             try:
@@ -193,7 +193,7 @@ class BackendClient:
                 spreed = data.get("capabilities", {}).get("spreed", {})
                 raw = spreed.get("features", []) if isinstance(spreed, dict) else []
                 features = frozenset(f for f in raw if isinstance(f, str))
-        except (httpx.HTTPError, BackendError, AttributeError) as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, BackendError, AttributeError) as exc:
             log.info("capabilities of %s unavailable: %s", base_url, exc)
         self._caps[base_url] = (now + CAPABILITIES_CACHE_SECONDS, features)
         return features

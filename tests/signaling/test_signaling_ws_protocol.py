@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import socket
+from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import trio
 import trio_websocket
 
 from relay import __version__
 
 FEATURES = ["join-features", "recipient-call", "welcome"]
+
+
+@contextlib.contextmanager
+def socket_closed_port() -> Iterator[int]:
+    """A loopback port that refuses connections (bound, never listening)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
 TALK_PATH = "ocs/v2.php/apps/spreed/api/v3/signaling/backend"
 
 
@@ -433,3 +445,29 @@ async def test_cancellation_closes_the_port_and_the_sockets(
             raise AssertionError("the port is still open")
         except OSError:
             pass
+
+
+async def test_backend_failures_are_internal_errors_and_counted(
+    make_server: Any, nextcloud: Any
+) -> None:
+    raw = {"version": "v1", "auth": {"type": "none"}, "signaling": {
+        "http": {"listen": "127.0.0.1:0"},
+        "backend": {"allowall": True, "secret": nextcloud.secret.decode(), "timeout": 0.3}}}
+    with socket_closed_port() as dead_port:
+        with trio.fail_after(10):
+            srv = await make_server(raw)
+            c = await srv.client()
+            r = await c.hello("a", url=f"http://127.0.0.1:{dead_port}/{TALK_PATH}")
+            assert r["type"] == "error" and r["error"]["code"] == "internal_error"
+            nextcloud.delay = 1.0
+            r = await c.hello("a")
+            assert r["type"] == "error" and r["error"]["code"] == "internal_error"
+            nextcloud.delay = 0.0
+            assert (await c.hello("a"))["type"] == "hello"
+            async with httpx.AsyncClient() as h:
+                text = (await h.get(f"http://127.0.0.1:{srv.port}/metrics")).text
+            assert ('signaling_backend_client_requests_errors_total'
+                    '{backend="compat",error="unknown"} 1.0') in text
+            assert ('signaling_backend_client_requests_errors_total'
+                    '{backend="compat",error="timeout"} 1.0') in text
+            assert 'signaling_backend_client_requests_total{backend="compat"} 3.0' in text

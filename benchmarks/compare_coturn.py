@@ -123,22 +123,27 @@ def churn(srv: ServerProcess, args: argparse.Namespace) -> float:
     return res.churn_rate
 
 
-def memory(name: str, args: argparse.Namespace) -> float:
+def memory(name: str, args: argparse.Namespace) -> dict[int, float]:
+    """KiB of server RSS per idle allocation at each target count, on a fresh server."""
+    counts = tuple(sorted(int(x) for x in args.memory_allocations.split(",") if x.strip()))
     with start_server(name) as srv:
         cfg = AllocConfig(server=srv.address, username=USERNAME, password=PASSWORD,
-                          duration=0, workers=args.workers, memory=(args.memory_allocations,),
+                          duration=0, workers=max(2, args.workers), memory=counts,
                           server_pid=srv.pid, progress=False, label=name)
         res = run_alloc(cfg)
-    m = res.memory[-1]
-    kib = m["bytes_per_allocation"] / 1024
-    log(f"  {name:6} memory  {kib:8.2f} KiB/alloc over {int(m['allocations'])} allocations")
-    return float(kib)
+    out: dict[int, float] = {}
+    for m in res.memory:
+        kib = m["bytes_per_allocation"] / 1024
+        out[int(m["target"])] = kib
+        log(f"  {name:6} memory  {kib:8.2f} KiB/alloc over {int(m['allocations'])} "
+            f"allocations ({int(m['failed'])} failed)")
+    return out
 
 
 def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     metrics = [m for m in args.metrics.split(",") if m]
     figures: dict[str, dict[str, list[float]]] = {
-        m: {s: [] for s in SERVERS} for m in metrics}
+        m: {s: [] for s in SERVERS} for m in metrics if m != "memory"}
     with contextlib.ExitStack() as stack:
         peer = stack.enter_context(echo_peers("127.0.0.1", args.peer_workers))
         servers = {name: stack.enter_context(start_server(name)) for name in args.servers}
@@ -168,7 +173,9 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
                     elif metric == "churn":
                         figures[metric][name].append(churn(srv, args))
                     elif metric == "memory":
-                        figures[metric][name].append(memory(name, args))
+                        for count, kib in memory(name, args).items():
+                            figures.setdefault(f"memory_{count}", {s: [] for s in SERVERS})[
+                                name].append(kib)
     return {"figures": figures}
 
 
@@ -259,10 +266,11 @@ def table(figures: dict[str, dict[str, list[float]]]) -> tuple[str, dict[str, An
         c = median(by_server["coturn"])
         r = median(by_server["relay"])
         ratio = r / c if c and c == c and r == r else float("nan")
-        unit = UNITS.get(metric, "")
+        unit = UNITS.get(metric.split("_")[0] if metric.startswith("memory") else metric, "")
         medians[metric] = {"coturn": c, "relay": r, "ratio": ratio, "unit": unit,
                            "rounds": by_server}
-        note = " (lower is better)" if metric in LOWER_IS_BETTER else ""
+        lower = metric in LOWER_IS_BETTER or metric.startswith("memory")
+        note = " (lower is better)" if lower else ""
         rounds = " ".join(f"{a:.4g}/{b:.4g}" for a, b in zip(by_server["coturn"],
                                                             by_server["relay"], strict=False))
         lines.append(f"{metric + ' [' + unit + ']':30} {c:12.4g} {r:12.4g} {ratio:13.3f}  "
@@ -297,8 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rate for the rtt metric if channel is not measured (default 10000)")
     p.add_argument("--churn-seconds", type=float, default=3.0)
     p.add_argument("--churn-concurrency", type=int, default=16)
-    p.add_argument("--memory-allocations", type=int, default=5000,
-                   help="idle allocations for the memory metric (default 5000)")
+    p.add_argument("--memory-allocations", default="1000,10000",
+                   help="cumulative idle allocation counts for the memory metric "
+                        "(default 1000,10000)")
     p.add_argument("--uclient-messages", type=int, default=2000,
                    help="turnutils_uclient -n (messages per client, default 2000)")
     p.add_argument("--uclient-interval", type=int, default=0,
@@ -317,6 +326,12 @@ def main(argv: list[str] | None = None) -> int:
     args.servers = [x for x in args.servers.split(",") if x]
     if not args.servers or any(x not in SERVERS for x in args.servers):
         p.error(f"--servers must be a subset of {','.join(SERVERS)}")
+    try:
+        counts = [int(x) for x in args.memory_allocations.split(",") if x.strip()]
+    except ValueError:
+        counts = []
+    if not counts or any(not 1 <= c <= 30000 for c in counts):
+        p.error("--memory-allocations must be comma-separated counts in 1..30000")
     if not 1 <= args.rounds <= 20:
         p.error("--rounds must be 1..20")
     if not coturn_available():

@@ -7,8 +7,9 @@ What upstream's benchmark client does, in Python on trio-websocket: N sessions s
 
 - fixed: a fixed offered rate (`--rate` messages/s in all) — latency p50/p99 and the
   server's CPU time per 1000 messages at equal work;
-- max: `--senders` tasks sending back to back — delivered messages/s (on a 2-core machine
-  the Python load generator itself may be the limit; the server's CPU share says so).
+- max: `--senders` tasks sending back to back with at most `--window` messages in flight —
+  delivered messages/s (on a 2-core machine the Python load generator itself may be the
+  limit; the server's and the load generator's CPU shares say so).
 
 Memory per session = (server RSS after all hellos - RSS before) / N.
 
@@ -193,6 +194,7 @@ class Counters:
         self.errors = 0
         self.latencies: list[float] = []  # ms
         self.recording = False
+        self.window: trio.Semaphore | None = None  # messages in flight (max phase)
 
 
 async def receiver(peer: Peer, c: Counters) -> None:
@@ -203,6 +205,8 @@ async def receiver(peer: Peer, c: Counters) -> None:
             t = msg.get("type")
             if t == "message":
                 c.received += 1
+                if c.window is not None:
+                    c.window.release()
                 if c.recording:
                     sent_ns = msg["message"]["data"].get("t", 0)
                     c.latencies.append((time.monotonic_ns() - sent_ns) / 1e6)
@@ -257,10 +261,20 @@ async def fixed_rate(peers: list[Peer], c: Counters, rate: int, duration: float)
         await trio.sleep_until(nxt)
 
 
-async def max_rate(peers: list[Peer], c: Counters, senders: int, duration: float) -> None:
+async def max_rate(peers: list[Peer], c: Counters, senders: int, window: int,
+                   duration: float) -> None:
+    """Senders back to back, with at most `window` messages in flight.
+
+    Without the window a saturated load generator measures its own receive backlog
+    rather than the server.
+    """
+    c.window = trio.Semaphore(window)
+
     async def sender(seed: int) -> None:
         rng = random.Random(seed)
+        assert c.window is not None
         while True:
+            await c.window.acquire()
             await send_one(peers, c, rng)
 
     with trio.move_on_after(duration):
@@ -316,8 +330,9 @@ async def run_one(kind: str, n: int, args: argparse.Namespace, nc: MockNextcloud
                 if phase == "fixed":
                     await fixed_rate(peers, c, args.rate, args.duration)
                 else:
-                    await max_rate(peers, c, args.senders, args.duration)
+                    await max_rate(peers, c, args.senders, args.window, args.duration)
                 await trio.sleep(0.5)  # let in-flight messages land
+                c.window = None
                 wall = time.monotonic() - t0
                 cpu = sum(ps.cpu_times()[:2]) - cpu0
                 me = sum(psutil.Process().cpu_times()[:2]) - me0
@@ -374,6 +389,7 @@ async def bench(args: argparse.Namespace) -> None:
           f"trio {trio.__version__}; load generator and servers share the machine (loopback)")
     print(f"spreed: {spreed_version() or 'not installed'}")
     print(f"sizes={sizes} rate={args.rate}/s duration={args.duration}s senders={args.senders} "
+          f"window={args.window} "
           f"rounds={args.rounds} order={'/'.join(servers)} (alternating)")
     nc = MockNextcloud()
     results: list[dict[str, Any]] = []
@@ -440,6 +456,8 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=1000, help="fixed phase: messages/s in all")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
     ap.add_argument("--senders", type=int, default=32, help="max phase: concurrent senders")
+    ap.add_argument("--window", type=int, default=256,
+                    help="max phase: messages in flight at most")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--servers", default="relay,spreed")
     ap.add_argument("--connect-concurrency", type=int, default=100)

@@ -271,6 +271,8 @@ class Hub:
             )
 
     def _resume(self, conn: Connection, msg_id: str | None, resume_id: str) -> None:
+        if conn not in self._waiting:
+            return  # the hello timer already closed this socket
         session = self._by_private.get(resume_id)
         if session is None or session.client_type != CLIENT:
             self.stats.resume_failed_total += 1

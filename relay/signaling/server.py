@@ -53,6 +53,7 @@ WRITE_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 2.0  # to wait for the peer's close frame
 SEND_QUEUE_BYTES = 4 * 1024 * 1024  # queued for one client before it counts as too slow
 READ_CHUNK = 65536
+FAIR_READS = 16  # consecutive reads on one socket before yielding to other tasks
 METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 CLOSE_PROTOCOL_ERROR = 1002
@@ -85,6 +86,8 @@ class WsConnection:
         self._close: tuple[int, str] | None = None
         self._broken = False
         self._peer_closed = trio.Event()
+        self._parts: list[str] = []  # text of a fragmented message so far
+        self._size = 0
 
     # hub-facing
     def send_text(self, text: str) -> None:
@@ -140,66 +143,92 @@ class WsConnection:
             self.close(CLOSE_POLICY, "read timeout")
 
     async def _read_loop(self, timer: trio.CancelScope) -> None:
-        cfg = self.config
-        limit = cfg.max_message_size
-        parts: list[str] = []
-        size = 0
+        fd = self._fd
+        reads = 0
+        if not await self._handle_events():  # frames that came with the upgrade request
+            return
         while self._close is None:
-            timer.deadline = trio.current_time() + cfg.read_timeout
+            # Plain non-blocking reads; wait for readiness only when the socket is empty,
+            # and let other tasks run every few reads so a busy client cannot hog the loop.
             try:
-                data = await self.stream.receive_some(READ_CHUNK)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = os.read(fd, READ_CHUNK)
+                reads += 1
+                if reads >= FAIR_READS:
+                    reads = 0
+                    await trio.lowlevel.checkpoint()
+            except BlockingIOError:
+                reads = 0
+                timer.deadline = trio.current_time() + self.config.read_timeout
+                try:
+                    await trio.lowlevel.wait_readable(fd)
+                except trio.ClosedResourceError:
+                    data = b""
+                else:
+                    timer.deadline = math.inf  # handling a message may wait for Nextcloud
+                    continue
+            except OSError:  # reset by the peer
                 data = b""
-            timer.deadline = math.inf  # handling a message may wait for Nextcloud
             if not data:
                 self._peer_closed.set()
                 return
             try:
-                self.ws.receive_data(bytes(data))
-                events = list(self.ws.events())
+                self.ws.receive_data(data)
             except RemoteProtocolError:
                 self.close(CLOSE_PROTOCOL_ERROR, "protocol error")
                 return
-            for event in events:
-                if isinstance(event, Message):
-                    size += len(event.data)
-                    if size > limit:
-                        self.close(CLOSE_TOO_BIG, "message too big")
-                        return
-                    if isinstance(event, TextMessage):
-                        parts.append(event.data)
-                    if not event.message_finished:
-                        continue
-                    nbytes, size = size, 0
-                    self.stats.messages_in += 1
-                    if isinstance(event, BytesMessage):
-                        self.stats.bytes_in += nbytes
-                        self.hub.receive_binary(self)
-                        continue
-                    text = parts[0] if len(parts) == 1 else "".join(parts)
-                    parts = []
-                    if nbytes > limit // 4:  # characters; the limit is in bytes
-                        nbytes = len(text.encode("utf-8"))
-                        if nbytes > limit:
-                            self.close(CLOSE_TOO_BIG, "message too big")
-                            return
+            if not await self._handle_events():
+                return
+
+    async def _handle_events(self) -> bool:
+        """Act on the frames wsproto has parsed; False once the connection is done."""
+        limit = self.config.max_message_size
+        try:
+            events = list(self.ws.events())
+        except RemoteProtocolError:
+            self.close(CLOSE_PROTOCOL_ERROR, "protocol error")
+            return False
+        for event in events:
+            if isinstance(event, Message):
+                self._size += len(event.data)
+                if self._size > limit:
+                    self.close(CLOSE_TOO_BIG, "message too big")
+                    return False
+                if isinstance(event, TextMessage):
+                    self._parts.append(event.data)
+                if not event.message_finished:
+                    continue
+                nbytes, self._size = self._size, 0
+                self.stats.messages_in += 1
+                if isinstance(event, BytesMessage):
                     self.stats.bytes_in += nbytes
-                    try:
-                        await self.hub.receive(self, text)
-                    except Exception:
-                        log.exception("signaling: error handling a client message")
-                        self.close(CLOSE_INTERNAL, "internal error")
-                        return
-                    if self._close is not None:
-                        return
-                elif isinstance(event, Ping):
-                    self._push(self.ws.send(event.response()))
-                elif isinstance(event, Pong):
-                    self._pong(bytes(event.payload))
-                elif isinstance(event, CloseConnection):
-                    self._peer_closed.set()
-                    self.close(event.code, "")
-                    return
+                    self.hub.receive_binary(self)
+                    continue
+                parts = self._parts
+                text = parts[0] if len(parts) == 1 else "".join(parts)
+                self._parts = []
+                if nbytes > limit // 4:  # characters; the limit is in bytes
+                    nbytes = len(text.encode("utf-8"))
+                    if nbytes > limit:
+                        self.close(CLOSE_TOO_BIG, "message too big")
+                        return False
+                self.stats.bytes_in += nbytes
+                try:
+                    await self.hub.receive(self, text)
+                except Exception:
+                    log.exception("signaling: error handling a client message")
+                    self.close(CLOSE_INTERNAL, "internal error")
+                    return False
+                if self._close is not None:
+                    return False
+            elif isinstance(event, Ping):
+                self._push(self.ws.send(event.response()))
+            elif isinstance(event, Pong):
+                self._pong(bytes(event.payload))
+            elif isinstance(event, CloseConnection):
+                self._peer_closed.set()
+                self.close(event.code, "")
+                return False
+        return True
 
     def _pong(self, payload: bytes) -> None:
         self.stats.bytes_in += len(payload)

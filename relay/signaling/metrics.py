@@ -95,6 +95,11 @@ class SignalingStats:
             self.backend_errors[key] = self.backend_errors.get(key, 0) + 1
 
 
+def _nonzero(**values: int) -> dict[str, int]:
+    """Series that exist yet (a Go CounterVec has no child before its first increment)."""
+    return {k: v for k, v in values.items() if v}
+
+
 def bump(d: dict[Any, int], key: Any, n: int = 1) -> None:
     d[key] = d.get(key, 0) + n
 
@@ -168,10 +173,11 @@ class SignalingCollector(Collector):
                     ["backend"], st.call_rooms_total),
             counter("signaling_client_bytes_total",
                     "The total number of bytes sent to or received by clients",
-                    ["direction"], {"incoming": st.bytes_in, "outgoing": st.bytes_out}),
+                    ["direction"], _nonzero(incoming=st.bytes_in, outgoing=st.bytes_out)),
             counter("signaling_client_messages_total",
                     "The total number of messages sent to or received by clients",
-                    ["direction"], {"incoming": st.messages_in, "outgoing": st.messages_out}),
+                    ["direction"],
+                    _nonzero(incoming=st.messages_in, outgoing=st.messages_out)),
         ]
         for fam in labelled:
             if fam.samples:

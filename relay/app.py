@@ -38,14 +38,16 @@ async def run(
                 from relay.metrics.admin import serve_admin
 
                 await nursery.start(serve_admin, runtime)
+            if config.signaling is not None:
+                from relay.signaling.server import serve_signaling
+
+                bound = await nursery.start(serve_signaling, runtime)
+                runtime.own_addresses.add(bound)
+            # The gateway starts last: the peer policy refuses every address bound above.
             if config.listeners:
                 from relay.net.gateway import serve_gateway
 
                 await nursery.start(serve_gateway, runtime)
-            if config.signaling is not None:
-                from relay.signaling.server import serve_signaling
-
-                await nursery.start(serve_signaling, runtime)
             runtime.health.started = True
             task_status.started(runtime)
     finally:

@@ -336,7 +336,9 @@ def parse_endpoint(value: str, key: str, *, default_port: int, default_path: str
         except ValueError:
             if host != "localhost":
                 raise ConfigError(key, f"{value!r}: host must be an IP address") from None
-    return Endpoint(host=host, port=port or default_port, path=u.path or default_path)
+    return Endpoint(
+        host=host, port=port if port is not None else default_port, path=u.path or default_path
+    )
 
 
 def _parse_admin(raw: Any, key: str) -> AdminConfig:

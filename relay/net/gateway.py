@@ -1,0 +1,483 @@
+"""The TURN-over-UDP gateway: listener sockets, relay sockets and the forwarding loops.
+
+Hot-path rules (DESIGN.md §4): one reader task per socket that waits for readability and
+then drains the socket with plain non-blocking `recvfrom_into` into a preallocated buffer,
+forwarding each datagram with a plain `sendto`; a dict lookup per packet; int counters; no
+logging per packet; a checkpoint every `BATCH` datagrams so other tasks run.  A full send
+buffer drops the datagram and counts it.
+
+Ownership: `serve_gateway` owns a nursery with one reader per listener, the sweeper, and an
+allocation nursery in which each allocation runs its own nursery holding one reader per
+relay socket.  Deleting an allocation closes its relay sockets (after `notify_closing`), so
+its readers end and its ports go back to the pool; cancelling the gateway deletes every
+allocation.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import random
+import socket
+import struct
+import time
+from typing import Any
+
+import trio
+
+from relay.config import ListenerConfig
+from relay.runtime import Runtime
+from relay.stun.fastpath import data_indication, scan_send_indication
+from relay.turn.allocation import Allocation
+from relay.turn.policy import PeerPolicy
+from relay.turn.server import FAMILY_V4, FAMILY_V6, ListenerState, TurnServer
+
+log = logging.getLogger("relay.gateway")
+
+BATCH = 64  # datagrams handled before yielding to the scheduler
+BUFFER = 65536 + 64
+SWEEP_INTERVAL = 1.0
+_AF = {FAMILY_V4: socket.AF_INET, FAMILY_V6: socket.AF_INET6}
+_SEND_INDICATION = b"\x00\x16"
+_pack_head = struct.Struct("!HH").pack_into
+_unpack_head = struct.Struct("!HH").unpack_from
+
+
+class UdpRelay:
+    """A relayed transport address: a bound non-blocking UDP socket from the port pool."""
+
+    __slots__ = ("family", "ip", "pool", "port", "sock")
+
+    def __init__(self, family: int, ip: str, port: int, sock: socket.socket,
+                 pool: RelayPorts) -> None:
+        self.family = family
+        self.ip = ip
+        self.port = port
+        self.sock = sock
+        self.pool = pool
+
+    def close(self) -> None:
+        if self.sock.fileno() < 0:
+            return
+        try:
+            trio.lowlevel.notify_closing(self.sock)
+        except RuntimeError:  # outside Trio (unit use): nothing can be waiting on it
+            pass
+        self.sock.close()
+        self.pool.release(self.family, self.port)
+
+
+class RelayPorts:
+    """The relay port range, shared by all listeners; one used-set per address family."""
+
+    MAX_BIND_TRIES = 64
+
+    def __init__(self, min_port: int, max_port: int, buffer: int) -> None:
+        self.min_port = min_port
+        self.max_port = max_port
+        self.buffer = buffer
+        self.used: dict[int, set[int]] = {FAMILY_V4: set(), FAMILY_V6: set()}
+
+    def release(self, family: int, port: int) -> None:
+        self.used[family].discard(port)
+
+    def _bind(self, family: int, bind_ip: str, port: int) -> socket.socket | None:
+        sock = socket.socket(_AF[family], socket.SOCK_DGRAM)
+        try:
+            if family == FAMILY_V6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setblocking(False)
+            _set_buffers(sock, self.buffer)
+            sock.bind((bind_ip, port))
+        except OSError as exc:
+            sock.close()
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return None
+            raise
+        return sock
+
+    def open(self, family: int, mode: str, bind_ip: str, adv_ip: str
+             ) -> tuple[UdpRelay, UdpRelay | None]:
+        """Bind a relay socket; mode "any", "even" or "pair" (even port + the next one
+        reserved).  OSError when the range is exhausted."""
+        used = self.used[family]
+        lo, hi = self.min_port, self.max_port
+        span = hi - lo + 1
+        start = random.randrange(span)
+        tries = 0
+        for i in range(span):
+            port = lo + (start + i) % span
+            if port in used or (mode != "any" and port % 2):
+                continue
+            if mode == "pair" and (port + 1 > hi or port + 1 in used):
+                continue
+            tries += 1
+            if tries > self.MAX_BIND_TRIES:
+                break
+            sock = self._bind(family, bind_ip, port)
+            if sock is None:
+                continue
+            nxt: UdpRelay | None = None
+            if mode == "pair":
+                sock2 = self._bind(family, bind_ip, port + 1)
+                if sock2 is None:
+                    sock.close()
+                    continue
+                used.add(port + 1)
+                nxt = UdpRelay(family, adv_ip, port + 1, sock2, self)
+            used.add(port)
+            return UdpRelay(family, adv_ip, port, sock, self), nxt
+        raise OSError(errno.EADDRNOTAVAIL, "no free relay port")
+
+
+def _set_buffers(sock: socket.socket, size: int) -> None:
+    if size <= 0:
+        return
+    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, size)
+        except OSError:
+            pass
+
+
+def _primary_address(family: int) -> str | None:
+    """The source address the kernel would use towards the internet (no packet is sent)."""
+    probe = "192.0.2.1" if family == FAMILY_V4 else "2001:db8::1"
+    try:
+        with socket.socket(_AF[family], socket.SOCK_DGRAM) as s:
+            s.connect((probe, 9))
+            addr: str = s.getsockname()[0]
+            return addr
+    except OSError:
+        return None
+
+
+def _bindable(family: int, ip: str) -> bool:
+    try:
+        with socket.socket(_AF[family], socket.SOCK_DGRAM) as s:
+            s.bind((ip, 0))
+        return True
+    except OSError:
+        return False
+
+
+def relay_addresses(lis: ListenerConfig, relay_v4: str, relay_v6: str
+                    ) -> dict[int, tuple[str, str]]:
+    """family -> (bind ip, advertised ip) of a listener's relay sockets.
+
+    Advertised: `turn.relay_address(_v6)` when set; else the listener's own address when it
+    is specific; a loopback listener offers both loopback families; a wildcard listener
+    advertises the host's primary address of its family."""
+    out: dict[int, tuple[str, str]] = {}
+    ip = ipaddress.ip_address(lis.address)
+    for family, configured in ((FAMILY_V4, relay_v4), (FAMILY_V6, relay_v6)):
+        adv: str | None = configured or None
+        if adv is None:
+            if ip.version == (4 if family == FAMILY_V4 else 6):
+                adv = _primary_address(family) if ip.is_unspecified else lis.address
+            elif ip.is_loopback:
+                adv = "127.0.0.1" if family == FAMILY_V4 else "::1"
+        if adv is None:
+            continue
+        bind = adv if _bindable(family, adv) else ("0.0.0.0" if family == FAMILY_V4 else "::")
+        if not _bindable(family, bind):
+            continue
+        out[family] = (bind, adv)
+    return out
+
+
+class Gateway:
+    """The sockets and loops around one `TurnServer`."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        cfg = runtime.config
+        self.stats = runtime.stats
+        self.ports = RelayPorts(cfg.turn.min_port, cfg.turn.max_port, cfg.turn.udp_receive_buffer)
+        self.policy = PeerPolicy.from_config(cfg)
+        self.server = TurnServer(
+            cfg, runtime.stats, self.policy, self._open_relay,
+            on_created=self._created, on_deleted=self._deleted,
+        )
+        self.sockets: dict[str, socket.socket] = {}
+        self.relay_ips: dict[str, dict[int, tuple[str, str]]] = {}
+        self.alloc_nursery: trio.Nursery | None = None
+        for c in cfg.clusters:
+            self.stats.cluster(c.name)
+
+    # -- factory and hooks called by the core ---------------------------------------------
+
+    def _open_relay(self, listener: str, family: int, mode: str) -> tuple[Any, Any]:
+        bind, adv = self.relay_ips[listener][family]
+        return self.ports.open(family, mode, bind, adv)
+
+    def _created(self, alloc: Allocation) -> None:
+        assert self.alloc_nursery is not None
+        alloc.io = self.sockets[alloc.listener]
+        self.alloc_nursery.start_soon(self._run_allocation, alloc)
+
+    def _deleted(self, alloc: Allocation) -> None:
+        pass  # the core closes the relay sockets; their readers then end
+
+    # -- setup ----------------------------------------------------------------------------
+
+    def bind_listeners(self) -> None:
+        cfg = self.runtime.config
+        for lis in cfg.listeners:
+            fam = FAMILY_V6 if ":" in lis.address else FAMILY_V4
+            sock = socket.socket(_AF[fam], socket.SOCK_DGRAM)
+            try:
+                if fam == FAMILY_V6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.setblocking(False)
+                _set_buffers(sock, cfg.turn.udp_receive_buffer)
+                sock.bind((lis.address, lis.port))
+            except OSError as exc:
+                sock.close()
+                raise OSError(
+                    exc.errno, f"listener {lis.name}: cannot bind {lis.address}:{lis.port}: "
+                    f"{exc.strerror}"
+                ) from None
+            self.sockets[lis.name] = sock
+            port = sock.getsockname()[1]
+            self.runtime.own_addresses.add((lis.address, port))
+            relays = relay_addresses(lis, cfg.turn.relay_address, cfg.turn.relay_address_v6)
+            if not relays:
+                log.warning("listener %s: no relay address; set turn.relay_address", lis.name)
+            self.relay_ips[lis.name] = relays
+            self.server.add_listener(lis.name, frozenset(relays))
+            st = self.runtime.health.listeners.get(lis.name)
+            if st is not None:
+                st.port = port
+                st.bound = True
+        self.policy.set_own_addresses(self.runtime.own_addresses)
+
+    def close(self) -> None:
+        self.server.close_all(time.time())
+        for name, sock in self.sockets.items():
+            st = self.runtime.health.listeners.get(name)
+            if st is not None:
+                st.bound = False
+            sock.close()
+        self.sockets.clear()
+
+    # -- loops ----------------------------------------------------------------------------
+
+    async def sweeper(self) -> None:
+        while True:
+            await trio.sleep(SWEEP_INTERVAL)
+            self.server.sweep(time.time())
+            self.runtime.allocation_count = self.stats.allocations_active
+
+    async def listener_loop(self, lis: ListenerState, sock: socket.socket) -> None:
+        """Client -> relay: ChannelData and Send indications forwarded, requests answered."""
+        buf = bytearray(BUFFER)
+        view = memoryview(buf)
+        recv = sock.recvfrom_into
+        send = sock.sendto
+        allocs = lis.allocations
+        traffic = lis.stats.traffic
+        drops = self.stats.drops
+        server = self.server
+        policy = self.policy
+        name = lis.name
+        latency = self.stats.request_latency
+        wait = trio.lowlevel.wait_readable
+        checkpoint = trio.lowlevel.checkpoint
+        clock = time.time
+        perf = time.perf_counter
+        while True:
+            await wait(sock)
+            handled = 0
+            while True:
+                try:
+                    n, addr = recv(buf)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    continue  # an ICMP error report for an earlier send; nothing to read
+                traffic.rx_packets += 1
+                traffic.rx_bytes += n
+                first = buf[0]
+                if 0x40 <= first <= 0x4F:  # ChannelData
+                    alloc = allocs.get(addr)
+                    if alloc is None or n < 4:
+                        drops["no_allocation" if alloc is None else "malformed"] += 1
+                    else:
+                        number, length = _unpack_head(buf)
+                        chan = alloc.channels.get(number)
+                        if chan is None:
+                            drops["unbound_channel"] += 1
+                        elif length > n - 4:
+                            drops["malformed"] += 1
+                        else:
+                            try:
+                                chan.endpoint.sock.sendto(  # type: ignore[attr-defined]
+                                    view[4 : 4 + length], chan.peer
+                                )
+                                ct = chan.permission.cluster.traffic
+                                ct.tx_packets += 1
+                                ct.tx_bytes += length
+                            except BlockingIOError:
+                                drops["send_buffer_full"] += 1
+                            except OSError:
+                                drops["peer_not_allowed"] += 1
+                elif first < 2 and n >= 20:
+                    if buf[0:2] == _SEND_INDICATION:
+                        self._send_indication(allocs, addr, view, n, name, policy, drops)
+                    else:
+                        t0 = perf()
+                        reply = server.handle(lis, addr, bytes(view[:n]), clock())
+                        if reply is not None:
+                            try:
+                                send(reply, addr)
+                                traffic.tx_packets += 1
+                                traffic.tx_bytes += len(reply)
+                            except BlockingIOError:
+                                drops["send_buffer_full"] += 1
+                            except OSError:
+                                pass
+                        latency.observe(perf() - t0)
+                else:
+                    drops["malformed"] += 1
+                handled += 1
+                if handled >= BATCH:
+                    handled = 0
+                    await checkpoint()
+
+    def _send_indication(self, allocs: dict[Any, Allocation], addr: Any, view: memoryview,
+                         n: int, name: str, policy: PeerPolicy, drops: dict[str, int]) -> None:
+        alloc = allocs.get(addr)
+        if alloc is None:
+            drops["no_allocation"] += 1
+            return
+        found = scan_send_indication(view, n)
+        if found is None:
+            drops["malformed"] += 1
+            return
+        ip, port, payload = found
+        perm = alloc.permissions.get(ip)
+        if perm is None:
+            drops["no_permission"] += 1
+            return
+        if not perm.any_port and not policy.check(name, ip, port).allowed:
+            drops["peer_not_allowed"] += 1
+            return
+        ep = alloc.relays.get(FAMILY_V6 if ":" in ip else FAMILY_V4)
+        if ep is None:
+            drops["peer_not_allowed"] += 1
+            return
+        try:
+            ep.sock.sendto(payload, (ip, port))  # type: ignore[attr-defined]
+            ct = perm.cluster.traffic
+            ct.tx_packets += 1
+            ct.tx_bytes += len(payload)
+        except BlockingIOError:
+            drops["send_buffer_full"] += 1
+        except OSError:
+            drops["peer_not_allowed"] += 1
+
+    async def _run_allocation(self, alloc: Allocation) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                for ep in list(alloc.relays.values()):
+                    if alloc.alive:
+                        nursery.start_soon(self._relay_loop, alloc, ep)
+        finally:
+            if alloc.alive:  # cancelled from outside: the allocation goes with its task
+                self.server.delete(alloc, time.time())
+
+    async def _relay_loop(self, alloc: Allocation, ep: Any) -> None:
+        """Peer -> relay -> client: ChannelData when a channel is bound, else Data indication."""
+        sock: socket.socket = ep.sock
+        if sock.fileno() < 0:
+            return
+        lsock: socket.socket = alloc.io
+        client = alloc.client
+        lis = self.server.listeners[alloc.listener]
+        ltraffic = lis.stats.traffic
+        buf = bytearray(BUFFER)
+        view = memoryview(buf)
+        body = view[4:]
+        recv = sock.recvfrom_into
+        send = lsock.sendto
+        perms = alloc.permissions
+        chans = alloc.peer_channels
+        drops = self.stats.drops
+        policy = self.policy
+        name = alloc.listener
+        v6 = ep.family == FAMILY_V6
+        wait = trio.lowlevel.wait_readable
+        checkpoint = trio.lowlevel.checkpoint
+        try:
+            while True:
+                await wait(sock)
+                handled = 0
+                while True:
+                    try:
+                        n, addr = recv(body)
+                    except BlockingIOError:
+                        break
+                    except OSError:
+                        if sock.fileno() < 0:
+                            return
+                        continue
+                    ip = addr[0]
+                    perm = perms.get(ip)
+                    if perm is None:
+                        drops["no_permission"] += 1
+                    else:
+                        if v6:
+                            addr = addr[:2]
+                        if not perm.any_port and not policy.check(name, ip, addr[1]).allowed:
+                            drops["peer_not_allowed"] += 1
+                        else:
+                            ct = perm.cluster.traffic
+                            ct.rx_packets += 1
+                            ct.rx_bytes += n
+                            chan = chans.get(addr)
+                            try:
+                                if chan is not None:
+                                    _pack_head(buf, 0, chan.number, n)
+                                    sent = send(view[: 4 + n], client)
+                                else:
+                                    msg = data_indication(
+                                        alloc.indication_id(), ip, addr[1], body[:n]
+                                    )
+                                    sent = send(msg, client)
+                                ltraffic.tx_packets += 1
+                                ltraffic.tx_bytes += sent
+                            except BlockingIOError:
+                                drops["send_buffer_full"] += 1
+                            except (OSError, ValueError):
+                                drops["too_large"] += 1
+                    handled += 1
+                    if handled >= BATCH:
+                        handled = 0
+                        await checkpoint()
+        except trio.ClosedResourceError:
+            return
+
+
+async def serve_gateway(
+    runtime: Runtime, *, task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Bind every TURN-UDP listener, then serve until cancelled; releases all on the way out."""
+    gw = Gateway(runtime)
+    try:
+        gw.bind_listeners()
+        async with trio.open_nursery() as nursery:
+            gw.alloc_nursery = await nursery.start(_alloc_nursery)
+            for name, sock in gw.sockets.items():
+                nursery.start_soon(gw.listener_loop, gw.server.listeners[name], sock)
+            nursery.start_soon(gw.sweeper)
+            task_status.started(gw)
+    finally:
+        gw.close()
+
+
+async def _alloc_nursery(*, task_status: trio.TaskStatus[trio.Nursery]) -> None:
+    async with trio.open_nursery() as nursery:
+        task_status.started(nursery)
+        await trio.sleep_forever()

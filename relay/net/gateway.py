@@ -287,6 +287,7 @@ class Gateway:
         checkpoint = trio.lowlevel.checkpoint
         clock = time.time
         perf = time.perf_counter
+        chan_hi = self.server.channel_max >> 8  # 0x4F, or 0x7F with turn.rfc5766_channels
         while True:
             await wait(sock)
             handled = 0
@@ -300,7 +301,7 @@ class Gateway:
                 traffic.rx_packets += 1
                 traffic.rx_bytes += n
                 first = buf[0]
-                if 0x40 <= first <= 0x4F:  # ChannelData
+                if 0x40 <= first <= chan_hi:  # ChannelData
                     alloc = allocs.get(addr)
                     if alloc is None or n < 4:
                         drops["no_allocation" if alloc is None else "malformed"] += 1

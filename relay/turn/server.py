@@ -59,6 +59,7 @@ UDP = 17
 TCP = 6
 CHANNEL_MIN = 0x4000
 CHANNEL_MAX = 0x4FFF
+CHANNEL_MAX_RFC5766 = 0x7FFF
 QUARANTINE = 300.0  # RFC 8656 §12: no re-pairing for 5 minutes after a channel expires
 RESERVATION_LIFETIME = 30.0
 
@@ -133,6 +134,7 @@ class TurnServer:
         self.listeners: dict[str, ListenerState] = {}
         self.user_counts: dict[str, int] = {}
         self.user_quota = config.admin.user_quota
+        self.channel_max = CHANNEL_MAX_RFC5766 if config.turn.rfc5766_channels else CHANNEL_MAX
         self.software = Software(config.turn.software) if config.turn.software else None
         self.reservations: dict[bytes, tuple[RelayEndpoint, float]] = {}
         # 401 rate limit: one window per second, counts per source IP.
@@ -482,8 +484,8 @@ class TurnServer:
         if num_attr is None or peer_attr is None:
             raise _Reply(400, "CHANNEL-NUMBER and XOR-PEER-ADDRESS are required")
         number = num_attr.number
-        if not CHANNEL_MIN <= number <= CHANNEL_MAX:
-            raise _Reply(400, "channel number outside 0x4000-0x4FFF")
+        if not CHANNEL_MIN <= number <= self.channel_max:
+            raise _Reply(400, f"channel number outside 0x4000-0x{self.channel_max:04X}")
         peer = (peer_attr.ip, peer_attr.port)
         chan = alloc.channels.get(number)
         if chan is not None and chan.peer != peer:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import sys
@@ -112,15 +113,38 @@ def main(argv: list[str] | None = None) -> int:
               f"{len(config.clusters)} cluster(s), auth {config.auth.type}")
         return 0
     setup_logging(config.admin.loglevel)
+    # Long-lived state (allocations, sessions) would make frequent full GC passes costly;
+    # young-generation collections every 50k allocations keep pauses off the media path.
+    gc.set_threshold(50_000, 50, 1000)
     try:
         trio.run(_main, config, args.config is None)
     except KeyboardInterrupt:
         pass
-    except OSError as exc:
+    except (OSError, ConfigError, BaseExceptionGroup) as exc:
         # Typically a port already in use: say which, no traceback.
-        print(f"relay: cannot start: {exc}", file=sys.stderr)
-        return 1
+        problems = _startup_errors(exc)
+        if problems is None:
+            raise
+        for problem in problems:
+            print(f"relay: cannot start: {problem}", file=sys.stderr)
+        return EXIT_CONFIG if any(isinstance(p, ConfigError) for p in problems) else 1
     return 0
+
+
+def _startup_errors(exc: BaseException) -> list[BaseException] | None:
+    """The OSError/ConfigError leaves of a (possibly grouped) startup failure, or None if
+    anything else is in there (a bug: let the traceback show)."""
+    if isinstance(exc, BaseExceptionGroup):
+        out: list[BaseException] = []
+        for sub in exc.exceptions:
+            leaves = _startup_errors(sub)
+            if leaves is None:
+                return None
+            out.extend(leaves)
+        return out
+    if isinstance(exc, (OSError, ConfigError)):
+        return [exc]
+    return None
 
 
 if __name__ == "__main__":

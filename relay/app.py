@@ -37,12 +37,14 @@ async def run(
             if config.admin.metrics_endpoint or config.admin.healthcheck_endpoint:
                 from relay.metrics.admin import serve_admin
 
-                await nursery.start(serve_admin, runtime)
+                bound_admin = await nursery.start(serve_admin, runtime)
+                runtime.bound_http.update(bound_admin or {})
             if config.signaling is not None:
                 from relay.signaling.server import serve_signaling
 
                 bound = await nursery.start(serve_signaling, runtime)
                 runtime.own_addresses.add(bound)
+                runtime.bound_http["signaling"] = bound
             # The gateway starts last: the peer policy refuses every address bound above.
             if config.listeners:
                 from relay.net.gateway import serve_gateway
@@ -60,15 +62,22 @@ def describe(runtime: Runtime) -> list[str]:
     lines = []
     for st in runtime.health.listeners.values():
         lines.append(f"listener {st.name}: {st.protocol} on {_hostport(st.address, st.port)}")
+    bound = runtime.bound_http
     if cfg.admin.metrics_endpoint:
         ep = cfg.admin.metrics_endpoint
-        lines.append(f"metrics: http://{_hostport(ep.bind_host, ep.port)}{ep.path}")
+        host, port = bound.get("metrics", (ep.bind_host, ep.port))
+        lines.append(f"metrics: http://{_hostport(host, port)}{ep.path}")
     if cfg.admin.healthcheck_endpoint:
         ep = cfg.admin.healthcheck_endpoint
-        lines.append(f"health: http://{_hostport(ep.bind_host, ep.port)}/live /ready /status")
+        host, port = bound.get("health", (ep.bind_host, ep.port))
+        lines.append(f"health: http://{_hostport(host, port)}/live /ready /status")
     sig: Any = cfg.signaling
     if sig is not None:
-        lines.append(f"signaling: ws://{sig.listen_display}/spreed")
+        if "signaling" in bound:
+            host, port = bound["signaling"]
+            lines.append(f"signaling: ws://{_hostport(host, port)}/spreed")
+        else:
+            lines.append(f"signaling: ws://{sig.listen_display}/spreed")
     return lines
 
 

@@ -51,3 +51,5 @@ class Runtime:
     # Filled by the parts as they start, for /status and the peer policy:
     allocation_count: int = 0
     own_addresses: set[tuple[str, int]] = attrs.Factory(set)
+    # Bound HTTP addresses ("metrics", "health", "signaling") -> (host, port), as really bound.
+    bound_http: dict[str, tuple[str, int]] = attrs.Factory(dict)

@@ -38,6 +38,7 @@ log = logging.getLogger("relay.gateway")
 BATCH = 64  # datagrams handled before yielding to the scheduler
 BUFFER = 65536 + 64
 SWEEP_INTERVAL = 1.0
+DNS_INTERVAL = 30.0  # STRICT_DNS clusters are re-resolved this often
 _AF = {FAMILY_V4: socket.AF_INET, FAMILY_V6: socket.AF_INET6}
 _SEND_INDICATION = b"\x00\x16"
 _pack_head = struct.Struct("!HH").pack_into
@@ -264,6 +265,29 @@ class Gateway:
 
     # -- loops ----------------------------------------------------------------------------
 
+    async def resolve_clusters(self, interval: float = DNS_INTERVAL) -> None:
+        """Keep STRICT_DNS clusters' addresses current: such a cluster admits exactly the
+        addresses its hostnames resolve to (a failed lookup keeps the last good answer)."""
+        clusters = [c for c in self.runtime.config.clusters if c.type == "STRICT_DNS"]
+        if not clusters:
+            return
+        while True:
+            for cluster in clusters:
+                ips: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+                failed = False
+                for host in cluster.hostnames:
+                    try:
+                        infos = await trio.socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+                    except OSError as exc:
+                        failed = True
+                        log.warning("cluster %s: cannot resolve %s: %s", cluster.name, host, exc)
+                        continue
+                    for info in infos:
+                        ips.add(ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]))
+                if ips or not failed:
+                    self.policy.set_resolved(cluster.name, ips)
+            await trio.sleep(interval)
+
     async def sweeper(self) -> None:
         while True:
             await trio.sleep(SWEEP_INTERVAL)
@@ -473,6 +497,7 @@ async def serve_gateway(
             for name, sock in gw.sockets.items():
                 nursery.start_soon(gw.listener_loop, gw.server.listeners[name], sock)
             nursery.start_soon(gw.sweeper)
+            nursery.start_soon(gw.resolve_clusters)
             task_status.started(gw)
     finally:
         gw.close()

@@ -217,9 +217,15 @@ class Gateway:
         assert self.alloc_nursery is not None
         alloc.io = self.sockets[alloc.listener]
         self.alloc_nursery.start_soon(self._run_allocation, alloc)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("allocation %s for %s on %s: relays %s", alloc.user_id, alloc.client,
+                      alloc.listener, [(ep.ip, ep.port) for ep in alloc.relays.values()])
 
     def _deleted(self, alloc: Allocation) -> None:
-        pass  # the core closes the relay sockets; their readers then end
+        # The core closes the relay sockets; their readers then end.
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("allocation %s for %s on %s ended", alloc.user_id, alloc.client,
+                      alloc.listener)
 
     # -- setup ----------------------------------------------------------------------------
 

@@ -327,7 +327,9 @@ class Gateway:
                 except BlockingIOError:
                     break
                 except OSError:
-                    continue  # an ICMP error report for an earlier send; nothing to read
+                    if sock.fileno() < 0:
+                        return
+                    continue  # an error report for an earlier send; nothing to read
                 traffic.rx_packets += 1
                 traffic.rx_bytes += n
                 first = buf[0]
@@ -354,7 +356,7 @@ class Gateway:
                                 drops["send_buffer_full"] += 1
                             except OSError:
                                 drops["peer_not_allowed"] += 1
-                elif first < 2 and n >= 20:
+                elif first < 0x40 and n >= 20:  # STUN: the top two bits are zero
                     if buf[0:2] == _SEND_INDICATION:
                         self._send_indication(allocs, addr, view, n, name, policy, drops)
                     else:

@@ -164,9 +164,9 @@ class TurnServer:
         key: bytes | None = None
         try:
             unknown = msg.unknown_required()
-            if unknown:
-                raise _Reply(420, extra=(UnknownAttributes(tuple(unknown)),))
             if msg.method == Method.BINDING:
+                if unknown:
+                    raise _Reply(420, extra=(UnknownAttributes(tuple(unknown)),))
                 out = self._binding(msg, client)
                 self.stats.count_request(method_name, "success")
                 return out
@@ -179,6 +179,10 @@ class TurnServer:
             except _Challenge as ch:
                 self.stats.count_request(method_name, str(ch.code))
                 return ch.reply
+            # RFC 8489 §6.3: unknown attributes are checked once the request authenticated,
+            # so the 420 is signed and an unauthenticated sender only ever sees a challenge.
+            if unknown:
+                raise _Reply(420, extra=(UnknownAttributes(tuple(unknown)),))
             alloc = lis.allocations.get(client)
             if msg.method == Method.ALLOCATE:
                 if alloc is not None:

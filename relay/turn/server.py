@@ -347,6 +347,10 @@ class TurnServer:
                     held[0].close()
                 raise _Reply(508, "unknown or expired reservation token")
             reserved = held[0]
+            if aaf is not None and reserved.family != FAMILY_V4:
+                # ADDITIONAL-ADDRESS-FAMILY adds IPv6 to an IPv4 allocation; keep the token.
+                self.reservations[token.token] = held
+                raise _Reply(400, "ADDITIONAL-ADDRESS-FAMILY needs an IPv4 reservation")
         # quotas
         if self.user_quota and self.user_counts.get(user_id, 0) >= self.user_quota:
             self.stats.quota_rejections["user"] += 1

@@ -204,6 +204,10 @@ class Gateway:
         self.sockets: dict[str, socket.socket] = {}
         self.relay_ips: dict[str, dict[int, tuple[str, str]]] = {}
         self.alloc_nursery: trio.Nursery | None = None
+        # Ports of relay's own listeners and HTTP endpoints: a permission whose cluster admits
+        # every port (any_port) still needs the policy's verdict for these (no turn-in-turn,
+        # no metrics through the relay).
+        self.own_ports: frozenset[int] = frozenset()
         for c in cfg.clusters:
             self.stats.cluster(c.name)
 
@@ -259,6 +263,7 @@ class Gateway:
                 st.port = port
                 st.bound = True
         self.policy.set_own_addresses(self.runtime.own_addresses)
+        self.own_ports = frozenset(p for _, p in self.runtime.own_addresses)
 
     def close(self) -> None:
         self.server.close_all(time.time())
@@ -394,7 +399,9 @@ class Gateway:
         if perm is None:
             drops["no_permission"] += 1
             return
-        if not perm.any_port and not policy.check(name, ip, port).allowed:
+        if (not perm.any_port or port in self.own_ports) and not policy.check(
+            name, ip, port
+        ).allowed:
             drops["peer_not_allowed"] += 1
             return
         ep = alloc.relays.get(FAMILY_V6 if ":" in ip else FAMILY_V4)
@@ -439,6 +446,7 @@ class Gateway:
         chans = alloc.peer_channels
         drops = self.stats.drops
         policy = self.policy
+        own_ports = self.own_ports
         name = alloc.listener
         v6 = ep.family == FAMILY_V6
         wait = trio.lowlevel.wait_readable
@@ -463,7 +471,9 @@ class Gateway:
                     else:
                         if v6:
                             addr = addr[:2]
-                        if not perm.any_port and not policy.check(name, ip, addr[1]).allowed:
+                        if (not perm.any_port or addr[1] in own_ports) and not policy.check(
+                            name, ip, addr[1]
+                        ).allowed:
                             drops["peer_not_allowed"] += 1
                         else:
                             ct = perm.cluster.traffic

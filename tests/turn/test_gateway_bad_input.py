@@ -1,0 +1,436 @@
+"""Bad input and abuse (TURN reference §8) against the running gateway on loopback.
+
+Peer policy (SSRF forms of loopback and metadata addresses, relay's own ports), data from
+peers without a permission, floods of malformed datagrams, the 401 rate limit, quotas,
+LIFETIME extremes, DONT-FRAGMENT, and the counters that show all of it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import httpx
+import pytest
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from benchmarks.echo_peer import serve_udp_echo
+from benchmarks.turnclient import TurnClient, TurnError
+from relay.stun import (
+    DontFragment,
+    ErrorCode,
+    Lifetime,
+    Message,
+    MessageClass,
+    Method,
+    RequestedTransport,
+    UnknownAttributes,
+    encode_channel_data,
+)
+from tests.turn.gateway_harness import (
+    binding,
+    binding_request,
+    client,
+    config,
+    drain,
+    listener_address,
+    roundtrip,
+    running,
+    udp_sink,
+    until,
+)
+
+V6 = 2
+BROAD = [{"name": "world", "type": "STATIC", "endpoints": ["0.0.0.0/0", "::/0"]}]
+BROAD_ROUTES = [{"name": "udp", "protocol": "TURN-UDP", "address": "127.0.0.1", "port": 0,
+                 "routes": ["world"]}]
+
+# Loopback, unspecified and cloud-metadata targets in every spelling the kernel would reach.
+FORBIDDEN = [
+    "127.0.0.1", "127.1.2.3", "::1", "::ffff:127.0.0.1", "::127.0.0.1", "64:ff9b::7f00:1",
+    "2002:7f00:1::", "0.0.0.0", "::", "169.254.169.254", "::ffff:169.254.169.254",
+    "fe80::1", "224.0.0.1", "255.255.255.255",
+]
+
+
+async def test_loopback_and_metadata_in_every_spelling_are_refused_with_a_broad_cluster(
+) -> None:
+    cfg = config(listeners=BROAD_ROUTES, clusters=BROAD)
+    with trio.fail_after(20):
+        async with running(cfg) as rt, client(rt) as c:
+            await c.allocate(additional_family=V6)
+            assert len(c.relayed_all) == 2
+            sinks = [udp_sink("127.0.0.1"), udp_sink("::1")]
+            try:
+                port = sinks[0].getsockname()[1]
+                for ip in FORBIDDEN:
+                    with pytest.raises(TurnError) as err:
+                        await c.create_permission((ip, port))
+                    assert err.value.code == 403, ip
+                    with pytest.raises(TurnError) as err:
+                        await c.channel_bind(0x4000, (ip, port))
+                    assert err.value.code == 403, ip
+                    # Without a permission a Send indication is dropped.
+                    await c.send_indication((ip, port), b"ssrf")
+                # Every sink port, in every spelling.
+                for sink in sinks:
+                    sp = sink.getsockname()[1]
+                    for ip in ("127.0.0.1", "::ffff:127.0.0.1", "::127.0.0.1", "0.0.0.0",
+                               "::1", "::"):
+                        await c.send_indication((ip, sp), b"ssrf")
+                await binding(c)
+                assert [drain(s) for s in sinks] == [[], []]
+            finally:
+                for s in sinks:
+                    s.close()
+            st = rt.stats
+            assert st.permissions_active == 0 and st.channels_active == 0
+            assert st.requests[("create_permission", "403")] == len(FORBIDDEN)
+            assert st.requests[("channel_bind", "403")] == len(FORBIDDEN)
+            assert st.drops["no_permission"] == len(FORBIDDEN) + 12
+            refused = st.peer_refusals
+            assert refused["loopback"] == 2 * 7 and refused["unspecified"] == 2 * 2
+            assert refused["link_local"] == 2 * 3
+            assert refused["multicast"] == 2 and refused["broadcast"] == 2
+
+
+async def test_relays_own_ports_are_refused_even_when_loopback_is_allowed() -> None:
+    cfg = config(
+        clusters=[{"name": "peers", "type": "STATIC", "endpoints": ["127.0.0.1/32"]}],
+        admin={"metrics_endpoint": "http://127.0.0.1:0/metrics",
+               "healthcheck_endpoint": "http://127.0.0.1:0"},
+    )
+    with trio.fail_after(20):
+        async with running(cfg) as rt, client(rt) as c:
+            own = {"listener": listener_address(rt)[1],
+                   "metrics": rt.bound_http["metrics"][1],
+                   "health": rt.bound_http["health"][1]}
+            await c.allocate()
+            # A permission is per IP: loopback is allowed by the cluster.
+            await c.create_permission(("127.0.0.1", own["listener"]))
+            for what, port in own.items():
+                with pytest.raises(TurnError) as err:
+                    await c.channel_bind(0x4000, ("127.0.0.1", port))
+                assert err.value.code == 403, what
+            assert rt.stats.peer_refusals["own_address"] == 3
+
+            # Send indications to those ports are dropped; the listener gets nothing from
+            # the relay socket (it would count a datagram without an allocation).
+            # The HTTP ports are TCP: UDP sockets on the same numbers stand in for anything
+            # else listening there, and see whether the relay reaches them.
+            stand_ins = []
+            for what in ("metrics", "health"):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s.bind(("127.0.0.1", own[what]))
+                s.setblocking(False)
+                stand_ins.append(s)
+            try:
+                listener_rx = rt.stats.listeners["udp"].traffic.rx_packets
+                no_alloc = rt.stats.drops["no_allocation"]
+                for port in own.values():
+                    await c.send_indication(("127.0.0.1", port), b"turn-in-turn")
+                await binding(c)
+                assert rt.stats.drops["peer_not_allowed"] == 3
+                assert rt.stats.drops["no_allocation"] == no_alloc
+                # Our three indications and the Binding request, nothing else.
+                assert rt.stats.listeners["udp"].traffic.rx_packets == listener_rx + 4
+                assert [drain(s) for s in stand_ins] == [[], []]
+                assert rt.stats.clusters["peers"].traffic.tx_packets == 0
+
+                # Nor does anything sent from those ports reach the client.
+                for s in stand_ins:
+                    s.sendto(b"from an own port", c.relayed)
+                await until(lambda: rt.stats.drops["peer_not_allowed"] == 5,
+                            "both datagrams to be refused")
+                await binding(c)
+                assert not c._pending
+                assert rt.stats.clusters["peers"].traffic.rx_packets == 0
+            finally:
+                for s in stand_ins:
+                    s.close()
+
+
+async def test_data_from_a_peer_without_permission_is_dropped_and_counted() -> None:
+    cfg = config(clusters=[{"name": "peers", "type": "STATIC", "endpoints": ["127.0.0.0/8"]}])
+    with trio.fail_after(20):
+        async with running(cfg) as rt, client(rt) as c:
+            await c.allocate()
+            assert c.relayed is not None
+            stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            with stranger:
+                stranger.bind(("127.0.0.2", 0))
+                for i in range(5):
+                    stranger.sendto(b"unsolicited %d" % i, c.relayed)
+                await until(lambda: rt.stats.drops["no_permission"] == 5, "5 dropped datagrams")
+                await binding(c)
+                assert not c._pending  # nothing was relayed to the client
+                assert rt.stats.clusters["peers"].traffic.rx_packets == 0
+
+                # A permission for another IP does not let this one in either.
+                await c.create_permission(("127.0.0.3", 9))
+                stranger.sendto(b"still not", c.relayed)
+                await until(lambda: rt.stats.drops["no_permission"] == 6, "a 6th drop")
+
+                # Once permitted (any port of that IP), its data arrives as Data indications.
+                await c.create_permission(("127.0.0.2", 1))
+                stranger.sendto(b"welcome", c.relayed)
+                kind, src, data = await c.recv(timeout=2)
+                assert (kind, src, data) == ("data", stranger.getsockname(), b"welcome")
+                assert rt.stats.drops["no_permission"] == 6
+
+
+async def test_flood_of_malformed_datagrams_is_dropped_and_binding_still_answered() -> None:
+    cfg = config()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery, running(cfg) as rt:
+            peer = await nursery.start(serve_udp_echo, "127.0.0.1", 0)
+            async with client(rt) as c, client(rt) as bystander:
+                await c.allocate()
+                await c.channel_bind(0x4000, peer)
+                drops = rt.stats.drops
+                before = dict(drops)
+                req, _ = binding_request()
+                cookie = req[4:8]
+
+                async def batch(datagrams: list[bytes]) -> None:
+                    for d in datagrams:
+                        await c.send_raw(d)
+                    await binding(c)  # answered after all of them
+
+                # Random bytes whose first byte is neither STUN (0x00-0x01) nor ChannelData.
+                garbage = [bytes([0x80 | r[0]]) + r[1:] for r in
+                           (os.urandom(64) for _ in range(50))]
+                await batch(garbage)
+                assert drops["malformed"] == before["malformed"] + 50
+
+                truncated = [req[:n] for n in (0, 1, 4, 8, 19)]  # shorter than a header
+                truncated += [b"\x00\x01\x00\x08" + cookie + os.urandom(12)]  # length past end
+                truncated += [b"\x00\x01\x00\x03" + cookie + os.urandom(12) + b"abc"]  # len % 4
+                truncated += [b"\x00\x01\x00\x08" + cookie + os.urandom(12)
+                              + b"\x00\x06\x00\x40" + b"abcd"]  # attribute past the end
+                await batch(truncated)
+                assert drops["malformed"] == before["malformed"] + 50 + 8
+
+                # Oversized datagrams (far beyond any MTU), one STUN-looking, one ChannelData.
+                big = [b"\x00\x01\xff\xfc" + cookie + os.urandom(12) + bytes(65472),
+                       b"\x40\x00\xff\xff" + bytes(65000)]  # length 65535 > payload
+                for d in big:
+                    await batch([d])
+                assert drops["malformed"] == before["malformed"] + 50 + 8 + 2
+
+                # ChannelData: unbound channel, length past the end, a header only, reserved.
+                await batch([encode_channel_data(0x4001, b"unbound")] * 10)
+                assert drops["unbound_channel"] == before["unbound_channel"] + 10
+                await batch([b"\x40\x00\x00\x10" + b"short"] * 10 + [b"\x40\x00"] * 5
+                            + [b"\x50\x00\x00\x04abcd", b"\xff\xff\x00\x04abcd"])
+                assert drops["malformed"] == before["malformed"] + 60 + 10 + 5 + 2
+
+                # From a 5-tuple without an allocation.
+                for _ in range(7):
+                    await bystander.send_raw(encode_channel_data(0x4000, b"nope"))
+                await binding(bystander)
+                assert drops["no_allocation"] == before["no_allocation"] + 7
+
+                # The relay still works, for the client and for the bystander.
+                assert await roundtrip(c, lambda: c.send_channel(0x4000, b"alive"),
+                                       "channel", b"alive") == 0x4000
+                assert await bystander.binding() == bystander.local_address
+                await c.refresh(0)
+            nursery.cancel_scope.cancel()
+
+
+async def test_401_answers_are_rate_limited_per_source_ip() -> None:
+    limit = 3
+    cfg = config(turn={"unauthorized_ratelimit": limit})
+    with trio.fail_after(20):
+        async with running(cfg) as rt:
+            server = listener_address(rt)
+            n = 30
+            answered = 0
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.bind(("127.0.0.1", 0))
+                s.setblocking(False)
+                t0 = int(time.time())
+                for _ in range(n):
+                    msg = Message(method=Method.ALLOCATE, cls=MessageClass.REQUEST,
+                                  transaction_id=os.urandom(12),
+                                  attributes=[RequestedTransport(17)])
+                    s.sendto(msg.encode(), server)
+                # A Binding is never rate limited; its answer comes after all the 401s.
+                req, tid = binding_request()
+                s.sendto(req, server)
+                while True:
+                    await trio.lowlevel.wait_readable(s)
+                    data = s.recv(2048)
+                    if data[8:20] == tid:
+                        break
+                    assert data[0:2] == b"\x01\x13"  # Allocate error response
+                    answered += 1
+                windows = int(time.time()) - t0 + 1  # one-second windows the burst spanned
+            assert 1 <= answered <= limit * windows
+            assert rt.stats.drops["ratelimited"] == n - answered
+            assert rt.stats.requests[("allocate", "401")] == n
+
+            # Another source IP has its own budget.
+            async with client(rt, bind="127.0.0.2") as other:
+                tid = os.urandom(12)
+                resp = await other.raw_request(Message(
+                    method=Method.ALLOCATE, cls=MessageClass.REQUEST, transaction_id=tid,
+                    attributes=[RequestedTransport(17)]).encode(), tid)
+                err = resp.get(ErrorCode)
+                assert err is not None and err.code == 401
+
+
+async def _open(clients: list[TurnClient]) -> None:
+    for c in clients:
+        await c.__aenter__()
+
+
+async def test_quotas_user_total_permissions_channels() -> None:
+    cfg = config(clusters=[{"name": "peers", "type": "STATIC", "endpoints": ["127.0.0.0/8"]}],
+                 admin={"user_quota": 2},
+                 turn={"max_permissions": 2, "max_channels": 2})
+    with trio.fail_after(20):
+        async with running(cfg) as rt:
+            cs = [client(rt) for _ in range(3)]
+            await _open(cs)
+            try:
+                await cs[0].allocate()
+                await cs[1].allocate()
+                with pytest.raises(TurnError) as err:
+                    await cs[2].allocate()
+                assert err.value.code == 486
+                assert rt.stats.quota_rejections["user"] == 1
+
+                c = cs[0]
+                await c.create_permission(("127.0.0.2", 1), ("127.0.0.3", 1))
+                await c.create_permission(("127.0.0.2", 5))  # a refresh, not a new one
+                with pytest.raises(TurnError) as err:
+                    await c.create_permission(("127.0.0.4", 1))
+                assert err.value.code == 508
+                assert rt.stats.quota_rejections["permissions"] == 1
+                assert rt.stats.permissions_active == 2
+
+                d = cs[1]
+                await d.channel_bind(0x4000, ("127.0.0.2", 1000))
+                await d.channel_bind(0x4001, ("127.0.0.2", 1001))
+                await d.channel_bind(0x4001, ("127.0.0.2", 1001))  # a refresh
+                with pytest.raises(TurnError) as err:
+                    await d.channel_bind(0x4002, ("127.0.0.2", 1002))
+                assert err.value.code == 508
+                assert rt.stats.quota_rejections["channels"] == 1
+                assert rt.stats.channels_active == 2
+
+                # Deleting an allocation gives the user's quota back.
+                await cs[1].refresh(0)
+                await cs[2].allocate()
+            finally:
+                for c in cs:
+                    c.close()
+
+    cfg = config(turn={"total_quota": 2})
+    with trio.fail_after(20):
+        async with running(cfg) as rt:
+            cs = [client(rt) for _ in range(3)]
+            await _open(cs)
+            try:
+                await cs[0].allocate()
+                await cs[1].allocate()
+                with pytest.raises(TurnError) as err:
+                    await cs[2].allocate()
+                assert err.value.code == 508
+                assert rt.stats.quota_rejections["total"] == 1
+                await cs[0].refresh(0)
+                await cs[2].allocate()
+                assert rt.stats.allocations_active == 2
+            finally:
+                for c in cs:
+                    c.close()
+
+
+@pytest.mark.parametrize(("requested", "granted"), [(0, 600), (1, 600), (599, 600),
+                                                     (1800, 1800), (0xFFFFFFFF, 3600)])
+async def test_lifetime_extremes_are_clamped(requested: int, granted: int) -> None:
+    cfg = config()
+    with trio.fail_after(20):
+        async with running(cfg) as rt, client(rt) as c:
+            resp = await c.allocate(lifetime=requested)
+            lt = resp.get(Lifetime)
+            assert lt is not None and lt.seconds == granted
+            await c.refresh(requested)
+            if requested == 0:  # Refresh(0) deletes
+                assert c.lifetime == 0 and rt.stats.allocations_active == 0
+            else:
+                assert c.lifetime == granted and rt.stats.allocations_active == 1
+
+
+async def test_dont_fragment_is_answered_with_420() -> None:
+    cfg = config()
+    with trio.fail_after(20):
+        async with running(cfg) as rt, client(rt) as c:
+            with pytest.raises(TurnError) as err:
+                await c.allocate(extra=[DontFragment()])
+            assert err.value.code == 420
+            unknown = err.value.response.get(UnknownAttributes)
+            assert unknown is not None and 0x001A in unknown.types
+            assert rt.stats.allocations_active == 0
+            await c.allocate()  # without it, fine
+
+
+async def test_counters_on_the_metrics_endpoint_after_known_traffic() -> None:
+    cfg = config(admin={"metrics_endpoint": "http://127.0.0.1:0/metrics"})
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery, running(cfg) as rt:
+            peer = await nursery.start(serve_udp_echo, "127.0.0.1", 0)
+            async with client(rt) as c, client(rt) as stranger:
+                await c.allocate()
+                await c.channel_bind(0x4000, peer)
+                sent = 0
+
+                async def send() -> None:
+                    nonlocal sent
+                    sent += 1
+                    await c.send_channel(0x4000, b"m" * 100)
+
+                for _ in range(10):
+                    await roundtrip(c, send, "channel", b"m" * 100)
+                await stranger.send_raw(encode_channel_data(0x4000, b"x"))
+                await c.send_raw(b"\xff" * 30)
+                await binding(stranger)
+                await binding(c)
+                await until(lambda: rt.stats.clusters["peers"].traffic.rx_packets == sent,
+                            "every echo to reach the relay")
+
+                host, port = rt.bound_http["metrics"]
+                async with httpx.AsyncClient(trust_env=False) as http:
+                    r = await http.get(f"http://{host}:{port}/metrics")
+                assert r.status_code == 200
+                samples = {}
+                for fam in text_string_to_metric_families(r.text):
+                    for s in fam.samples:
+                        samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+
+                def m(metric: str, **labels: str) -> float:
+                    return samples[(metric, tuple(sorted(labels.items())))]
+
+                assert m("stunner_allocations_active") == 1
+                assert m("relay_turn_allocations_total") == 1
+                assert m("relay_turn_permissions_active") == 1
+                assert m("relay_turn_channels_active") == 1
+                assert m("stunner_listener_connections", name="udp") == 1
+                assert m("stunner_cluster_connections", name="peers") == 1
+                assert m("stunner_cluster_packets_total", direction="tx", name="peers") == sent
+                assert m("stunner_cluster_packets_total", direction="rx", name="peers") == sent
+                assert m("stunner_cluster_bytes_total", direction="tx", name="peers") == sent * 100
+                assert m("relay_turn_requests_total", method="allocate", result="401") == 1
+                assert m("relay_turn_requests_total", method="allocate", result="success") == 1
+                assert m("relay_turn_requests_total", method="channel_bind",
+                         result="success") == 1
+                # (the self-probe sends Bindings of its own)
+                assert m("relay_turn_requests_total", method="binding", result="success") >= 2
+                assert m("relay_turn_dropped_datagrams_total", reason="no_allocation") == 1
+                assert m("relay_turn_dropped_datagrams_total", reason="malformed") == 1
+                assert m("relay_turn_auth_failures_total", reason="missing_credentials") == 1
+            nursery.cancel_scope.cancel()

@@ -511,6 +511,9 @@ class TurnServer:
         if chan is None and len(alloc.channels) >= self.turn.max_channels:
             self.stats.quota_rejections["channels"] += 1
             raise _Reply(508, "too many channels on this allocation")
+        if peer[0] not in alloc.permissions and len(alloc.permissions) >= self.turn.max_permissions:
+            self.stats.quota_rejections["permissions"] += 1  # ChannelBind installs one too
+            raise _Reply(508, "too many permissions on this allocation")
         perm = self._permit(alloc, peer[0], cluster, any_port, now)
         expires = now + self.turn.channel_lifetime
         if chan is None:

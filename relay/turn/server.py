@@ -582,7 +582,7 @@ class TurnServer:
                 del alloc.channels[number]
                 alloc.peer_channels.pop(chan.peer, None)
                 self.stats.channels_active -= 1
-                until = now + QUARANTINE
+                until = chan.expires + QUARANTINE  # from the expiry, however late the sweep
                 alloc.quarantine_numbers[number] = (chan.peer, until)
                 alloc.quarantine_peers[chan.peer] = (number, until)
                 nxt = min(nxt, until)

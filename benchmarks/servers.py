@@ -153,7 +153,10 @@ def relay_config_yaml(host: str, port: int, min_port: int, max_port: int) -> str
         f"clusters: [{{name: peers, type: STATIC, endpoints: [\"{peers}\"]}}]\n"
         # coturn 4.6 has no 401 rate limit; churn opens a new 5-tuple (and gets a 401) per
         # allocation from one IP, so relay's limit is off here as well.
-        f"turn: {{min_port: {min_port}, max_port: {max_port}, unauthorized_ratelimit: 0}}\n"
+        # turnutils_uclient (an RFC 5766 client) picks channel numbers up to 0x7FFF, which
+        # RFC 8656 refuses; coturn accepts them, so relay does here too.
+        f"turn: {{min_port: {min_port}, max_port: {max_port}, unauthorized_ratelimit: 0, "
+        "rfc5766_channels: true}\n"
     )
 
 

@@ -203,7 +203,7 @@ def run_live(rounds: int, number: int, allocations: int, load_seconds: float) ->
     from benchmarks.report import raise_nofile
     from benchmarks.servers import ServerProcess, _spawn, free_udp_port, stop, wait_ready
     from benchmarks.turn_load import LoadConfig, run_load
-    from benchmarks.turnclient import TurnClient
+    from benchmarks.turnclient import MISMATCH_RETRIES, TurnClient
 
     raise_nofile()
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -245,7 +245,8 @@ def run_live(rounds: int, number: int, allocations: int, load_seconds: float) ->
                                 c = TurnClient(("127.0.0.1", port), "user", "pass", rto=0.25)
                                 await stack.enter_async_context(c)
                                 with contextlib.suppress(Exception):
-                                    await c.allocate(timeout=10.0)
+                                    await c.allocate(
+                                        timeout=10.0, new_port_on_mismatch=MISMATCH_RETRIES)
                                     held.append(c)
 
                         t0 = time.perf_counter()

@@ -41,7 +41,7 @@ from benchmarks.report import (
     summarize,
     write_json,
 )
-from benchmarks.turnclient import TurnClient, TurnError
+from benchmarks.turnclient import MISMATCH_RETRIES, TurnClient, TurnError
 
 MAX_HOLD = 30000
 MAX_DURATION = 600.0
@@ -100,9 +100,18 @@ class AllocResult:
 
 
 # A deleted allocation's client socket stays open this long, so the kernel does not hand
-# its port (its 5-tuple) to the next cycle while the server may still hold the old one
-# (coturn frees deleted allocations on a ~1 s timer and answers 437 meanwhile).
+# its port (its 5-tuple) to a later allocation while the server may still hold the old one
+# (coturn frees deleted allocations on a ~1 s timer and answers "437 Mismatched allocation:
+# wrong transaction ID" meanwhile).  The graveyard belongs to the worker, not to one phase:
+# the memory phase right after churn must not get the ports churn has just deleted.
 LINGER = 5.0
+
+
+def _bury(graveyard: deque[tuple[float, TurnClient]], c: TurnClient) -> None:
+    now = time.monotonic()
+    graveyard.append((now, c))
+    while graveyard and now - graveyard[0][0] > LINGER:
+        graveyard.popleft()[1].close()
 
 
 async def _cycle(cfg: AllocConfig, peer: tuple[str, int], channel: int,
@@ -110,19 +119,17 @@ async def _cycle(cfg: AllocConfig, peer: tuple[str, int], channel: int,
     c = TurnClient(cfg.server, cfg.username, cfg.password, rto=0.25)
     await c.__aenter__()
     try:
-        await c.allocate(timeout=5.0)
+        await c.allocate(timeout=5.0, new_port_on_mismatch=MISMATCH_RETRIES)
         await c.channel_bind(channel, peer, timeout=5.0)
         await c.refresh(timeout=5.0)
         await c.refresh(0, timeout=5.0)
     finally:
-        graveyard.append((time.monotonic(), c))
-    now = time.monotonic()
-    while graveyard and now - graveyard[0][0] > LINGER:
-        graveyard.popleft()[1].close()
+        _bury(graveyard, c)
 
 
 async def _churn(cfg: AllocConfig, duration: float, concurrency: int, max_cycles: int,
-                 shared: Any, slot: int) -> tuple[int, int, list[str], float, bytes]:
+                 shared: Any, slot: int, graveyard: deque[tuple[float, TurnClient]]
+                 ) -> tuple[int, int, list[str], float, bytes]:
     peer = PEER6 if ":" in cfg.server[0] else PEER
     done = 0
     errors = 0
@@ -130,8 +137,6 @@ async def _churn(cfg: AllocConfig, duration: float, concurrency: int, max_cycles
     lat = RttRecorder()
     t0 = time.perf_counter()
     deadline = t0 + duration
-    graveyard: deque[tuple[float, TurnClient]] = deque()
-
     started = 0
 
     async def loop(k: int) -> None:
@@ -155,8 +160,6 @@ async def _churn(cfg: AllocConfig, duration: float, concurrency: int, max_cycles
             for k in range(concurrency):
                 nursery.start_soon(loop, k)
     elapsed = time.perf_counter() - t0
-    while graveyard:
-        graveyard.popleft()[1].close()
     return done, errors, samples, elapsed, lat.samples.tobytes()
 
 
@@ -172,7 +175,7 @@ async def _hold(cfg: AllocConfig, count: int, held: list[TurnClient],
             c = TurnClient(cfg.server, cfg.username, cfg.password, rto=0.25)
             await stack.enter_async_context(c)
             try:
-                await c.allocate(timeout=10.0)
+                await c.allocate(timeout=10.0, new_port_on_mismatch=MISMATCH_RETRIES)
                 held.append(c)
                 ok += 1
                 shared[slot] = len(held)
@@ -188,14 +191,14 @@ async def _hold(cfg: AllocConfig, count: int, held: list[TurnClient],
     return ok, errors
 
 
-async def _release(held: list[TurnClient]) -> None:
+async def _release(held: list[TurnClient], graveyard: deque[tuple[float, TurnClient]]) -> None:
     limiter = trio.CapacityLimiter(64)
 
     async def one(c: TurnClient) -> None:
         async with limiter:
             with contextlib.suppress(TurnError, trio.TooSlowError, OSError):
                 await c.refresh(0, timeout=2.0)
-            c.close()
+            _bury(graveyard, c)
 
     with trio.move_on_after(60):
         async with trio.open_nursery() as nursery:
@@ -207,15 +210,18 @@ async def _release(held: list[TurnClient]) -> None:
 async def _worker_async(cfg: AllocConfig, conn: multiprocessing.connection.Connection,
                         shared: Any, slot: int) -> None:
     held: list[TurnClient] = []
+    graveyard: deque[tuple[float, TurnClient]] = deque()
     async with contextlib.AsyncExitStack() as stack:
+        stack.callback(lambda: [c.close() for _t, c in graveyard])
         while True:
             cmd = await trio.to_thread.run_sync(conn.recv)
             if cmd[0] == "churn":
-                conn.send(("churn", *await _churn(cfg, cmd[1], cmd[2], cmd[3], shared, slot)))
+                conn.send(("churn", *await _churn(cfg, cmd[1], cmd[2], cmd[3], shared, slot,
+                                                  graveyard)))
             elif cmd[0] == "hold":
                 conn.send(("hold", *await _hold(cfg, cmd[1], held, stack, shared, slot)))
             elif cmd[0] == "release":
-                await _release(held)
+                await _release(held, graveyard)
                 conn.send(("release",))
             else:
                 return

@@ -52,7 +52,7 @@ from benchmarks.report import (
     summarize,
     write_json,
 )
-from benchmarks.turnclient import TurnClient, TurnError
+from benchmarks.turnclient import MISMATCH_RETRIES, TurnClient, TurnError
 
 MAGIC = 0x52454C59  # "RELY": marks our payloads
 # payload: magic (4) | send time (8, perf_counter) | filler
@@ -158,7 +158,9 @@ def _data_offset(buf: bytearray | bytes, n: int) -> int:
 async def _setup_client(cfg: LoadConfig, client: TurnClient, peer: tuple[str, int],
                         channel: int) -> float:
     t0 = time.perf_counter()
-    await client.allocate(timeout=10.0)
+    # A 437 means the server still holds an allocation on our port (a recently deleted
+    # one of an earlier run whose port the kernel reused): move to a new port.
+    await client.allocate(timeout=10.0, new_port_on_mismatch=MISMATCH_RETRIES)
     if cfg.mode == "channel":
         await client.channel_bind(channel, peer, timeout=10.0)
     else:

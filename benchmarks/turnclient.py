@@ -55,12 +55,14 @@ from relay.stun import (
     verify_integrity,
 )
 
-__all__ = ["TurnClient", "TurnError"]
+__all__ = ["MISMATCH_RETRIES", "TurnClient", "TurnError"]
 
 UDP = 17
 MAX_DATAGRAM = 65536
 # Bounded retries of the authentication dance (401 then 438s) per request.
 MAX_AUTH_RETRIES = 3
+# What the load generators pass as allocate(new_port_on_mismatch=...).
+MISMATCH_RETRIES = 3
 
 
 class TurnError(Exception):
@@ -99,6 +101,7 @@ class TurnClient:
         integrity: str = "sha1",
         rto: float = 0.5,
         verify_responses: bool = True,
+        local_port: int = 0,
     ) -> None:
         if integrity not in ("sha1", "sha256"):
             raise ValueError("integrity must be 'sha1' or 'sha256'")
@@ -106,6 +109,7 @@ class TurnClient:
         self.username = username
         self.password = password
         self.bind_host = bind if bind is not None else _loopback_for(server[0])
+        self.local_port = local_port  # the first socket's port; 0 = any
         self.software = software
         self.integrity = integrity
         self.rto = rto
@@ -122,21 +126,36 @@ class TurnClient:
         self.lifetime: int | None = None
         self.mapped: tuple[str, int] | None = None
         self._pending: deque[tuple[str, Any, bytes]] = deque()
+        # Sockets given up after a 437: kept open until close() so the kernel cannot hand
+        # their ports (5-tuples the server still holds) straight back to us.
+        self._parked: list[trio.socket.SocketType] = []
+        self.mismatches = 0  # 437s answered by moving to a new port (allocate)
         self._lock = trio.Lock()
         self._buf = bytearray(MAX_DATAGRAM)
 
     # -- lifecycle -----------------------------------------------------------------------
     async def __aenter__(self) -> TurnClient:
+        await self._open_socket(self.local_port)
+        return self
+
+    async def _open_socket(self, port: int = 0) -> None:
         sock = trio.socket.socket(self.family, socket.SOCK_DGRAM)
         try:
-            await sock.bind((self.bind_host, 0))
+            await sock.bind((self.bind_host, port))
             name = sock.getsockname()
         except BaseException:
             sock.close()
             raise
         self.sock = sock
         self.local_address = (str(name[0]), int(name[1]))
-        return self
+
+    async def new_port(self) -> None:
+        """Move to a fresh local port (a new 5-tuple); the old socket stays open (parked)
+        until close(), so the kernel cannot give its port back to us meanwhile."""
+        old = self._socket()
+        await self._open_socket()
+        self._parked.append(old)
+        self._pending.clear()
 
     async def __aexit__(
         self,
@@ -150,6 +169,9 @@ class TurnClient:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
+        for sock in self._parked:
+            sock.close()
+        self._parked.clear()
 
     def fileno(self) -> int:
         return self._socket().fileno()
@@ -308,7 +330,12 @@ class TurnClient:
         even_port: bool | None = None,
         extra: Sequence[Attribute] = (),
         timeout: float = 2.0,  # noqa: ASYNC109
+        new_port_on_mismatch: int = 0,
     ) -> Message:
+        """Allocate a relayed address.  ``new_port_on_mismatch``: on a 437 (Allocation
+        Mismatch: the server still holds an allocation on this 5-tuple, e.g. a recently
+        deleted one whose port the kernel gave us again), retry up to that many times from a
+        fresh local port, as RFC 8656 §7.4 suggests."""
         attrs: list[Attribute] = [RequestedTransport(UDP)]
         if lifetime is not None:
             attrs.append(Lifetime(lifetime))
@@ -319,11 +346,19 @@ class TurnClient:
         if even_port is not None:
             attrs.append(EvenPort(even_port))
         attrs.extend(extra)
-        resp = await self.request(
-            Message(method=Method.ALLOCATE, cls=MessageClass.REQUEST,
-                    transaction_id=new_transaction_id(), attributes=attrs),
-            timeout=timeout,
-        )
+        for attempt in range(new_port_on_mismatch + 1):
+            try:
+                resp = await self.request(
+                    Message(method=Method.ALLOCATE, cls=MessageClass.REQUEST,
+                            transaction_id=new_transaction_id(), attributes=list(attrs)),
+                    timeout=timeout,
+                )
+                break
+            except TurnError as exc:
+                if exc.code != 437 or attempt == new_port_on_mismatch:
+                    raise
+                self.mismatches += 1
+                await self.new_port()
         relayed = [(a.ip, a.port) for a in resp.get_all(XorRelayedAddress)]
         if not relayed:
             raise TurnError(0, "Allocate success without XOR-RELAYED-ADDRESS", resp)

@@ -16,11 +16,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
 from benchmarks.report import RttRecorder, check_loopback, parse_hostport, percentile, summarize
 from benchmarks.servers import ServerProcess, coturn_available, run_coturn, run_relay
 from benchmarks.turn_alloc import AllocConfig, run_alloc
 from benchmarks.turn_load import LoadConfig, run_load
+from benchmarks.turnclient import MISMATCH_RETRIES, TurnClient, TurnError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -116,3 +118,34 @@ def test_report_helpers() -> None:
     with pytest.raises(SystemExit):
         check_loopback("192.0.2.1", "x", False)
     assert check_loopback("192.0.2.1", "x", True) == "192.0.2.1"
+
+
+def test_allocate_moves_to_a_new_port_on_allocation_mismatch(server: ServerProcess) -> None:
+    """A 437 on Allocate (the server still holds an allocation on our 5-tuple, as after a
+    recently deleted allocation whose port the kernel hands out again) is answered from a
+    fresh port when the caller allows it; without that it is an error."""
+
+    async def main() -> tuple[int, int, int, int]:
+        async with TurnClient(server.address, "user", "pass", rto=0.25) as first:
+            await first.allocate()
+            port = first.local_address[1]
+        # first's socket is closed; the server keeps its allocation on (127.0.0.1, port).
+        async with TurnClient(server.address, "user", "pass", rto=0.25,
+                              local_port=port) as plain:
+            with pytest.raises(TurnError) as err:
+                await plain.allocate()
+        async with TurnClient(server.address, "user", "pass", rto=0.25,
+                              local_port=port) as retrying:
+            await retrying.allocate(new_port_on_mismatch=MISMATCH_RETRIES)
+            moved_to = retrying.local_address[1]
+            mismatches = retrying.mismatches
+            await retrying.refresh(0)
+        # Clean up the first allocation from its own 5-tuple.
+        async with TurnClient(server.address, "user", "pass", rto=0.25,
+                              local_port=port) as cleanup:
+            await cleanup.refresh(0)
+        return err.value.code, port, moved_to, mismatches
+
+    code, port, moved_to, mismatches = trio.run(main)
+    assert code == 437
+    assert mismatches == 1 and moved_to != port

@@ -7,9 +7,11 @@ import importlib.util
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+import benchmarks.compare_coturn as compare
 from benchmarks.compare_coturn import build_parser, parse_uclient, table, uclient_once
 from benchmarks.profile_relay import fold, report
 from benchmarks.servers import coturn_available, run_coturn
@@ -49,6 +51,32 @@ def test_compare_parser_defaults() -> None:
     args = build_parser().parse_args([])
     assert args.generator == "ours" and args.rounds >= 2 and args.loss == 1.0
     assert sweep_parser().parse_args([]).mode == "channel"
+
+
+def test_rate_search_repeats_a_failed_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A probe that fails once (machine noise) is repeated before the rate counts as
+    saturated; a rate that fails every attempt ends the ramp."""
+    calls: list[float] = []
+    flaky = {16000.0}  # fails on its first attempt only
+
+    def fake_probe(srv: object, mode: str, rate: float, args: object,
+                   peer: object) -> SimpleNamespace:
+        calls.append(rate)
+        bad = rate >= 40000 or (rate in flaky and calls.count(rate) == 1)
+        return SimpleNamespace(loss_pct=5.0 if bad else 0.0, offered_pps=rate,
+                               delivered_pps=rate, rtt_p99_ms=0.1, server_cpu_pct=10.0)
+
+    monkeypatch.setattr(compare, "probe", fake_probe)
+    monkeypatch.setattr(compare, "log", lambda msg: None)
+    args = build_parser().parse_args(["--start-rate", "10000", "--bisect", "0"])
+    srv = SimpleNamespace(name="fake")
+    rate, _res = compare.find_max_rate(srv, "channel", args, ("127.0.0.1", 9))  # type: ignore[arg-type]
+    assert rate == 25600.0
+    assert calls == [10000.0, 16000.0, 16000.0, 25600.0, 40960.0, 40960.0]
+    args = build_parser().parse_args(["--start-rate", "10000", "--bisect", "0", "--confirm", "0"])
+    calls.clear()
+    rate, _res = compare.find_max_rate(srv, "channel", args, ("127.0.0.1", 9))  # type: ignore[arg-type]
+    assert rate == 10000.0
 
 
 def test_sweep_rejects_bad_rates(capsys: pytest.CaptureFixture[str]) -> None:

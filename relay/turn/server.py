@@ -212,8 +212,13 @@ class TurnServer:
     # -- helpers --------------------------------------------------------------------------
 
     def _bad_header_reply(self, data: bytes) -> bytes | None:
-        """400 for a request whose header is sound but whose body is not; else silence."""
+        """400 for a request whose header is sound but whose body is not; else silence.
+
+        A length field that disagrees with the datagram breaks the header rules (RFC 8489
+        §5, §6.3): such a message is discarded, not answered."""
         if len(data) < 20 or data[0] & 0xC0 or data[4:8] != b"\x21\x12\xa4\x42":
+            return None
+        if int.from_bytes(data[2:4], "big") != len(data) - 20 or data[3] & 3:
             return None
         mtype = int.from_bytes(data[0:2], "big")
         if mtype & 0x0110:  # not the request class

@@ -93,6 +93,11 @@ def test_responses_and_indications_to_the_server_are_ignored(cls: int, method: i
         struct.pack("!HHI12s", 0x0001, 0, 0x2112A443, b"x" * 12),
         # top bits set
         struct.pack("!HHI12s", 0xC001, 0, 0x2112A442, b"x" * 12),
+        # Binding request headers whose length disagrees with the datagram (RFC 8489 §6.3:
+        # a message that breaks the header rules is discarded, not answered)
+        struct.pack("!HHI12s", 0x0001, 8, 0x2112A442, b"x" * 12),
+        struct.pack("!HHI12s", 0x0001, 0, 0x2112A442, b"x" * 12) + b"\x00\x06\x00\x00",
+        struct.pack("!HHI12s", 0x0001, 2, 0x2112A442, b"x" * 12) + b"\x00\x00",
         # a Binding *response* with a broken body: not a request, so no answer either
         struct.pack("!HHI12s", 0x0101, 8, 0x2112A442, b"x" * 12) + b"\x00\x20\x00\x09\x00",
     ],

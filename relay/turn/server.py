@@ -184,6 +184,9 @@ class TurnServer:
             if unknown:
                 raise _Reply(420, extra=(UnknownAttributes(tuple(unknown)),))
             alloc = lis.allocations.get(client)
+            if alloc is not None and alloc.expires <= now:
+                self.delete(alloc, now)  # expired, not swept yet: already gone
+                alloc = None
             if msg.method == Method.ALLOCATE:
                 if alloc is not None:
                     if alloc.alloc_txid == msg.transaction_id and alloc.username == username:

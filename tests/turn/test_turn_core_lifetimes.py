@@ -265,3 +265,20 @@ def test_request_counters_by_method_and_result() -> None:
     assert h.stats.auth_failures["missing_credentials"] == 1
     assert h.stats.peer_refusals["loopback"] == 1
     assert h.stats.allocations_total == 1
+
+
+def test_an_expired_allocation_is_gone_before_the_sweep_notices() -> None:
+    h = Harness()
+    alloc = h.allocated()
+    refresh(h, 600, now=T0 + 600).expect_error(437)  # no resurrection at the deadline
+    assert not alloc.alive and h.factory.endpoints[0].closes == 1
+    assert h.stats.allocations_active == 0
+    h.allocated(now=T0 + 601)  # the 5-tuple is free for a new allocation
+    assert h.stats.allocations_total == 2
+
+
+def test_an_expired_allocation_does_not_block_a_new_one_on_its_5_tuple() -> None:
+    h = Harness()
+    h.allocated()
+    h.allocated(now=T0 + 600)
+    assert h.stats.allocations_active == 1 and len(h.factory.open()) == 1

@@ -349,12 +349,14 @@ class Gateway:
                             drops["unbound_channel"] += 1
                         elif length > n - 4:
                             drops["malformed"] += 1
+                        elif (perm := alloc.permissions.get(chan.peer[0])) is None:
+                            drops["no_permission"] += 1  # lapsed: the channel outlives it
                         else:
                             try:
                                 chan.endpoint.sock.sendto(  # type: ignore[attr-defined]
                                     view[4 : 4 + length], chan.peer
                                 )
-                                ct = chan.permission.cluster.traffic
+                                ct = perm.cluster.traffic
                                 ct.tx_packets += 1
                                 ct.tx_bytes += length
                             except BlockingIOError:

@@ -36,6 +36,9 @@ DANGEROUS: tuple[tuple[IPNetwork, str], ...] = (
     (_V6("ff00::/8"), "multicast"),
     (_V6("fc00::/7"), "private"),
     (_V6("fec0::/10"), "private"),
+    # Local-use NAT64 (RFC 8215): the embedded IPv4 address sits where the prefix length
+    # puts it, so it cannot be unwrapped reliably; refuse the whole range.
+    (_V6("64:ff9b:1::/48"), "reserved"),
 )
 
 _MAPPED = _V6("::ffff:0:0/96")

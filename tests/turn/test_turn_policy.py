@@ -65,6 +65,8 @@ DANGEROUS = [
     ("fc00::1", "private"),
     ("fd12:3456::1", "private"),
     ("fec0::1", "private"),
+    ("64:ff9b:1::7f00:1", "reserved"),  # local-use NAT64: embedding position varies
+    ("64:ff9b:1:7f00:1::", "reserved"),
 ]
 
 

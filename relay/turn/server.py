@@ -136,7 +136,8 @@ class TurnServer:
         self.user_quota = config.admin.user_quota
         self.channel_max = CHANNEL_MAX_RFC5766 if config.turn.rfc5766_channels else CHANNEL_MAX
         self.software = Software(config.turn.software) if config.turn.software else None
-        self.reservations: dict[bytes, tuple[RelayEndpoint, float]] = {}
+        # (listener, token) -> (reserved endpoint, deadline): a token is good on its listener only
+        self.reservations: dict[tuple[str, bytes], tuple[RelayEndpoint, float]] = {}
         # 401 rate limit: one window per second, counts per source IP.
         self._rl_window = -1
         self._rl_counts: dict[str, int] = {}
@@ -349,7 +350,7 @@ class TurnServer:
             raise _Reply(400, "ADDITIONAL-ADDRESS-FAMILY must be IPv6")
         reserved: RelayEndpoint | None = None
         if token is not None:
-            held = self.reservations.pop(token.token, None)
+            held = self.reservations.pop((lis.name, token.token), None)
             if held is None or held[1] < now:
                 if held is not None:
                     held[0].close()
@@ -357,7 +358,7 @@ class TurnServer:
             reserved = held[0]
             if aaf is not None and reserved.family != FAMILY_V4:
                 # ADDITIONAL-ADDRESS-FAMILY adds IPv6 to an IPv4 allocation; keep the token.
-                self.reservations[token.token] = held
+                self.reservations[(lis.name, token.token)] = held
                 raise _Reply(400, "ADDITIONAL-ADDRESS-FAMILY needs an IPv4 reservation")
         # quotas
         if self.user_quota and self.user_counts.get(user_id, 0) >= self.user_quota:
@@ -387,7 +388,7 @@ class TurnServer:
                 relays.append(ep)
                 if nxt is not None:
                     tok = os.urandom(8)
-                    self.reservations[tok] = (nxt, now + RESERVATION_LIFETIME)
+                    self.reservations[(lis.name, tok)] = (nxt, now + RESERVATION_LIFETIME)
                     extra.append(ReservationToken(tok))
             if aaf is not None:
                 if FAMILY_V6 in lis.families:

@@ -264,6 +264,17 @@ def test_even_port_reserve_issues_a_token_that_a_second_allocate_uses_once() -> 
     assert h.server.reservations == {}
 
 
+def test_reservation_token_is_good_only_on_the_listener_that_issued_it() -> None:
+    h = Harness()
+    other = h.server.add_listener("udp-2", frozenset({FAMILY_V4}))
+    token = h.allocate(EvenPort(True)).expect_success().get(ReservationToken)
+    assert token is not None
+    h.lis, mine = other, h.lis
+    h.allocate(token, client=CLIENT2).expect_error(508)
+    h.lis = mine
+    h.allocate(token, client=CLIENT2).expect_success()
+
+
 def test_even_port_without_reserve_asks_for_an_even_port() -> None:
     h = Harness()
     h.factory.next_port = 50001

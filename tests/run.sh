@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# Installs what the tests need (a venv with relay and its test extras, and coturn as an
-# interop peer when we may install it), then runs lint, types and the whole test suite.
+# Installs what the tests need (a venv with relay and its test extras, and coturn and
+# chromium as interop peers when we may install them), then runs lint, types and the whole
+# test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v turnutils_uclient >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
-    && [ "$(id -u)" = 0 ]; then
-  echo "== installing coturn (interop peer for the tests)"
+# Debian packages the interop tests use, when we may install them: coturn (a reference TURN
+# server and client) and chromium (a real WebRTC client, driven by playwright without
+# playwright's own browser downloads).
+APT_NEED=()
+command -v turnutils_uclient >/dev/null 2>&1 || APT_NEED+=(coturn)
+command -v chromium >/dev/null 2>&1 || APT_NEED+=(chromium)
+if [ ${#APT_NEED[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "== installing ${APT_NEED[*]} (interop peers for the tests)"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq coturn >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${APT_NEED[@]}" >/dev/null
 fi
 
 PY=${PYTHON:-python3}

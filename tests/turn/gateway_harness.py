@@ -7,6 +7,7 @@ range is a small range found free on both loopback addresses.
 
 from __future__ import annotations
 
+import inspect
 import os
 import random
 import socket
@@ -132,6 +133,21 @@ async def until(predicate: Callable[[], bool], what: str, timeout: float = 5.0) 
             await trio.sleep(0.01)
         return
     raise AssertionError(f"timed out waiting for {what}")
+
+
+async def deliver(send: Callable[[], object], done: Callable[[], bool],
+                  what: str, tries: int = 5) -> None:
+    """Send a datagram until the relay shows it has seen it (`done`): UDP may drop a large
+    datagram under memory pressure from other processes, so a single send is not a test."""
+    for _ in range(tries):
+        sent = send()
+        if inspect.isawaitable(sent):
+            await sent
+        with trio.move_on_after(1.0):
+            while not done():  # noqa: ASYNC110 (the condition is another task's counter)
+                await trio.sleep(0.01)
+            return
+    raise AssertionError(f"{what}: not seen after {tries} sends")
 
 
 def open_fds() -> set[int]:

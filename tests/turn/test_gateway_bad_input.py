@@ -8,8 +8,10 @@ LIFETIME extremes, DONT-FRAGMENT, and the counters that show all of it.
 from __future__ import annotations
 
 import os
+import random
 import socket
 import time
+from contextlib import suppress
 
 import httpx
 import pytest
@@ -19,14 +21,24 @@ from prometheus_client.parser import text_string_to_metric_families
 from benchmarks.echo_peer import serve_udp_echo
 from benchmarks.turnclient import TurnClient, TurnError
 from relay.stun import (
+    AdditionalAddressFamily,
+    Attribute,
+    ChannelNumber,
     DontFragment,
     ErrorCode,
+    EvenPort,
     Lifetime,
     Message,
     MessageClass,
     Method,
+    Nonce,
+    Realm,
+    RequestedAddressFamily,
     RequestedTransport,
+    UnknownAttribute,
     UnknownAttributes,
+    Username,
+    XorPeerAddress,
     encode_channel_data,
 )
 from tests.turn.gateway_harness import (
@@ -34,6 +46,7 @@ from tests.turn.gateway_harness import (
     binding_request,
     client,
     config,
+    deliver,
     drain,
     listener_address,
     roundtrip,
@@ -216,8 +229,11 @@ async def test_flood_of_malformed_datagrams_is_dropped_and_binding_still_answere
                 # Oversized datagrams (far beyond any MTU), one STUN-looking, one ChannelData.
                 big = [b"\x00\x01\xff\xfc" + cookie + os.urandom(12) + bytes(65472),
                        b"\x40\x00\xff\xff" + bytes(65000)]  # length 65535 > payload
-                for d in big:
-                    await batch([d])
+                for i, d in enumerate(big, 1):
+                    await deliver(lambda d=d: c.send_raw(d),
+                                  lambda i=i: drops["malformed"] == before["malformed"] + 58 + i,
+                                  "an oversized datagram")
+                await binding(c)
                 assert drops["malformed"] == before["malformed"] + 50 + 8 + 2
 
                 # ChannelData: unbound channel, length past the end, a header only, reserved.
@@ -433,4 +449,84 @@ async def test_counters_on_the_metrics_endpoint_after_known_traffic() -> None:
                 assert m("relay_turn_dropped_datagrams_total", reason="no_allocation") == 1
                 assert m("relay_turn_dropped_datagrams_total", reason="malformed") == 1
                 assert m("relay_turn_auth_failures_total", reason="missing_credentials") == 1
+            nursery.cancel_scope.cancel()
+
+
+# Attribute types a TURN server looks at (and a few it does not), for the fuzz below.
+FUZZ_TYPES = (0x0001, 0x0006, 0x0008, 0x0009, 0x000C, 0x000D, 0x0012, 0x0013, 0x0014, 0x0015,
+              0x0016, 0x0017, 0x0018, 0x0019, 0x001A, 0x001C, 0x001D, 0x0020, 0x0022, 0x002A,
+              0x8000, 0x8001, 0x8022, 0x8028, 0x7FFF, 0xC001)
+FUZZ_METHODS = (Method.BINDING, Method.ALLOCATE, Method.REFRESH, Method.CREATE_PERMISSION,
+                Method.CHANNEL_BIND, Method.SEND, Method.DATA, 0x00A, 0x00B, 0xFFF)
+
+
+async def test_seeded_fuzz_of_authenticated_requests_and_mutated_datagrams() -> None:
+    """Well-authenticated requests with odd attributes (so processing gets past the MAC),
+    and byte-mutated copies of valid messages; the gateway keeps serving throughout."""
+    rnd = random.Random(8656)
+    cfg = config(clusters=[{"name": "peers", "type": "STATIC",
+                            "endpoints": ["127.0.0.1/32", "::1/128"]}],
+                 turn={"unauthorized_ratelimit": 0})
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery, running(cfg) as rt:
+            peer = await nursery.start(serve_udp_echo, "127.0.0.1", 0)
+            async with client(rt) as c, client(rt) as fresh:
+                await c.allocate(additional_family=V6)
+                await c.channel_bind(0x4000, peer)
+                assert c.key is not None and c.realm is not None and c.nonce is not None
+                fresh.key, fresh.realm, fresh.nonce = c.key, c.realm, c.nonce
+                auth = [Username(c.username), Realm(c.realm), Nonce(c.nonce)]
+                valid = [c.send_indication_bytes(peer, b"hello"),
+                         encode_channel_data(0x4000, b"abcdef")]
+                for _ in range(600):
+                    sender = rnd.choice((c, fresh))
+                    if rnd.random() < 0.6:
+                        attrs: list[Attribute] = []
+                        for _ in range(rnd.randrange(5)):
+                            attrs.append(rnd.choice((
+                                RequestedTransport(17), XorPeerAddress("127.0.0.1", peer[1]),
+                                XorPeerAddress("::1", rnd.randrange(65536)),
+                                ChannelNumber(0x4000 + rnd.randrange(3)),
+                                Lifetime(rnd.choice((0, 1, 600, 0xFFFFFFFF))),
+                                RequestedAddressFamily(rnd.choice((1, 2, 3))),
+                                EvenPort(rnd.random() < 0.5), AdditionalAddressFamily(2),
+                                UnknownAttribute(rnd.choice(FUZZ_TYPES),
+                                                 rnd.randbytes(rnd.choice((0, 1, 2, 3, 4, 8, 20)))),
+                            )))
+                        msg = Message(method=rnd.choice(FUZZ_METHODS),
+                                      cls=MessageClass.REQUEST if rnd.random() < 0.9
+                                      else MessageClass.INDICATION,
+                                      transaction_id=rnd.randbytes(12), attributes=attrs + auth)
+                        data = msg.encode(key=c.key, integrity=rnd.choice(("sha1", "sha256")),
+                                          fingerprint=rnd.random() < 0.7)
+                        valid.append(data)
+                        del valid[2:-20]  # keep a few recent ones to mutate
+                    else:
+                        d = bytearray(rnd.choice(valid))
+                        for _ in range(rnd.randrange(1, 4)):
+                            d[rnd.randrange(len(d))] = rnd.randrange(256)
+                        if rnd.random() < 0.3:
+                            d = d[: rnd.randrange(len(d))]
+                        data = bytes(d)
+                    await sender.send_raw(data)
+                    if rnd.random() < 0.05:
+                        await binding(sender)
+                await binding(c)
+                await binding(fresh)
+                # Allocations come and go with the fuzz (Refresh 0, Allocate); the counter
+                # and the listener's table agree, and the quotas are intact.
+                st = rt.stats
+                assert 0 <= st.allocations_active <= 2
+                assert st.listeners["udp"].connections == st.allocations_active
+                with suppress(TurnError):
+                    await c.refresh(0)
+                with suppress(TurnError):
+                    await fresh.refresh(0)
+                assert st.allocations_active == 0
+                assert st.permissions_active == 0 and st.channels_active == 0
+            async with client(rt) as late:
+                await late.allocate()
+                await late.channel_bind(0x4FFF, peer)
+                assert await roundtrip(late, lambda: late.send_channel(0x4FFF, b"alive"),
+                                       "channel", b"alive") == 0x4FFF
             nursery.cancel_scope.cancel()

@@ -25,6 +25,7 @@ from relay.stun import (
     Realm,
     RequestedAddressFamily,
     RequestedTransport,
+    ReservationToken,
     Username,
     XorRelayedAddress,
     long_term_key,
@@ -35,6 +36,7 @@ from tests.turn.gateway_harness import (
     binding,
     client,
     config,
+    deliver,
     drain,
     listener_address,
     open_fds,
@@ -327,3 +329,170 @@ async def test_dual_stack_allocation_with_additional_address_family() -> None:
                     assert err.value.code == 400
                 assert rt.stats.allocations_active == 0
             nursery.cancel_scope.cancel()
+
+
+async def test_expired_permission_and_channel_stop_the_data_plane() -> None:
+    cfg = config(clusters=[{"name": "peers", "type": "STATIC", "endpoints": ["127.0.0.0/8"]}],
+                 turn={"permission_lifetime": 1, "channel_lifetime": 1})
+    with trio.fail_after(20):
+        async with running(cfg) as rt, client(rt) as c:
+            await c.allocate()
+            assert c.relayed is not None
+            peer = udp_sink("127.0.0.2")
+            with peer:
+                where = peer.getsockname()
+                await c.channel_bind(0x4000, where)
+                await c.send_channel(0x4000, b"bound")
+                await binding(c)
+                assert drain(peer) == [b"bound"]
+                # The sweeper ends the channel and then the permission.
+                await until(lambda: rt.stats.channels_active == 0
+                            and rt.stats.permissions_active == 0, "both to expire")
+                drops = dict(rt.stats.drops)
+                await c.send_channel(0x4000, b"expired channel")
+                await c.send_indication(where, b"expired permission")
+                await binding(c)
+                assert drain(peer) == []
+                assert rt.stats.drops["unbound_channel"] == drops["unbound_channel"] + 1
+                assert rt.stats.drops["no_permission"] == drops["no_permission"] + 1
+                peer.sendto(b"too late", c.relayed)
+                await until(lambda: rt.stats.drops["no_permission"] == drops["no_permission"] + 2,
+                            "the peer's datagram to be dropped")
+                await binding(c)
+                assert not c._pending
+                # The allocation itself lives on: a new permission relays again.
+                await c.create_permission(where)
+                await c.send_indication(where, b"again")
+                await binding(c)
+                assert drain(peer) == [b"again"]
+
+
+async def test_deleting_an_allocation_while_its_peer_floods_it() -> None:
+    cfg = config(clusters=[{"name": "peers", "type": "STATIC", "endpoints": ["127.0.0.0/8"]}])
+    with trio.fail_after(20):
+        async with running(cfg) as rt:
+            flooder = udp_sink("127.0.0.2")
+            with flooder:
+                for round_ in range(5):
+                    async with client(rt) as c:
+                        await c.allocate()
+                        assert c.relayed is not None
+                        await c.channel_bind(0x4000, flooder.getsockname())
+                        # The peer sends while the client deletes; the relay socket closes
+                        # with datagrams queued and its reader waiting on it.
+                        for i in range(200):
+                            try:
+                                flooder.sendto(b"flood %d" % i, c.relayed)
+                            except BlockingIOError:
+                                pass
+                        await c.refresh(0)
+                        for _ in range(50):
+                            try:
+                                flooder.sendto(b"after", c.relayed)
+                            except BlockingIOError:
+                                pass
+                        await trio.lowlevel.checkpoint()
+                    assert rt.stats.allocations_active == 0, round_
+            # Still serving.
+            async with client(rt) as c:
+                await c.allocate()
+                assert rt.stats.allocations_active == 1
+
+
+async def test_peer_datagram_too_large_for_a_data_indication_is_counted() -> None:
+    cfg = config(clusters=[{"name": "peers", "type": "STATIC", "endpoints": ["127.0.0.0/8"]}])
+    with trio.fail_after(20):
+        async with running(cfg) as rt, client(rt) as c:
+            await c.allocate()
+            assert c.relayed is not None
+            peer = udp_sink("127.0.0.2")
+            with peer:
+                await c.create_permission(peer.getsockname())
+                # 65507 bytes: the largest IPv4 UDP payload; plus the Data indication's
+                # header and attributes it cannot be sent to the client.
+                await deliver(lambda: peer.sendto(bytes(65507), c.relayed),
+                              lambda: rt.stats.drops["too_large"] >= 1, "a too_large drop")
+
+                async def from_peer(payload: bytes) -> tuple[str, object, bytes]:
+                    for _ in range(5):
+                        peer.sendto(payload, c.relayed)
+                        try:
+                            return await c.recv(timeout=1)
+                        except trio.TooSlowError:
+                            continue
+                    raise AssertionError(f"{len(payload)} bytes never came through")
+
+                # 65000 bytes fit, as a Data indication and as ChannelData.
+                kind, _src, data = await from_peer(b"\x01" * 65000)
+                assert (kind, len(data)) == ("data", 65000)
+                await c.channel_bind(0x4000, peer.getsockname())
+                kind, number, data = await from_peer(b"\x02" * 65503)
+                assert (kind, number, len(data)) == ("channel", 0x4000, 65503)
+                assert rt.stats.drops["too_large"] == 1
+                # And a 60000-byte Send indication goes out whole.
+                await deliver(lambda: c.send_indication(peer.getsockname(), b"\x03" * 60000),
+                              lambda: rt.stats.clusters["peers"].traffic.tx_packets >= 1,
+                              "the Send indication")
+                await binding(c)
+                assert {len(d) for d in drain(peer)} == {60000}
+
+
+async def test_each_listener_relays_only_to_its_own_routes() -> None:
+    cfg = config(
+        listeners=[
+            {"name": "udp-a", "protocol": "TURN-UDP", "address": "127.0.0.1", "port": 0,
+             "routes": ["local"]},
+            {"name": "udp-b", "protocol": "TURN-UDP", "address": "127.0.0.1", "port": 0,
+             "routes": ["remote"]},
+        ],
+        clusters=[{"name": "local", "type": "STATIC", "endpoints": ["127.0.0.1/32"]},
+                  {"name": "remote", "type": "STATIC", "endpoints": ["192.0.2.0/24"]}],
+    )
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery, running(cfg) as rt:
+            peer = await nursery.start(serve_udp_echo, "127.0.0.1", 0)
+            async with client(rt, "udp-a") as a, client(rt, "udp-b") as b:
+                await a.allocate()
+                await b.allocate()
+                await a.channel_bind(0x4000, peer)
+                assert await roundtrip(a, lambda: a.send_channel(0x4000, b"a"), "channel",
+                                       b"a") == 0x4000
+                with pytest.raises(TurnError) as err:
+                    await b.channel_bind(0x4000, peer)
+                assert err.value.code == 403
+                await b.create_permission(("192.0.2.10", 5000))
+                with pytest.raises(TurnError) as err:
+                    await a.create_permission(("192.0.2.10", 5000))
+                assert err.value.code == 403
+                st = rt.stats
+                assert st.listeners["udp-a"].connections == 1
+                assert st.listeners["udp-b"].connections == 1
+                assert st.clusters["local"].connections == 1
+                assert st.clusters["remote"].connections == 1
+                assert st.peer_refusals["loopback"] == 1 and st.peer_refusals["no_route"] == 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_even_port_reservation_is_redeemed_and_released_at_shutdown() -> None:
+    cfg = config(ports=8)
+    lo, hi = cfg.turn.min_port, cfg.turn.max_port
+    with trio.fail_after(20):
+        async with running(cfg) as rt, client(rt) as a, client(rt) as b:
+            resp = await a.allocate(even_port=True)
+            assert a.relayed is not None and a.relayed[1] % 2 == 0
+            token = resp.get(ReservationToken)
+            assert token is not None
+            await b.allocate(extra=[ReservationToken(token.token)])
+            assert b.relayed == ("127.0.0.1", a.relayed[1] + 1)
+            # A token is good once.
+            async with client(rt) as c:
+                with pytest.raises(TurnError) as err:
+                    await c.allocate(extra=[ReservationToken(token.token)])
+                assert err.value.code == 508
+            # An unredeemed reservation holds its port until shutdown.
+            async with client(rt) as d:
+                resp = await d.allocate(even_port=True)
+                assert resp.get(ReservationToken) is not None
+    for p in range(lo, hi + 1):
+        with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as s:
+            await s.bind(("127.0.0.1", p))

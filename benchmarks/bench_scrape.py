@@ -232,6 +232,12 @@ def run_live(rounds: int, number: int, allocations: int, load_seconds: float) ->
                         raise RuntimeError(f"GET /metrics: {r.status_code}")
                 return out
 
+            async def active(client: httpx.AsyncClient) -> str:
+                r = await client.get(url)
+                found = [ln for ln in r.text.splitlines()
+                         if ln.startswith("stunner_allocations_active ")]
+                return found[0] if found else "stunner_allocations_active ?"
+
             async def alloc_phase() -> dict[str, list[float]]:
                 res: dict[str, list[float]] = {}
                 async with httpx.AsyncClient(trust_env=False) as client:
@@ -255,15 +261,16 @@ def run_live(rounds: int, number: int, allocations: int, load_seconds: float) ->
                                 nursery.start_soon(one)
                         print(f"  {len(held)} allocations held "
                               f"(set up in {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
-                        r = await client.get(url)
-                        active = [ln for ln in r.text.splitlines()
-                                  if ln.startswith("stunner_allocations_active ")]
-                        res[f"B {len(held)} allocations ({active[0] if active else '?'})"] = (
+                        res[f"B {len(held)} allocations ({await active(client)})"] = (
                             await scrape_times(client))
                         for c in held:
                             c.close()
                     await trio.sleep(1.0)
-                    res["A 0 allocations again (clients gone)"] = await scrape_times(client)
+                    # Closing a client socket sends nothing: relay keeps those allocations
+                    # (and their relay sockets) until their lifetime runs out, so the
+                    # forwarding runs below also see them.
+                    res[f"C clients gone ({await active(client)})"] = (
+                        await scrape_times(client))
                 return res
 
             phases = trio.run(alloc_phase)

@@ -18,8 +18,11 @@ import time
 from pathlib import Path
 
 import pytest
+import trio
 
+from benchmarks.turnclient import TurnClient
 from relay import __version__
+from tests.turn.gateway_harness import free_port_range
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 30.0  # per subprocess: generous, only there so a hang fails instead of blocking
@@ -34,7 +37,7 @@ listeners:
   - {{name: udp-cli, protocol: TURN-UDP, address: 127.0.0.1, port: {port}, routes: [peers]}}
 clusters:
   - {{name: peers, type: STATIC, endpoints: [127.0.0.1/32]}}
-turn: {{min_port: 30000, max_port: 30099}}
+turn: {{min_port: {lo}, max_port: {hi}}}
 """
 
 
@@ -49,6 +52,11 @@ def relay(*args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess[s
     return subprocess.run([sys.executable, "-m", "relay", *args], capture_output=True,
                           text=True, timeout=timeout, cwd=ROOT, env=_env(),
                           stdin=subprocess.DEVNULL)
+
+
+def minimal(port: int = 0, metrics: str = "") -> str:
+    lo, hi = free_port_range(8, ("127.0.0.1",))
+    return MINIMAL.format(port=port, metrics=metrics, lo=lo, hi=hi)
 
 
 def write(tmp_path: Path, text: str, name: str = "relay.yaml") -> str:
@@ -98,14 +106,14 @@ def test_default_config_round_trips_through_check_config(tmp_path: Path) -> None
     (("port: 0", "port: many"), "listeners[0].port"),
     (("address: 127.0.0.1", "address: not-an-ip"), "listeners[0].address"),
     (("routes: [peers]", "routes: [nowhere]"), "listeners[0].routes[0]"),
-    (("min_port: 30000", "min_port: 40000"), "turn.min_port"),
+    (("{min_port: ", "{min_port: 0, unused_min: "), "turn.min_port"),
     (("endpoints: [127.0.0.1/32]", "endpoints: [300.0.0.1/32]"), "clusters[0].endpoints[0]"),
     (("type: static", "type: magic"), "auth.type"),
     (("loglevel: \"all:INFO\"", "loglevel: \"all:LOUD\""), "admin.loglevel"),
 ])
 def test_bad_values_exit_2_naming_the_key(tmp_path: Path, change: tuple[str, str],
                                           key: str) -> None:
-    text = MINIMAL.format(port=0, metrics="")
+    text = minimal()
     assert change[0] in text
     path = write(tmp_path, text.replace(change[0], change[1], 1))
     assert_config_error(relay("-c", path, "--check-config"), key)
@@ -114,7 +122,7 @@ def test_bad_values_exit_2_naming_the_key(tmp_path: Path, change: tuple[str, str
 
 
 def test_unknown_keys_and_other_versions_are_refused(tmp_path: Path) -> None:
-    text = MINIMAL.format(port=0, metrics="")
+    text = minimal()
     path = write(tmp_path, text.replace("version: v1", "version: v2"))
     proc = relay("-c", path, "--check-config")
     assert_config_error(proc, "version")
@@ -202,7 +210,7 @@ def stun_binding(address: tuple[str, int]) -> tuple[str, int]:
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_starts_on_port_0_prints_the_listener_and_stops_on_signal(tmp_path: Path,
                                                                   signum: int) -> None:
-    path = write(tmp_path, MINIMAL.format(port=0, metrics="http://127.0.0.1:0/metrics"))
+    path = write(tmp_path, minimal(metrics="http://127.0.0.1:0/metrics"))
     r = Running(path)
     try:
         out = r.read_until(b"relay is ready")
@@ -216,22 +224,34 @@ def test_starts_on_port_0_prints_the_listener_and_stops_on_signal(tmp_path: Path
             probe.bind(("127.0.0.1", 0))
             mine = probe.getsockname()
         assert stun_binding((host, port))[0] == mine[0]
+        # An allocation with a channel is alive when the signal comes.
+        relayed = trio.run(allocate, (host, port))
         rc, err = r.stop(signum)
     finally:
         r.kill()
     assert rc == 0, err
     assert "Traceback" not in err
     assert f"received {signal.Signals(signum).name}, shutting down" in err
-    # Everything was released: the listener port can be bound again.
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((host, port))
+    # Everything was released: the listener and relay ports can be bound again.
+    for address in ((host, port), relayed):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(address)
+
+
+async def allocate(server: tuple[str, int]) -> tuple[str, int]:
+    with trio.fail_after(TIMEOUT):
+        async with TurnClient(server, "u", "p", rto=0.1) as c:
+            await c.allocate()
+            await c.channel_bind(0x4000, ("127.0.0.1", 9))
+            assert c.relayed is not None
+            return c.relayed
 
 
 def test_a_port_in_use_fails_to_start_with_one_line_and_no_traceback(tmp_path: Path) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))
         port = taken.getsockname()[1]
-        path = write(tmp_path, MINIMAL.format(port=port, metrics=""))
+        path = write(tmp_path, minimal(port))
         proc = relay("-c", path)
     assert proc.returncode == 1, (proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr

@@ -2,10 +2,10 @@
 
 Two RTCPeerConnections in one page, both with `iceTransportPolicy: 'relay'` and relay as
 their only ICE server, so every packet between them crosses relay twice (client -> relay
-socket -> the other allocation's relay socket -> client).  A DataChannel echoes messages
-and a fake-camera video track flows; the page reports the selected candidate pair from
-getStats, and relay's own counters must show the allocations, permissions, channels and
-cluster traffic, with nothing dropped as malformed.
+socket -> the other allocation's relay socket -> client).  A DataChannel echoes messages,
+a second one carries 4 MiB in bulk and a fake-camera video track flows; the page reports
+the selected candidate pair from getStats, and relay's own counters must show the
+allocations, permissions, channels and cluster traffic, with nothing dropped as malformed.
 
 Chromium is driven with Playwright's sync API (in a worker thread) using the system
 Chromium: Playwright's own browser downloads are not used.  The test skips when either is
@@ -36,7 +36,8 @@ from relay.turn.server import METHOD_NAMES, TurnServer
 
 USER, PASSWORD, REALM = "browser", "webrtc-pw", "relay.test"
 MESSAGES = 50
-STEP_MS = 10_000  # the page's bound for each of its 4 steps (camera, open, echoes, video)
+BULK_BYTES = 4 * 1024 * 1024
+STEP_MS = 10_000  # the page's bound for each of its steps (camera, open, echoes, bulk...)
 BROWSER_TIMEOUT_S = 30.0  # Playwright's bound for launching and for each call
 TEST_TIMEOUT_S = 60.0  # everything, relay included
 CHROMIUM_ARGS = [
@@ -178,6 +179,7 @@ def _run_browser(turn_url: str) -> dict[str, Any]:
         "iceServers": [{"urls": turn_url,
                         "username": USER, "credential": PASSWORD}],
         "messages": MESSAGES,
+        "bulkBytes": BULK_BYTES,
         "video": True,
         "minVideoBytes": 20_000,
         "stepMs": STEP_MS,
@@ -240,6 +242,7 @@ async def test_chromium_relays_datachannel_and_video_through_relay(
     # The browser's side.
     assert summary["received"] == [f"msg-{i}" for i in range(MESSAGES)], summary["log"]
     assert summary["echoes"] == [f"echo:msg-{i}" for i in range(MESSAGES)], summary["log"]
+    assert summary["bulk"]["bytes"] == BULK_BYTES, summary["bulk"]
     for side in ("a", "b"):
         cands = summary["candidates"][side]
         assert cands and all(" typ relay" in c for c in cands), cands
@@ -265,8 +268,10 @@ async def test_chromium_relays_datachannel_and_video_through_relay(
     assert set(refused) <= {("allocate", "401")}, refused
     traffic = stats.clusters["loop"].traffic
     assert traffic.rx_packets > 0 and traffic.tx_packets > 0, vars_of(traffic)
-    # Every message and its echo crossed relay: out of one relay socket, into the other.
+    # Every message, its echo and the bulk data crossed relay: out of one relay socket,
+    # into the other.
     assert traffic.tx_packets >= 2 * MESSAGES and traffic.rx_packets >= 2 * MESSAGES
+    assert traffic.tx_bytes >= BULK_BYTES and traffic.rx_bytes >= BULK_BYTES
     # Chromium binds channels right after its first Send indications: the bulk of the
     # client -> peer data was ChannelData, not Send indications.
     assert traffic.tx_packets - wire.send_indications >= 2 * MESSAGES, vars_of(traffic)
@@ -297,7 +302,7 @@ def _report(summary: dict[str, Any], stats: Any, wire: Wire) -> str:
     lines = [f"Chromium {summary['browser_version']}: {summary['timing']}",
              f"selected pair a: {summary['pairs']['a']}",
              f"selected pair b: {summary['pairs']['b']}",
-             f"video: {summary['video']}",
+             f"video: {summary['video']}, bulk: {summary['bulk']}",
              f"STUN messages (method, class): {dict(wire.messages)}"]
     for method, codes in sorted(wire.attributes.items()):
         lines.append(f"  {method}: {sorted(attr_name(c) for c in codes)}")

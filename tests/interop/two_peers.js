@@ -1,5 +1,6 @@
 // Two RTCPeerConnections in one page, both forced through the TURN server (relay only):
-// a DataChannel echo and, when asked, a video track.  Evaluated by
+// a DataChannel echo, a bulk transfer on a second DataChannel and, when asked, a video
+// track.  Evaluated by
 // tests/interop/test_browser_webrtc.py with page.evaluate(source, opts); resolves to a
 // summary of what happened, or rejects with the step that failed and the event log.
 async (opts) => {
@@ -62,9 +63,15 @@ async (opts) => {
 
     const received = [];
     const echoes = [];
+    let bulkReceived = 0;
     b.ondatachannel = (e) => {
       const ch = e.channel;
-      ch.onmessage = (m) => { received.push(m.data); ch.send(`echo:${m.data}`); };
+      if (ch.label === "bulk") {
+        ch.binaryType = "arraybuffer";
+        ch.onmessage = (m) => { bulkReceived += m.data.byteLength; };
+      } else {
+        ch.onmessage = (m) => { received.push(m.data); ch.send(`echo:${m.data}`); };
+      }
     };
     const dc = a.createDataChannel("echo", { ordered: true });
     dc.onmessage = (m) => echoes.push(m.data);
@@ -85,6 +92,24 @@ async (opts) => {
     note(`${echoes.length} echoes back`);
     summary.received = received;
     summary.echoes = echoes;
+
+    // Bulk: SCTP's congestion control against relay's forwarding loops, window-limited.
+    const bulk = a.createDataChannel("bulk", { ordered: true });
+    await within(opts.stepMs, "bulk DataChannel open",
+      new Promise((resolve) => { bulk.onopen = resolve; }));
+    const chunk = new Uint8Array(16384);
+    const t0 = performance.now();
+    bulk.bufferedAmountLowThreshold = 256 * 1024;
+    for (let sent = 0; sent < opts.bulkBytes; sent += chunk.length) {
+      if (bulk.bufferedAmount > 1024 * 1024) {
+        await new Promise((resolve) => { bulk.onbufferedamountlow = resolve; });
+      }
+      bulk.send(chunk);
+    }
+    await until(opts.stepMs, `${opts.bulkBytes} bulk bytes`,
+      () => bulkReceived >= opts.bulkBytes);
+    summary.bulk = { bytes: bulkReceived, ms: Math.round(performance.now() - t0) };
+    note(`bulk: ${bulkReceived} bytes in ${summary.bulk.ms} ms`);
 
     if (opts.video) {
       const inbound = async () => {

@@ -24,6 +24,7 @@ from relay.stun import (
     AdditionalAddressFamily,
     Attribute,
     ChannelNumber,
+    Data,
     DontFragment,
     ErrorCode,
     EvenPort,
@@ -530,3 +531,63 @@ async def test_seeded_fuzz_of_authenticated_requests_and_mutated_datagrams() -> 
                 assert await roundtrip(late, lambda: late.send_channel(0x4FFF, b"alive"),
                                        "channel", b"alive") == 0x4FFF
             nursery.cancel_scope.cancel()
+
+
+async def test_send_indication_edge_cases_and_port_zero() -> None:
+    cfg = config(clusters=[{"name": "peers", "type": "STATIC", "endpoints": ["127.0.0.0/8"]}])
+    with trio.fail_after(20):
+        async with running(cfg) as rt, client(rt) as c:
+            await c.allocate()
+            peer = udp_sink("127.0.0.2")
+            with peer:
+                where = peer.getsockname()
+                await c.create_permission(where)
+                drops = dict(rt.stats.drops)
+
+                def indication(*attrs: Attribute) -> bytes:
+                    return Message(method=Method.SEND, cls=MessageClass.INDICATION,
+                                   transaction_id=os.urandom(12), attributes=list(attrs)).encode()
+
+                # Empty DATA is allowed: an empty datagram goes to the peer.
+                await c.send_raw(indication(XorPeerAddress(*where), Data(b"")))
+                # Without DATA, or without XOR-PEER-ADDRESS: dropped.
+                await c.send_raw(indication(XorPeerAddress(*where)))
+                await c.send_raw(indication(Data(b"no peer")))
+                await binding(c)
+                assert drain(peer) == [b""]
+                assert rt.stats.drops["malformed"] == drops["malformed"] + 2
+
+                # Port 0 is no peer: ChannelBind 403; a Send indication is not sent.
+                with pytest.raises(TurnError) as err:
+                    await c.channel_bind(0x4000, (where[0], 0))
+                assert err.value.code == 403
+                await c.send_indication((where[0], 0), b"to port zero")
+                await binding(c)
+                assert drain(peer) == []
+                assert rt.stats.clusters["peers"].traffic.tx_packets == 1
+
+
+async def test_a_vanished_client_does_not_disturb_the_listener() -> None:
+    """The client's socket closes while its peer keeps sending: relay's Data indications
+    to it bounce (ICMP port unreachable); other clients are still served."""
+    cfg = config(clusters=[{"name": "peers", "type": "STATIC", "endpoints": ["127.0.0.0/8"]}])
+    with trio.fail_after(20):
+        async with running(cfg) as rt:
+            peer = udp_sink("127.0.0.2")
+            with peer:
+                gone = client(rt)
+                async with gone:
+                    await gone.allocate()
+                    await gone.create_permission(peer.getsockname())
+                    relayed = gone.relayed
+                    assert relayed is not None
+                sent = rt.stats.listeners["udp"].traffic.tx_packets
+                for i in range(50):
+                    peer.sendto(b"to nobody %d" % i, relayed)
+                await until(lambda: rt.stats.listeners["udp"].traffic.tx_packets >= sent + 50,
+                            "the Data indications to be sent")
+                async with client(rt) as other:
+                    for _ in range(3):
+                        assert await other.binding() == other.local_address
+                    await other.allocate()
+                assert rt.stats.allocations_active == 2

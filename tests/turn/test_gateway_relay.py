@@ -7,6 +7,7 @@ socket; Allocate retransmissions; IPv6 and dual-stack allocations.
 
 from __future__ import annotations
 
+import errno
 import os
 
 import pytest
@@ -496,3 +497,36 @@ async def test_even_port_reservation_is_redeemed_and_released_at_shutdown() -> N
     for p in range(lo, hi + 1):
         with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as s:
             await s.bind(("127.0.0.1", p))
+
+
+async def test_a_failed_start_releases_what_it_had_bound() -> None:
+    with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as taken:
+        await taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        cfg = config(
+            listeners=[
+                {"name": "first", "protocol": "TURN-UDP", "address": "127.0.0.1", "port": 0,
+                 "routes": ["peers"]},
+                {"name": "second", "protocol": "TURN-UDP", "address": "127.0.0.1",
+                 "port": port, "routes": ["peers"]},
+            ],
+            admin={"metrics_endpoint": "http://127.0.0.1:0/metrics",
+                   "healthcheck_endpoint": "http://127.0.0.1:0"},
+        )
+        before = open_fds()
+        errors: list[str] = []
+        with trio.fail_after(20):
+            try:
+                async with running(cfg):
+                    raise AssertionError("relay started with a listener port in use")
+            except* OSError as group:
+                errors = [str(e) for e in _leaves(group)]
+        assert errors == [f"[Errno {errno.EADDRINUSE}] listener second: cannot bind "
+                          f"127.0.0.1:{port}: {os.strerror(errno.EADDRINUSE)}"]
+        assert open_fds() == before
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]

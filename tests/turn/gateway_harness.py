@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 import trio
 
 from benchmarks.turnclient import TurnClient
@@ -27,17 +28,21 @@ USER = "alice"
 PASSWORD = "alice-pw"
 REALM = "gw.test"
 RTO = 0.1  # client retransmission timeout: loopback answers in well under a millisecond
-LOOPBACKS = ("127.0.0.1", "::1")
 
 
 def _bindable(host: str, port: int) -> bool:
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(fam, socket.SOCK_DGRAM) as s:
-        try:
+    try:
+        with socket.socket(fam, socket.SOCK_DGRAM) as s:
             s.bind((host, port))
-        except OSError:
-            return False
+    except OSError:
+        return False
     return True
+
+
+HAS_IPV6 = _bindable("::1", 0)
+LOOPBACKS = ("127.0.0.1", "::1") if HAS_IPV6 else ("127.0.0.1",)
+needs_ipv6 = pytest.mark.skipif(not HAS_IPV6, reason="no IPv6 loopback (::1) on this machine")
 
 
 def free_port_range(size: int, hosts: tuple[str, ...] = LOOPBACKS) -> tuple[int, int]:

@@ -50,6 +50,7 @@ from tests.turn.gateway_harness import (
     deliver,
     drain,
     listener_address,
+    needs_ipv6,
     roundtrip,
     running,
     udp_sink,
@@ -69,6 +70,7 @@ FORBIDDEN = [
 ]
 
 
+@needs_ipv6
 async def test_loopback_and_metadata_in_every_spelling_are_refused_with_a_broad_cluster(
 ) -> None:
     cfg = config(listeners=BROAD_ROUTES, clusters=BROAD)
@@ -461,6 +463,7 @@ FUZZ_METHODS = (Method.BINDING, Method.ALLOCATE, Method.REFRESH, Method.CREATE_P
                 Method.CHANNEL_BIND, Method.SEND, Method.DATA, 0x00A, 0x00B, 0xFFF)
 
 
+@needs_ipv6
 async def test_seeded_fuzz_of_authenticated_requests_and_mutated_datagrams() -> None:
     """Well-authenticated requests with odd attributes (so processing gets past the MAC),
     and byte-mutated copies of valid messages; the gateway keeps serving throughout."""

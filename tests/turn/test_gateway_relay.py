@@ -40,6 +40,7 @@ from tests.turn.gateway_harness import (
     deliver,
     drain,
     listener_address,
+    needs_ipv6,
     open_fds,
     roundtrip,
     running,
@@ -153,6 +154,7 @@ async def test_expired_allocation_releases_its_port() -> None:
                 assert b.relayed == a.relayed
 
 
+@needs_ipv6
 async def test_cancelling_the_app_releases_every_socket() -> None:
     cfg = config(ports=4, admin={"metrics_endpoint": "http://127.0.0.1:0/metrics",
                                  "healthcheck_endpoint": "http://127.0.0.1:0"})
@@ -248,6 +250,7 @@ async def test_requests_and_data_without_an_allocation() -> None:
             assert rt.stats.requests[("channel_bind", "437")] == 1
 
 
+@needs_ipv6
 async def test_ipv6_listener_and_ipv6_relay_to_an_ipv6_peer() -> None:
     cfg = config(
         listeners=[{"name": "udp6", "protocol": "TURN-UDP", "address": "::1", "port": 0,
@@ -280,6 +283,7 @@ async def test_ipv6_listener_and_ipv6_relay_to_an_ipv6_peer() -> None:
             nursery.cancel_scope.cancel()
 
 
+@needs_ipv6
 async def test_dual_stack_allocation_with_additional_address_family() -> None:
     cfg = config(clusters=[{"name": "peers", "type": "STATIC",
                             "endpoints": ["127.0.0.1/32", "::1/128"]}])

@@ -127,9 +127,12 @@ def find_max_rate(srv: ServerProcess, mode: str, args: argparse.Namespace,
 def churn(srv: ServerProcess, args: argparse.Namespace) -> float:
     cfg = AllocConfig(server=srv.address, username=USERNAME, password=PASSWORD,
                       concurrency=args.churn_concurrency, duration=args.churn_seconds,
-                      workers=args.workers, progress=False, label=srv.name)
+                      workers=args.workers, server_pid=srv.pid, progress=False,
+                      label=srv.name)
     res = run_alloc(cfg)
-    log(f"  {srv.name:6} churn   {res.churn_rate:8.0f} alloc/s ({res.churn_errors} errors)")
+    # Server CPU says whether the server or the (Python) generator limits the churn.
+    log(f"  {srv.name:6} churn   {res.churn_rate:8.0f} alloc/s ({res.churn_errors} errors) "
+        f"server cpu {res.churn_server_cpu_pct or 0:.0f}%")
     return res.churn_rate
 
 

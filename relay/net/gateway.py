@@ -266,7 +266,7 @@ class Gateway:
         self.own_ports = frozenset(p for _, p in self.runtime.own_addresses)
 
     def close(self) -> None:
-        self.server.close_all(time.time())
+        self.server.close_all(time.monotonic())
         for name, sock in self.sockets.items():
             st = self.runtime.health.listeners.get(name)
             if st is not None:
@@ -302,7 +302,7 @@ class Gateway:
     async def sweeper(self) -> None:
         while True:
             await trio.sleep(SWEEP_INTERVAL)
-            self.server.sweep(time.time())
+            self.server.sweep(time.monotonic())
             self.runtime.allocation_count = self.stats.allocations_active
 
     async def listener_loop(self, lis: ListenerState, sock: socket.socket) -> None:
@@ -320,7 +320,8 @@ class Gateway:
         latency = self.stats.request_latency
         wait = trio.lowlevel.wait_readable
         checkpoint = trio.lowlevel.checkpoint
-        clock = time.time
+        clock = time.monotonic
+        wall = time.time
         perf = time.perf_counter
         chan_hi = self.server.channel_max >> 8  # 0x4F, or 0x7F with turn.rfc5766_channels
         while True:
@@ -368,7 +369,7 @@ class Gateway:
                         self._send_indication(allocs, addr, view, n, name, policy, drops)
                     else:
                         t0 = perf()
-                        reply = server.handle(lis, addr, bytes(view[:n]), clock())
+                        reply = server.handle(lis, addr, bytes(view[:n]), clock(), wall())
                         if reply is not None:
                             try:
                                 send(reply, addr)
@@ -428,7 +429,7 @@ class Gateway:
                         nursery.start_soon(self._relay_loop, alloc, ep)
         finally:
             if alloc.alive:  # cancelled from outside: the allocation goes with its task
-                self.server.delete(alloc, time.time())
+                self.server.delete(alloc, time.monotonic())
 
     async def _relay_loop(self, alloc: Allocation, ep: Any) -> None:
         """Peer -> relay -> client: ChannelData when a channel is bound, else Data indication."""

@@ -149,8 +149,16 @@ class TurnServer:
 
     # -- entry point ----------------------------------------------------------------------
 
-    def handle(self, lis: ListenerState, client: Any, data: bytes, now: float) -> bytes | None:
-        """Process one STUN message from `client`; the response to send, or None."""
+    def handle(
+        self, lis: ListenerState, client: Any, data: bytes, now: float, wall: float | None = None
+    ) -> bytes | None:
+        """Process one STUN message from `client`; the response to send, or None.
+
+        `now` is the monotonic clock every lifetime runs on (a wall-clock step must not
+        expire allocations); `wall` is Unix time for nonces and REST credential expiry
+        (defaults to `now`, for callers that use one clock)."""
+        if wall is None:
+            wall = now
         try:
             msg = decode(data)
         except StunDecodeError:
@@ -176,7 +184,7 @@ class TurnServer:
             if not self.auth.turn_enabled:
                 raise _Reply(403, "TURN is disabled (auth type none)")
             try:
-                username, user_id, key = self._authenticate(msg, client, now)
+                username, user_id, key = self._authenticate(msg, client, wall)
             except _Challenge as ch:
                 self.stats.count_request(method_name, str(ch.code))
                 return ch.reply

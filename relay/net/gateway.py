@@ -204,6 +204,8 @@ class Gateway:
         self.sockets: dict[str, socket.socket] = {}
         self.relay_ips: dict[str, dict[int, tuple[str, str]]] = {}
         self.alloc_nursery: trio.Nursery | None = None
+        self.relay_buf = bytearray(BUFFER)
+        self.relay_view = memoryview(self.relay_buf)
         # Ports of relay's own listeners and HTTP endpoints: a permission whose cluster admits
         # every port (any_port) still needs the policy's verdict for these (no turn-in-turn,
         # no metrics through the relay).
@@ -440,8 +442,11 @@ class Gateway:
         client = alloc.client
         lis = self.server.listeners[alloc.listener]
         ltraffic = lis.stats.traffic
-        buf = bytearray(BUFFER)
-        view = memoryview(buf)
+        # One receive buffer for every relay socket: a datagram is forwarded before the
+        # loop next awaits, so no two readers ever use it at once (64 KiB per allocation
+        # otherwise).
+        buf = self.relay_buf
+        view = self.relay_view
         body = view[4:]
         recv = sock.recvfrom_into
         send = lsock.sendto

@@ -21,9 +21,9 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-echo "== installing relay with its test extras"
+echo "== installing relay with its test and benchmark extras"
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/python -m pip install -q -e '.[test,benchmarks]'
 
 echo "== ruff"
 .venv/bin/ruff check relay tests benchmarks

@@ -134,7 +134,7 @@ def wire(monkeypatch: pytest.MonkeyPatch) -> Wire:
     handle = TurnServer.handle
 
     def recording_handle(self: TurnServer, lis: Any, client: Any, data: bytes,
-                         now: float) -> bytes | None:
+                         *clocks: Any) -> bytes | None:
         try:
             msg = decode(data)
         except Exception:
@@ -148,7 +148,7 @@ def wire(monkeypatch: pytest.MonkeyPatch) -> Wire:
             lifetime = msg.get(Lifetime)
             if msg.method == Method.REFRESH and lifetime is not None:
                 seen.refresh_lifetimes.append(lifetime.seconds)
-        return handle(self, lis, client, data, now)
+        return handle(self, lis, client, data, *clocks)
 
     send_indication = getattr(gateway_mod.Gateway, "_send_indication", None)
 

@@ -19,9 +19,11 @@ import errno
 import ipaddress
 import logging
 import random
+import select
 import socket
 import struct
 import time
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -61,6 +63,8 @@ class UdpRelay:
     def close(self) -> None:
         if self.sock.fileno() < 0:
             return
+        if self.pool.closing is not None:
+            self.pool.closing(self)
         try:
             trio.lowlevel.notify_closing(self.sock)
         except RuntimeError:  # outside Trio (unit use): nothing can be waiting on it
@@ -79,6 +83,7 @@ class RelayPorts:
         self.max_port = max_port
         self.buffer = buffer
         self.used: dict[int, set[int]] = {FAMILY_V4: set(), FAMILY_V6: set()}
+        self.closing: Callable[[UdpRelay], None] | None = None  # told before a socket closes
 
     def release(self, family: int, port: int) -> None:
         self.used[family].discard(port)
@@ -204,6 +209,9 @@ class Gateway:
         self.sockets: dict[str, socket.socket] = {}
         self.relay_ips: dict[str, dict[int, tuple[str, str]]] = {}
         self.alloc_nursery: trio.Nursery | None = None
+        self.epoll = select.epoll()
+        self.relay_fds: dict[int, tuple[Any, ...]] = {}
+        self.ports.closing = self._forget
         self.relay_buf = bytearray(BUFFER)
         self.relay_view = memoryview(self.relay_buf)
         # Ports of relay's own listeners and HTTP endpoints: a permission whose cluster admits
@@ -221,14 +229,17 @@ class Gateway:
 
     def _created(self, alloc: Allocation) -> None:
         assert self.alloc_nursery is not None
-        alloc.io = self.sockets[alloc.listener]
+        alloc.io = (self.sockets[alloc.listener], None)  # (listener socket, cancel scope)
         self.alloc_nursery.start_soon(self._run_allocation, alloc)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("allocation %s for %s on %s: relays %s", alloc.user_id, alloc.client,
                       alloc.listener, [(ep.ip, ep.port) for ep in alloc.relays.values()])
 
     def _deleted(self, alloc: Allocation) -> None:
-        # The core closes the relay sockets; their readers then end.
+        # The core closes the relay sockets next (forgotten by the reader first).
+        scope = alloc.io[1] if alloc.io is not None else None
+        if scope is not None:
+            scope.cancel()
         if log.isEnabledFor(logging.DEBUG):
             log.debug("allocation %s for %s on %s ended", alloc.user_id, alloc.client,
                       alloc.listener)
@@ -275,6 +286,7 @@ class Gateway:
                 st.bound = False
             sock.close()
         self.sockets.clear()
+        self.epoll.close()
 
     # -- loops ----------------------------------------------------------------------------
 
@@ -424,91 +436,107 @@ class Gateway:
             drops["peer_not_allowed"] += 1
 
     async def _run_allocation(self, alloc: Allocation) -> None:
-        try:
-            async with trio.open_nursery() as nursery:
-                for ep in list(alloc.relays.values()):
-                    if alloc.alive:
-                        nursery.start_soon(self._relay_loop, alloc, ep)
-        finally:
-            if alloc.alive:  # cancelled from outside: the allocation goes with its task
-                self.server.delete(alloc, time.monotonic())
+        """The allocation's task: its relay sockets are served while it runs.
 
-    async def _relay_loop(self, alloc: Allocation, ep: Any) -> None:
-        """Peer -> relay -> client: ChannelData when a channel is bound, else Data indication."""
-        sock: socket.socket = ep.sock
-        if sock.fileno() < 0:
-            return
-        lsock: socket.socket = alloc.io
-        client = alloc.client
+        Deleting the allocation cancels it; cancelling it (gateway shutdown) deletes the
+        allocation.  The sockets themselves are read by `relay_reader`, which waits on one
+        epoll set for all of them (a task per socket would re-arm Trio's epoll on every
+        wake-up)."""
+        with trio.CancelScope() as scope:
+            alloc.io = (alloc.io[0], scope)
+            try:
+                for ep in list(alloc.relays.values()):
+                    if alloc.alive and isinstance(ep, UdpRelay) and ep.sock.fileno() >= 0:
+                        self._watch(alloc, ep)
+                if alloc.alive:
+                    await trio.sleep_forever()
+            finally:
+                if alloc.alive:  # cancelled from outside: the allocation goes with its task
+                    self.server.delete(alloc, time.monotonic())
+
+    def _watch(self, alloc: Allocation, ep: UdpRelay) -> None:
+        fd = ep.sock.fileno()
         lis = self.server.listeners[alloc.listener]
-        ltraffic = lis.stats.traffic
-        # One receive buffer for every relay socket: a datagram is forwarded before the
-        # loop next awaits, so no two readers ever use it at once (64 KiB per allocation
-        # otherwise).
+        self.relay_fds[fd] = (
+            ep.sock.recvfrom_into, alloc.io[0].sendto, alloc.client, alloc.permissions,
+            alloc.peer_channels, lis.stats.traffic, ep.family == FAMILY_V6, alloc,
+        )
+        self.epoll.register(fd, select.EPOLLIN)
+
+    def _forget(self, ep: UdpRelay) -> None:
+        """Called before a relay socket closes: its fd number may be reused at once."""
+        fd = ep.sock.fileno()
+        if self.relay_fds.pop(fd, None) is not None:
+            try:
+                self.epoll.unregister(fd)
+            except (OSError, ValueError):
+                pass
+
+    async def relay_reader(self) -> None:
+        """Peer -> relay -> client for every relay socket: ChannelData when a channel is
+        bound, else a Data indication."""
+        epoll = self.epoll
+        poll = epoll.poll
+        fds = self.relay_fds
+        # One receive buffer for every relay socket (64 KiB per allocation otherwise).
         buf = self.relay_buf
         view = self.relay_view
         body = view[4:]
-        recv = sock.recvfrom_into
-        send = lsock.sendto
-        perms = alloc.permissions
-        chans = alloc.peer_channels
         drops = self.stats.drops
         policy = self.policy
         own_ports = self.own_ports
-        name = alloc.listener
-        v6 = ep.family == FAMILY_V6
         wait = trio.lowlevel.wait_readable
         checkpoint = trio.lowlevel.checkpoint
-        try:
-            while True:
-                await wait(sock)
-                handled = 0
-                while True:
+        while True:
+            events = poll(0)
+            if not events:
+                await wait(epoll)
+                continue
+            for fd, _mask in events:
+                entry = fds.get(fd)
+                if entry is None:
+                    continue
+                recv, send, client, perms, chans, ltraffic, v6, alloc = entry
+                name = alloc.listener
+                for _ in range(BATCH):
                     try:
                         n, addr = recv(body)
                     except BlockingIOError:
                         break
                     except OSError:
-                        if sock.fileno() < 0:
-                            return
-                        continue
+                        break
                     ip = addr[0]
                     perm = perms.get(ip)
                     if perm is None:
                         drops["no_permission"] += 1
-                    else:
-                        if v6:
-                            addr = addr[:2]
-                        if (not perm.any_port or addr[1] in own_ports) and not policy.check(
-                            name, ip, addr[1]
-                        ).allowed:
-                            drops["peer_not_allowed"] += 1
+                        continue
+                    if v6:
+                        addr = addr[:2]
+                    if (not perm.any_port or addr[1] in own_ports) and not policy.check(
+                        name, ip, addr[1]
+                    ).allowed:
+                        drops["peer_not_allowed"] += 1
+                        continue
+                    ct = perm.cluster.traffic
+                    ct.rx_packets += 1
+                    ct.rx_bytes += n
+                    chan = chans.get(addr)
+                    try:
+                        if chan is not None:
+                            _pack_head(buf, 0, chan.number, n)
+                            sent = send(view[: 4 + n], client)
                         else:
-                            ct = perm.cluster.traffic
-                            ct.rx_packets += 1
-                            ct.rx_bytes += n
-                            chan = chans.get(addr)
-                            try:
-                                if chan is not None:
-                                    _pack_head(buf, 0, chan.number, n)
-                                    sent = send(view[: 4 + n], client)
-                                else:
-                                    msg = data_indication(
-                                        alloc.indication_id(), ip, addr[1], body[:n]
-                                    )
-                                    sent = send(msg, client)
-                                ltraffic.tx_packets += 1
-                                ltraffic.tx_bytes += sent
-                            except BlockingIOError:
-                                drops["send_buffer_full"] += 1
-                            except (OSError, ValueError):
-                                drops["too_large"] += 1
-                    handled += 1
-                    if handled >= BATCH:
-                        handled = 0
-                        await checkpoint()
-        except trio.ClosedResourceError:
-            return
+                            sent = send(
+                                data_indication(alloc.indication_id(), ip, addr[1], body[:n]),
+                                client,
+                            )
+                        ltraffic.tx_packets += 1
+                        ltraffic.tx_bytes += sent
+                    except BlockingIOError:
+                        drops["send_buffer_full"] += 1
+                    except (OSError, ValueError):
+                        drops["too_large"] += 1
+            await checkpoint()
 
 
 async def serve_gateway(
@@ -523,6 +551,7 @@ async def serve_gateway(
             for name, sock in gw.sockets.items():
                 nursery.start_soon(gw.listener_loop, gw.server.listeners[name], sock)
             nursery.start_soon(gw.sweeper)
+            nursery.start_soon(gw.relay_reader)
             nursery.start_soon(gw.resolve_clusters)
             task_status.started(gw)
     finally:

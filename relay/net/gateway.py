@@ -279,7 +279,7 @@ class Gateway:
         self.own_ports = frozenset(p for _, p in self.runtime.own_addresses)
 
     def close(self) -> None:
-        self.server.close_all(time.monotonic())
+        self.server.close_all(trio.current_time())
         for name, sock in self.sockets.items():
             st = self.runtime.health.listeners.get(name)
             if st is not None:
@@ -316,7 +316,7 @@ class Gateway:
     async def sweeper(self) -> None:
         while True:
             await trio.sleep(SWEEP_INTERVAL)
-            self.server.sweep(time.monotonic())
+            self.server.sweep(trio.current_time())
             self.runtime.allocation_count = self.stats.allocations_active
 
     async def listener_loop(self, lis: ListenerState, sock: socket.socket) -> None:
@@ -334,7 +334,7 @@ class Gateway:
         latency = self.stats.request_latency
         wait = trio.lowlevel.wait_readable
         checkpoint = trio.lowlevel.checkpoint
-        clock = time.monotonic
+        clock = trio.current_time
         wall = time.time
         perf = time.perf_counter
         chan_hi = self.server.channel_max >> 8  # 0x4F, or 0x7F with turn.rfc5766_channels
@@ -452,7 +452,7 @@ class Gateway:
                     await trio.sleep_forever()
             finally:
                 if alloc.alive:  # cancelled from outside: the allocation goes with its task
-                    self.server.delete(alloc, time.monotonic())
+                    self.server.delete(alloc, trio.current_time())
 
     def _watch(self, alloc: Allocation, ep: UdpRelay) -> None:
         fd = ep.sock.fileno()

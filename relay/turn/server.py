@@ -154,7 +154,7 @@ class TurnServer:
     ) -> bytes | None:
         """Process one STUN message from `client`; the response to send, or None.
 
-        `now` is the monotonic clock every lifetime runs on (a wall-clock step must not
+        `now` is the monotonic (Trio) clock every lifetime runs on (a wall-clock step must not
         expire allocations); `wall` is Unix time for nonces and REST credential expiry
         (defaults to `now`, for callers that use one clock)."""
         if wall is None:

@@ -77,12 +77,15 @@ RelayFactory = Callable[[str, int, str], tuple[RelayEndpoint, RelayEndpoint | No
 
 
 class ListenerState:
-    """A listener as the core sees it: its allocations and the relay families it offers."""
+    """A listener as the core sees it: its allocations, the relay families it offers and the
+    transport of its control connections ("udp", "tcp" or "tls")."""
 
-    def __init__(self, name: str, stats: ConnectionStats, families: frozenset[int]) -> None:
+    def __init__(self, name: str, stats: ConnectionStats, families: frozenset[int],
+                 transport: str = "udp") -> None:
         self.name = name
         self.stats = stats
         self.families = families
+        self.transport = transport
         self.allocations: dict[Any, Allocation] = {}
 
 
@@ -142,8 +145,9 @@ class TurnServer:
         self._rl_window = -1
         self._rl_counts: dict[str, int] = {}
 
-    def add_listener(self, name: str, families: frozenset[int]) -> ListenerState:
-        st = ListenerState(name, self.stats.listener(name), families)
+    def add_listener(self, name: str, families: frozenset[int],
+                     transport: str = "udp") -> ListenerState:
+        st = ListenerState(name, self.stats.listener(name), families, transport)
         self.listeners[name] = st
         return st
 
@@ -341,7 +345,9 @@ class TurnServer:
         if transport is None:
             raise _Reply(400, "REQUESTED-TRANSPORT is required")
         if transport.protocol == TCP:
-            raise _Reply(400, "TCP allocations need a TCP control connection")
+            if lis.transport == "udp":
+                raise _Reply(400, "TCP allocations need a TCP control connection")
+            raise _Reply(442, "TCP allocations (RFC 6062) are not supported")
         if transport.protocol != UDP:
             raise _Reply(442)
         if msg.get(DontFragment) is not None:

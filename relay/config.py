@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import ssl
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -49,7 +50,7 @@ LISTENER_PROTOCOLS = {
     "TURN-DTLS": "TURN-DTLS",
 }
 # Protocols relay serves today; the others are refused with a clear error, not ignored.
-SUPPORTED_LISTENER_PROTOCOLS = frozenset({"TURN-UDP"})
+SUPPORTED_LISTENER_PROTOCOLS = frozenset({"TURN-UDP", "TURN-TCP", "TURN-TLS"})
 
 AUTH_TYPES = {
     "static": "static",
@@ -461,11 +462,28 @@ def _parse_listener(raw: Any, key: str) -> ListenerConfig:
     routes = tuple(_str_item(v, f"{rkey}[{i}]") for i, v in enumerate(s.get_list("routes")))
     cert = s.get_str("cert", "")
     tls_key = s.get_str("key", "")
+    if protocol == "TURN-TLS":
+        _check_tls_files(cert, tls_key, s.key("cert"), s.key("key"))
     s.get("min_relay_port")
     s.get("max_relay_port")
     s.done()
     return ListenerConfig(name, protocol, address, port, public_address, public_port, routes,
                           cert, tls_key)
+
+
+def _check_tls_files(cert: str, key: str, cert_key: str, key_key: str) -> None:
+    """A TLS listener needs a PEM certificate chain and private key that load (a TLS listener
+    without a certificate must refuse to start, not serve plaintext or fail per handshake)."""
+    if not cert:
+        raise ConfigError(cert_key, "a TURN-TLS listener needs a certificate (PEM file path)")
+    if not key:
+        raise ConfigError(key_key, "a TURN-TLS listener needs a private key (PEM file path)")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(cert, key)
+    except OSError as exc:
+        raise ConfigError(cert_key, f"cannot load {cert!r} with key {key!r}: "
+                          f"{_one_line(str(exc))}") from None
 
 
 def _str_item(v: Any, key: str) -> str:
@@ -628,13 +646,15 @@ def _parse_config(raw: Any) -> Config:
         for j, r in enumerate(lis.routes):
             if r not in cluster_names:
                 raise ConfigError(f"listeners[{i}].routes[{j}]", f"no cluster named {r!r}")
-    seen: dict[tuple[str, int], int] = {}
+    # UDP and TCP (TURN-TCP, TURN-TLS) port spaces are separate: 3478/udp and 3478/tcp.
+    seen: dict[tuple[bool, str, int], int] = {}
     for i, lis in enumerate(listeners):
-        if lis.port and (lis.address, lis.port) in seen:
+        where = (lis.protocol == "TURN-UDP", lis.address, lis.port)
+        if lis.port and where in seen:
             raise ConfigError(f"listeners[{i}].port",
                               f"{lis.address}:{lis.port} is also used by listeners"
-                              f"[{seen[(lis.address, lis.port)]}]")
-        seen[(lis.address, lis.port)] = i
+                              f"[{seen[where]}]")
+        seen[where] = i
     return Config(version, admin, auth, listeners, clusters, stats, turn, signaling)
 
 

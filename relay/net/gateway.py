@@ -1,4 +1,7 @@
-"""The TURN-over-UDP gateway: listener sockets, relay sockets and the forwarding loops.
+"""The TURN gateway: listener sockets, relay sockets and the forwarding loops.
+
+TURN-UDP listeners are served here; TURN-TCP and TURN-TLS control connections by
+`relay.net.stream` (the relayed transport is UDP for all of them).
 
 Hot-path rules (DESIGN.md §4): one reader task per socket that waits for readability and
 then drains the socket with plain non-blocking `recvfrom_into` into a preallocated buffer,
@@ -16,11 +19,13 @@ allocation.
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import logging
 import random
 import select
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Callable
@@ -29,6 +34,8 @@ from typing import Any
 import trio
 
 from relay.config import ListenerConfig
+from relay.net.forward import forward_channel_data
+from relay.net.stream import StreamConnection, serve_connection, tls_context
 from relay.runtime import Runtime
 from relay.stun.fastpath import data_indication, scan_send_indication
 from relay.turn.allocation import Allocation
@@ -44,7 +51,6 @@ DNS_INTERVAL = 30.0  # STRICT_DNS clusters are re-resolved this often
 _AF = {FAMILY_V4: socket.AF_INET, FAMILY_V6: socket.AF_INET6}
 _SEND_INDICATION = b"\x00\x16"
 _pack_head = struct.Struct("!HH").pack_into
-_unpack_head = struct.Struct("!HH").unpack_from
 
 
 class UdpRelay:
@@ -206,7 +212,10 @@ class Gateway:
             cfg, runtime.stats, self.policy, self._open_relay,
             on_created=self._created, on_deleted=self._deleted,
         )
-        self.sockets: dict[str, socket.socket] = {}
+        self.sockets: dict[str, socket.socket] = {}  # TURN-UDP listeners
+        # TURN-TCP / TURN-TLS listeners: name -> (listening socket, TLS context or None)
+        self.stream_sockets: dict[str, tuple[trio.socket.SocketType, ssl.SSLContext | None]] = {}
+        self.streams: dict[tuple[str, Any], StreamConnection] = {}  # (listener, client) -> conn
         self.relay_ips: dict[str, dict[int, tuple[str, str]]] = {}
         self.alloc_nursery: trio.Nursery | None = None
         self.epoll = select.epoll()
@@ -229,7 +238,15 @@ class Gateway:
 
     def _created(self, alloc: Allocation) -> None:
         assert self.alloc_nursery is not None
-        alloc.io = (self.sockets[alloc.listener], None)  # (listener socket, cancel scope)
+        # (send(data, client) towards the client, cancel scope): the UDP listener socket's
+        # sendto, or the stream connection's send_frame (which pads ChannelData to 4 bytes).
+        sock = self.sockets.get(alloc.listener)
+        if sock is not None:
+            alloc.io = (sock.sendto, None)
+        else:
+            conn = self.streams[(alloc.listener, alloc.client)]
+            conn.allocation_created(alloc)
+            alloc.io = (conn.send_frame, None)
         self.alloc_nursery.start_soon(self._run_allocation, alloc)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("allocation %s for %s on %s: relays %s", alloc.user_id, alloc.client,
@@ -240,6 +257,10 @@ class Gateway:
         scope = alloc.io[1] if alloc.io is not None else None
         if scope is not None:
             scope.cancel()
+        if alloc.listener in self.stream_sockets:
+            conn = self.streams.get((alloc.listener, alloc.client))
+            if conn is not None and conn.alloc is alloc:
+                conn.allocation_deleted()  # the connection stays open (RFC 8656)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("allocation %s for %s on %s ended", alloc.user_id, alloc.client,
                       alloc.listener)
@@ -250,6 +271,10 @@ class Gateway:
         cfg = self.runtime.config
         for lis in cfg.listeners:
             fam = FAMILY_V6 if ":" in lis.address else FAMILY_V4
+            if lis.protocol != "TURN-UDP":
+                port = self._bind_stream(lis, fam)
+                self._add_listener(lis, port, "tls" if lis.protocol == "TURN-TLS" else "tcp")
+                continue
             sock = socket.socket(_AF[fam], socket.SOCK_DGRAM)
             try:
                 if fam == FAMILY_V6:
@@ -264,19 +289,48 @@ class Gateway:
                     f"{exc.strerror}"
                 ) from None
             self.sockets[lis.name] = sock
-            port = sock.getsockname()[1]
-            self.runtime.own_addresses.add((lis.address, port))
-            relays = relay_addresses(lis, cfg.turn.relay_address, cfg.turn.relay_address_v6)
-            if not relays:
-                log.warning("listener %s: no relay address; set turn.relay_address", lis.name)
-            self.relay_ips[lis.name] = relays
-            self.server.add_listener(lis.name, frozenset(relays))
-            st = self.runtime.health.listeners.get(lis.name)
-            if st is not None:
-                st.port = port
-                st.bound = True
+            self._add_listener(lis, sock.getsockname()[1], "udp")
         self.policy.set_own_addresses(self.runtime.own_addresses)
         self.own_ports = frozenset(p for _, p in self.runtime.own_addresses)
+
+    def _bind_stream(self, lis: ListenerConfig, fam: int) -> int:
+        """A listening TCP socket for a TURN-TCP or TURN-TLS listener; its bound port."""
+        ctx = tls_context(lis.cert, lis.key) if lis.protocol == "TURN-TLS" else None
+        sock = socket.socket(_AF[fam], socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if fam == FAMILY_V6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((lis.address, lis.port))
+            sock.listen(socket.SOMAXCONN)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            raise OSError(
+                exc.errno, f"listener {lis.name}: cannot bind {lis.address}:{lis.port}/tcp: "
+                f"{exc.strerror}"
+            ) from None
+        self.stream_sockets[lis.name] = (trio.socket.from_stdlib_socket(sock), ctx)
+        return int(sock.getsockname()[1])
+
+    def _add_listener(self, lis: ListenerConfig, port: int, transport: str) -> None:
+        cfg = self.runtime.config
+        self.runtime.own_addresses.add((lis.address, port))
+        relays = relay_addresses(lis, cfg.turn.relay_address, cfg.turn.relay_address_v6)
+        if not relays:
+            log.warning("listener %s: no relay address; set turn.relay_address", lis.name)
+        self.relay_ips[lis.name] = relays
+        self.server.add_listener(lis.name, frozenset(relays), transport)
+        st = self.runtime.health.listeners.get(lis.name)
+        if st is not None:
+            st.port = port
+            st.bound = True
+
+    async def stream_listener_loop(self, name: str) -> None:
+        """Accept TURN-TCP / TURN-TLS connections, each served in its own task."""
+        sock, ctx = self.stream_sockets[name]
+        handler = functools.partial(serve_connection, self, self.server.listeners[name], ctx)
+        await trio.serve_listeners(handler, [trio.SocketListener(sock)])
 
     def close(self) -> None:
         self.server.close_all(trio.current_time())
@@ -286,6 +340,12 @@ class Gateway:
                 st.bound = False
             sock.close()
         self.sockets.clear()
+        for name, (ssock, _ctx) in self.stream_sockets.items():
+            st = self.runtime.health.listeners.get(name)
+            if st is not None:
+                st.bound = False
+            ssock.close()
+        self.stream_sockets.clear()
         self.epoll.close()
 
     # -- loops ----------------------------------------------------------------------------
@@ -358,29 +418,10 @@ class Gateway:
                     if alloc is None or n < 4:
                         drops["no_allocation" if alloc is None else "malformed"] += 1
                     else:
-                        number, length = _unpack_head(buf)
-                        chan = alloc.channels.get(number)
-                        if chan is None:
-                            drops["unbound_channel"] += 1
-                        elif length > n - 4:
-                            drops["malformed"] += 1
-                        elif (perm := alloc.permissions.get(chan.peer[0])) is None:
-                            drops["no_permission"] += 1  # lapsed: the channel outlives it
-                        else:
-                            try:
-                                chan.endpoint.sock.sendto(  # type: ignore[attr-defined]
-                                    view[4 : 4 + length], chan.peer
-                                )
-                                ct = perm.cluster.traffic
-                                ct.tx_packets += 1
-                                ct.tx_bytes += length
-                            except BlockingIOError:
-                                drops["send_buffer_full"] += 1
-                            except OSError:
-                                drops["peer_not_allowed"] += 1
+                        forward_channel_data(alloc, view, n, drops)
                 elif first < 0x40 and n >= 20:  # STUN: the top two bits are zero
                     if buf[0:2] == _SEND_INDICATION:
-                        self._send_indication(allocs, addr, view, n, name, policy, drops)
+                        self.forward_send_indication(allocs, addr, view, n, name, policy, drops)
                     else:
                         t0 = perf()
                         reply = server.handle(lis, addr, bytes(view[:n]), clock(), wall())
@@ -401,8 +442,12 @@ class Gateway:
                     handled = 0
                     await checkpoint()
 
-    def _send_indication(self, allocs: dict[Any, Allocation], addr: Any, view: memoryview,
-                         n: int, name: str, policy: PeerPolicy, drops: dict[str, int]) -> None:
+    def forward_send_indication(
+        self, allocs: dict[Any, Allocation], addr: Any, view: memoryview, n: int, name: str,
+        policy: PeerPolicy, drops: dict[str, int],
+    ) -> None:
+        """Client -> peer: the DATA of the Send indication in `view[:n]` from `addr`, or count
+        why not (shared by the UDP and the stream listeners)."""
         alloc = allocs.get(addr)
         if alloc is None:
             drops["no_allocation"] += 1
@@ -458,7 +503,7 @@ class Gateway:
         fd = ep.sock.fileno()
         lis = self.server.listeners[alloc.listener]
         self.relay_fds[fd] = (
-            ep.sock.recvfrom_into, alloc.io[0].sendto, alloc.client, alloc.permissions,
+            ep.sock.recvfrom_into, alloc.io[0], alloc.client, alloc.permissions,
             alloc.peer_channels, lis.stats.traffic, ep.family == FAMILY_V6, alloc,
         )
         self.epoll.register(fd, select.EPOLLIN)
@@ -542,7 +587,8 @@ class Gateway:
 async def serve_gateway(
     runtime: Runtime, *, task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """Bind every TURN-UDP listener, then serve until cancelled; releases all on the way out."""
+    """Bind every listener (TURN-UDP, TURN-TCP, TURN-TLS), then serve until cancelled;
+    releases all on the way out."""
     gw = Gateway(runtime)
     try:
         gw.bind_listeners()
@@ -550,6 +596,8 @@ async def serve_gateway(
             gw.alloc_nursery = await nursery.start(_alloc_nursery)
             for name, sock in gw.sockets.items():
                 nursery.start_soon(gw.listener_loop, gw.server.listeners[name], sock)
+            for name in gw.stream_sockets:
+                nursery.start_soon(gw.stream_listener_loop, name)
             nursery.start_soon(gw.sweeper)
             nursery.start_soon(gw.relay_reader)
             nursery.start_soon(gw.resolve_clusters)

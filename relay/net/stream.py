@@ -1,0 +1,251 @@
+"""TURN over TCP and TLS (RFC 8656 §3.1): the stream listeners' connections.
+
+The control connection is a byte stream carrying STUN messages (framed by 20 + the header's
+length) and ChannelData messages (4 + length, padded to a multiple of 4, RFC 8656 §12.5);
+the relayed transport is still UDP.  I/O only: requests go to the sans-IO core
+(`TurnServer.handle`) with the connection's remote address as the client, and client ->
+peer data goes through the same forwarding code as the UDP listener's.
+
+Each connection runs in its own nursery:
+- the reader frames what arrives (split and merged frames alike); bytes that are neither
+  STUN nor ChannelData close the connection (counted as `drops["malformed"]`);
+- the writer flushes the send queue with one `send_all` per batch.  Peer -> client data
+  is queued by `send_frame`, which the gateway's synchronous `relay_reader` calls: it never
+  blocks; past `SEND_QUEUE_LIMIT` queued bytes it raises BlockingIOError, counted by the
+  caller as `drops["send_buffer_full"]`.
+
+Lifecycle: the connection owns its allocation (closing the connection deletes it); deleting
+the allocation (Refresh 0, expiry) leaves the connection open.  A connection without an
+allocation is closed `IDLE_TIMEOUT` seconds after its last complete message (or its start),
+so a client that sends nothing, or a frame a byte at a time, does not hold it; a TLS
+handshake must finish within `HANDSHAKE_TIMEOUT`.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from relay.net.forward import forward_channel_data
+from relay.stun.constants import MAGIC_COOKIE
+from relay.turn.allocation import Allocation
+from relay.turn.server import ListenerState
+
+if TYPE_CHECKING:
+    from relay.net.gateway import Gateway
+
+log = logging.getLogger("relay.gateway.stream")
+
+IDLE_TIMEOUT = 30.0  # seconds a connection may go without an allocation and a message
+HANDSHAKE_TIMEOUT = 10.0  # seconds for a TLS handshake (pion's value)
+SEND_QUEUE_LIMIT = 1 << 20  # bytes queued towards a client before peer data is dropped
+RECV_CHUNK = 65536
+_COOKIE = MAGIC_COOKIE.to_bytes(4, "big")
+_SEND_INDICATION = b"\x00\x16"
+_PADS = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """The server-side TLS context of a TURN-TLS listener (TLS 1.2 or later)."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+class StreamConnection:
+    """One TURN client's TCP or TLS control connection."""
+
+    __slots__ = ("alloc", "client", "closed", "gw", "idle", "lis", "queue", "queued", "stream",
+                 "wake")
+
+    def __init__(self, gw: Gateway, lis: ListenerState, stream: trio.abc.Stream,
+                 client: Any) -> None:
+        self.gw = gw
+        self.lis = lis
+        self.stream = stream
+        self.client = client
+        self.alloc: Allocation | None = None
+        self.queue: deque[bytes] = deque()
+        self.queued = 0
+        self.wake = trio.Event()
+        self.closed = False
+        # The reader runs inside it: its deadline is the idle timeout while there is no
+        # allocation, infinite while there is one.
+        self.idle = trio.CancelScope(deadline=trio.current_time() + IDLE_TIMEOUT)
+
+    # -- called synchronously by the gateway ----------------------------------------------
+
+    def send_frame(self, data: bytes | bytearray | memoryview, client: Any = None) -> int:
+        """Queue one STUN or ChannelData message for the client (ChannelData padded to 4);
+        the bytes queued.  BlockingIOError when the queue is full (the caller counts it)."""
+        if self.closed:
+            return 0
+        n = len(data)
+        if self.queued + n > SEND_QUEUE_LIMIT:
+            raise BlockingIOError
+        frame = bytes(data)  # `data` may be a view of a buffer reused for the next packet
+        if n & 3 and frame[0] & 0xC0 == 0x40:
+            frame += _PADS[n & 3]
+        self.queue.append(frame)
+        self.queued += len(frame)
+        self.wake.set()
+        return len(frame)
+
+    def allocation_created(self, alloc: Allocation) -> None:
+        self.alloc = alloc
+        self.idle.deadline = float("inf")
+
+    def allocation_deleted(self) -> None:
+        self.alloc = None
+        self.idle.deadline = trio.current_time() + IDLE_TIMEOUT
+
+    # -- tasks ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._writer, nursery.cancel_scope)
+            with self.idle:
+                await self._reader()
+            nursery.cancel_scope.cancel()
+
+    async def _writer(self, scope: trio.CancelScope) -> None:
+        queue = self.queue
+        try:
+            while True:
+                if not queue:
+                    self.wake = trio.Event()
+                    await self.wake.wait()
+                    continue
+                batch = queue[0] if len(queue) == 1 else b"".join(queue)
+                queue.clear()
+                self.queued = 0
+                await self.stream.send_all(batch)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            scope.cancel()  # the client went away: the reader goes too
+
+    async def _reader(self) -> None:
+        gw = self.gw
+        lis = self.lis
+        traffic = lis.stats.traffic
+        drops = gw.stats.drops
+        buf = bytearray()  # the start of an incomplete message
+        need = 4  # bytes `buf` must hold before it is worth framing again
+        while True:
+            try:
+                data = await self.stream.receive_some(RECV_CHUNK)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            if not data:
+                return  # EOF
+            if buf:
+                buf += data
+                if len(buf) < need:  # a frame trickling in: no re-scan per byte
+                    continue
+                chunk: bytes | bytearray = bytes(buf)
+            else:
+                chunk = data
+            # Frames are views of `chunk`, which is never resized (views pin a bytearray).
+            view = memoryview(chunk)
+            end = len(chunk)
+            pos = 0
+            framed = 0
+            need = 4
+            while end - pos >= 4:
+                first = chunk[pos]
+                if first < 0x40:  # STUN: 20-byte header, length a multiple of 4
+                    if end - pos < 20:
+                        need = 20
+                        break
+                    length = chunk[pos + 2] << 8 | chunk[pos + 3]
+                    if length & 3 or chunk[pos + 4 : pos + 8] != _COOKIE:
+                        drops["malformed"] += 1
+                        return
+                    size = 20 + length
+                elif first < 0x80:  # ChannelData: 4-byte header, padded to 4
+                    length = chunk[pos + 2] << 8 | chunk[pos + 3]
+                    size = 4 + length + (-length & 3)
+                else:
+                    drops["malformed"] += 1
+                    return
+                if end - pos < size:
+                    need = size
+                    break
+                traffic.rx_packets += 1
+                traffic.rx_bytes += size
+                self._message(view[pos : pos + size], size, first < 0x40)
+                pos += size
+                framed += 1
+            buf = bytearray(view[pos:]) if pos < end else bytearray()
+            if framed and self.alloc is None:
+                self.idle.deadline = trio.current_time() + IDLE_TIMEOUT
+            await trio.lowlevel.checkpoint()
+
+    def _message(self, frame: memoryview, n: int, stun: bool) -> None:
+        gw = self.gw
+        lis = self.lis
+        drops = gw.stats.drops
+        if not stun:
+            alloc = lis.allocations.get(self.client)
+            if alloc is None:
+                drops["no_allocation"] += 1
+            else:
+                forward_channel_data(alloc, frame, n, drops)
+            return
+        if frame[0:2] == _SEND_INDICATION:
+            gw.forward_send_indication(lis.allocations, self.client, frame, n, lis.name,
+                                       gw.policy, drops)
+            return
+        t0 = time.perf_counter()
+        reply = gw.server.handle(lis, self.client, bytes(frame), trio.current_time(), time.time())
+        if reply is not None:
+            try:
+                sent = self.send_frame(reply)
+                lis.stats.traffic.tx_packets += 1
+                lis.stats.traffic.tx_bytes += sent
+            except BlockingIOError:
+                drops["send_buffer_full"] += 1
+        gw.stats.request_latency.observe(time.perf_counter() - t0)
+
+
+async def serve_connection(gw: Gateway, lis: ListenerState, ctx: ssl.SSLContext | None,
+                           tcp: trio.SocketStream) -> None:
+    """Serve one accepted connection until it closes, then delete its allocation."""
+    stream: trio.abc.Stream = tcp
+    try:
+        client = tuple(tcp.socket.getpeername())
+    except OSError:
+        await trio.aclose_forcefully(tcp)
+        return
+    key = (lis.name, client)
+    conn: StreamConnection | None = None
+    try:
+        if ctx is not None:
+            tls = trio.SSLStream(tcp, ctx, server_side=True)
+            stream = tls
+            done = False
+            with trio.move_on_after(HANDSHAKE_TIMEOUT):
+                try:
+                    await tls.do_handshake()
+                    done = True
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+            if not done:
+                return
+        conn = StreamConnection(gw, lis, stream, client)
+        gw.streams[key] = conn
+        await conn.run()
+    finally:
+        if conn is not None:
+            conn.closed = True
+            if gw.streams.get(key) is conn:
+                del gw.streams[key]
+            alloc = conn.alloc
+            if alloc is not None and alloc.alive:
+                gw.server.delete(alloc, trio.current_time())
+        await trio.aclose_forcefully(stream)

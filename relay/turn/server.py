@@ -188,7 +188,8 @@ class TurnServer:
             if not self.auth.turn_enabled:
                 raise _Reply(403, "TURN is disabled (auth type none)")
             try:
-                username, user_id, key = self._authenticate(msg, client, wall)
+                username, user_id, key = self._authenticate(msg, client, wall,
+                                                            lis.transport == "udp")
             except _Challenge as ch:
                 self.stats.count_request(method_name, str(ch.code))
                 return ch.reply
@@ -271,10 +272,14 @@ class TurnServer:
             attrs.append(self.software)
         return self._answer(msg, MessageClass.SUCCESS, attrs, None)
 
-    def _challenge(self, msg: Message, client: Any, now: float, code: int) -> _Challenge:
+    def _challenge(self, msg: Message, client: Any, now: float, limited: bool,
+                   code: int) -> _Challenge:
+        """The challenge; rate limited per source IP when `limited` (UDP: against spoofed
+        floods; a TCP/TLS client completed a handshake and never retransmits, so silence
+        would stall it)."""
         ip = client[0]
         limit = self.turn.unauthorized_ratelimit
-        if limit > 0:
+        if limit > 0 and limited:
             window = int(now)
             if window != self._rl_window:
                 self._rl_window = window
@@ -291,13 +296,14 @@ class TurnServer:
         ]
         return _Challenge(code, self._answer(msg, MessageClass.ERROR, attrs, None))
 
-    def _authenticate(self, msg: Message, client: Any, now: float) -> tuple[str, str, bytes]:
+    def _authenticate(self, msg: Message, client: Any, now: float,
+                      limited: bool = True) -> tuple[str, str, bytes]:
         """(username, user id, key) when the request authenticates; else raises _Challenge
         (401/438) or _Reply (400)."""
         stats = self.stats.auth_failures
         if msg.get(MessageIntegrity) is None and msg.get(MessageIntegritySha256) is None:
             stats["missing_credentials"] += 1
-            raise self._challenge(msg, client, now, 401)
+            raise self._challenge(msg, client, now, limited, 401)
         user = msg.get(Username)
         realm = msg.get(Realm)
         nonce = msg.get(Nonce)
@@ -307,20 +313,20 @@ class TurnServer:
         bad = self.auth.check_nonce(nonce.value, client[0], now)
         if bad is not None:
             stats[bad] += 1
-            raise self._challenge(msg, client, now, 438)
+            raise self._challenge(msg, client, now, limited, 438)
         if realm.value != self.auth.realm:
             stats["wrong_realm"] += 1
-            raise self._challenge(msg, client, now, 401)
+            raise self._challenge(msg, client, now, limited, 401)
         try:
             cred = self.auth.credential(user.value, now)
         except AuthRefused as exc:
             stats[exc.reason] += 1
-            raise self._challenge(msg, client, now, 401) from None
+            raise self._challenge(msg, client, now, limited, 401) from None
         for key in cred.keys:
             if verify_integrity(msg, key):
                 return user.value, cred.user_id, key
         stats["bad_integrity"] += 1
-        raise self._challenge(msg, client, now, 401)
+        raise self._challenge(msg, client, now, limited, 401)
 
     def _lifetime(self, msg: Message) -> int:
         req = msg.get(Lifetime)

@@ -221,6 +221,18 @@ async def test_tcp_garbage_closes_connection_and_counts_malformed() -> None:
             assert rt.stats.drops["malformed"] == before + 2
 
 
+async def test_tcp_challenges_are_not_rate_limited() -> None:
+    # The 401 rate limit is against spoofed UDP floods; a stream client never retransmits,
+    # so a silent 401 would stall it (coturn's uclient -t -m 5, twice at once, hit it).
+    with trio.fail_after(20):
+        async with running(tcp_config(unauthorized_ratelimit=1)) as rt:
+            for _ in range(4):
+                async with tcp_client(rt) as c:
+                    await c.allocate()
+            assert rt.stats.drops["ratelimited"] == 0
+            assert rt.stats.requests[("allocate", "401")] == 4
+
+
 async def test_tcp_requested_transport_tcp_is_442() -> None:
     with trio.fail_after(20):
         async with running(tcp_config()) as rt, tcp_client(rt) as c:

@@ -165,6 +165,8 @@ class StreamConnection:
                     length = chunk[pos + 2] << 8 | chunk[pos + 3]
                     if length & 3 or chunk[pos + 4 : pos + 8] != _COOKIE:
                         drops["malformed"] += 1
+                        log.debug("connection %s on %s: not STUN, closing", self.client,
+                                  lis.name)
                         return
                     size = 20 + length
                 elif first < 0x80:  # ChannelData: 4-byte header, padded to 4
@@ -172,6 +174,8 @@ class StreamConnection:
                     size = 4 + length + (-length & 3)
                 else:
                     drops["malformed"] += 1
+                    log.debug("connection %s on %s: neither STUN nor ChannelData, closing",
+                              self.client, lis.name)
                     return
                 if end - pos < size:
                     need = size
@@ -241,6 +245,9 @@ async def serve_connection(gw: Gateway, lis: ListenerState, ctx: ssl.SSLContext 
         gw.streams[key] = conn
         await conn.run()
     finally:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("connection %s on %s closed (allocation: %s)", client, lis.name,
+                      conn is not None and conn.alloc is not None)
         if conn is not None:
             conn.closed = True
             if gw.streams.get(key) is conn:

@@ -24,7 +24,14 @@ import trio
 
 from benchmarks.echo_peer import serve_udp_echo
 from relay.runtime import Runtime
-from tests.turn.gateway_harness import PASSWORD, USER, config, listener_address, running
+from tests.turn.gateway_harness import (
+    PASSWORD,
+    USER,
+    config,
+    listener_address,
+    running,
+    until,
+)
 
 UCLIENT = shutil.which("turnutils_uclient")
 PEER = shutil.which("turnutils_peer")
@@ -81,7 +88,7 @@ async def coturn_peer(nursery: trio.Nursery) -> AsyncIterator[tuple[str, int]]:
 
 
 async def uclient(server: tuple[str, int], peer: tuple[str, int], *, send: bool,
-                  rtcp: bool = False) -> tuple[int, str]:
+                  rtcp: bool = False, tcp: bool = False) -> tuple[int, str]:
     assert UCLIENT is not None
     cmd = [UCLIENT, "-p", str(server[1]), "-u", USER, "-w", PASSWORD,
            "-e", peer[0], "-r", str(peer[1]), "-m", str(CLIENTS), "-n", str(MESSAGES),
@@ -90,6 +97,8 @@ async def uclient(server: tuple[str, int], peer: tuple[str, int], *, send: bool,
         cmd.append("-c")  # no RTCP allocations
     if send:
         cmd.append("-s")  # Send/Data indications instead of channels
+    if tcp:
+        cmd.append("-t")  # TURN over a TCP control connection (the relay stays UDP)
     cmd.append(server[0])
     with trio.fail_after(UCLIENT_TIMEOUT):
         proc = await trio.run_process(cmd, capture_stdout=True, capture_stderr=True,
@@ -149,6 +158,34 @@ def _check_counters(rt: Runtime) -> None:
     assert cluster.rx_packets >= 3 * CLIENTS * MESSAGES
     assert st.drops["malformed"] == 0
     assert st.drops["unbound_channel"] == 0
+
+
+async def test_uclient_over_tcp_send_indications_and_channels_without_loss() -> None:
+    cfg = config(ports=128, turn={"rfc5766_channels": True}, listeners=[
+        {"name": "tcp", "protocol": "TURN-TCP", "address": "127.0.0.1", "port": 0,
+         "routes": ["peers"]},
+    ])
+    with trio.fail_after(UCLIENT_TIMEOUT + 30):
+        async with trio.open_nursery() as nursery, running(cfg) as rt:
+            server = listener_address(rt, "tcp")
+            results: dict[str, tuple[int, str]] = {}
+            async with coturn_peer(nursery) as peer:
+
+                async def run(what: str, **kw: bool) -> None:
+                    results[what] = await uclient(server, peer, tcp=True, **kw)
+
+                async with trio.open_nursery() as runs:
+                    runs.start_soon(lambda: run("tcp send", send=True))
+                    runs.start_soon(lambda: run("tcp channel", send=False))
+            for what, (rc, out) in results.items():
+                assert_no_loss(rc, out, what)
+            st = rt.stats
+            assert st.requests.get(("allocate", "success"), 0) >= 2 * CLIENTS
+            assert st.drops["malformed"] == 0
+            assert st.drops["unbound_channel"] == 0
+            assert st.listeners["tcp"].traffic.tx_packets >= 2 * CLIENTS * MESSAGES
+            await until(lambda: st.allocations_active == 0, "uclient's allocations deleted")
+            nursery.cancel_scope.cancel()
 
 
 async def test_uclient_channel_numbers_past_0x4fff_get_400_by_default() -> None:

@@ -8,6 +8,12 @@ waits up to `wait` seconds for a Binding success response with the same transact
 our own port in XOR-MAPPED-ADDRESS.  After `failures` consecutive failed rounds
 `HealthState.probe_ok` turns False; the first fully answered round turns it True again.
 
+TURN-TCP and TURN-TLS listeners are skipped, not probed: their accept loops run in the same
+Trio run as the UDP listeners, so a blocked event loop already fails the UDP probe, and a
+TCP (or TLS) round trip every few seconds would add a connection per round for little more.
+A configuration with only stream listeners therefore has nothing to probe and stays ready
+while they are bound.
+
 It logs only when the state changes (never once per round).
 """
 
@@ -38,7 +44,7 @@ PROBE_INTERVAL = 5.0  # seconds between rounds
 PROBE_TIMEOUT = 1.0  # seconds to wait for each listener's answer
 PROBE_FAILURES = 3  # consecutive failed rounds before readiness fails
 
-PROBED_PROTOCOLS = frozenset({"TURN-UDP"})
+PROBED_PROTOCOLS = frozenset({"TURN-UDP"})  # stream listeners are skipped (see above)
 
 
 def binding_request(transaction_id: bytes) -> bytes:

@@ -46,7 +46,9 @@ def checksum(secret: bytes, random: str, body: bytes) -> str:
 
 
 def verify_checksum(secret: bytes, random: str, body: bytes, given: str) -> bool:
-    return hmac.compare_digest(checksum(secret, random, body), given.lower())
+    # bytes: compare_digest refuses non-ASCII str, and headers are whatever a client sent
+    expected = checksum(secret, random, body).encode()
+    return hmac.compare_digest(expected, given.lower().encode("utf-8", "replace"))
 
 
 def signed_headers(secret: bytes, body: bytes, user_agent: str) -> dict[str, str]:

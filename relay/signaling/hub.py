@@ -94,6 +94,7 @@ class Room:
     sessions: dict[str, Session] = attrs.Factory(dict)
     sub: Subscription | None = None
     backend_url: str = ""
+    backend_sub: Subscription | None = None  # `backend.room.<..>`: Nextcloud's room requests
 
 
 @attrs.define(eq=False)
@@ -127,6 +128,11 @@ class Hub:
         self._compat = BackendConfig(COMPAT_BACKEND_ID, (), config.secret)
         self._nursery: trio.Nursery | None = None
         self.background_failures = 0
+
+    @property
+    def compat_backend(self) -> BackendConfig:
+        """The `allowall` backend (id `compat`)."""
+        return self._compat
 
     # --- connection lifecycle ---------------------------------------------------------
 
@@ -356,6 +362,10 @@ class Hub:
                 room_subject(room_id, session.backend.id),
                 functools.partial(self._on_room_event, room),
             )
+            room.backend_sub = self.bus.subscribe(
+                backend_room_subject(room_id, session.backend.id),
+                functools.partial(self._on_backend_room_request, room),
+            )
             self.rooms[key] = room
         return room
 
@@ -379,14 +389,15 @@ class Hub:
         if room.sessions:
             self._publish_room(room, p.room_event("leave", [session.public_id]))
         else:
-            if room.sub is not None:
-                room.sub.close()
-            self.rooms.pop((room.backend.id, room.id), None)
+            self._drop_room(room)
         if notify_backend:
-            payload = {"type": "room", "room": {
-                "version": "1.0", "roomid": room.id, "userid": session.user_id,
-                "sessionid": rsid, "action": "leave"}}
-            self._background(session.backend, session.backend_url, payload)
+            self._notify_left(session, room, rsid)
+
+    def _notify_left(self, session: Session, room: Room, rsid: str) -> None:
+        payload = {"type": "room", "room": {
+            "version": "1.0", "roomid": room.id, "userid": session.user_id,
+            "sessionid": rsid, "action": "leave"}}
+        self._background(session.backend, session.backend_url, payload)
 
     # --- messages ------------------------------------------------------------------------
 
@@ -430,10 +441,12 @@ class Hub:
     def _on_session_event(self, session: Session, m: dict[str, Any]) -> None:
         if m.get("sender") != session.public_id:
             self._send(session, m["message"])
+            self._kick_if_disinvited(session, m["message"])
 
     def _on_user_event(self, session: Session, m: dict[str, Any]) -> None:
         if m.get("sender") != session.public_id:
             self._send(session, m["message"])
+            self._kick_if_disinvited(session, m["message"])
 
     def _on_room_event(self, room: Room, m: dict[str, Any]) -> None:
         sender = m.get("sender")
@@ -444,7 +457,9 @@ class Hub:
                 continue
             self._send_text(s, text)
 
-    # --- seams for the backend room API (Nextcloud -> signaling) -------------------------
+    # --- the backend room API (Nextcloud -> signaling) ----------------------------------
+    # `relay.signaling.room_api` checks and rewrites Nextcloud's requests and publishes the
+    # room's share on `backend.room.<..>`; every room of this node listens there.
 
     def set_in_call(self, backend_id: str, room_id: str, public_id: str, flags: int) -> bool:
         """Record a session's in-call flags (from a Nextcloud `incall` request)."""
@@ -466,8 +481,125 @@ class Hub:
     def publish_backend_room_event(
         self, backend_id: str, room_id: str, event: dict[str, Any]
     ) -> int:
-        """Deliver a backend event on `backend.room.<..>` (subscribers come with the room API)."""
+        """Hand a Nextcloud room request (`{"type": T, T: {...}}`) to the room's listeners."""
         return self.bus.publish(backend_room_subject(room_id, backend_id), event)
+
+    def _on_backend_room_request(self, room: Room, m: dict[str, Any]) -> None:
+        kind = m.get("type")
+        body = m.get(kind) if isinstance(kind, str) else None
+        if not isinstance(body, dict) or self.rooms.get((room.backend.id, room.id)) is not room:
+            return
+        if kind == "incall":
+            if body.get("all") is True:
+                self._in_call_all(room, body.get("incall"))
+            else:
+                self._in_call_changed(room, _entries(body.get("changed")),
+                                      _entries(body.get("users")))
+        elif kind == "participants":
+            self._participants_changed(room, _entries(body.get("changed")),
+                                       _entries(body.get("users")))
+        elif kind == "update":
+            self._update_properties(room, body.get("properties"))
+        elif kind == "delete":
+            self._close_room(room)
+        elif kind == "message" and body.get("data") is not None:
+            self._publish_room(room, {"type": "event", "event": {
+                "target": "room", "type": "message",
+                "message": {"roomid": room.id, "data": body["data"]}}})
+
+    def _in_call_changed(
+        self, room: Room, changed: list[dict[str, Any]], users: list[dict[str, Any]]
+    ) -> None:
+        for entry in changed:
+            flags = in_call_flags(entry.get("inCall"))
+            sid = entry.get("sessionId", entry.get("sessionid"))
+            if flags is not None and isinstance(sid, str):
+                self.set_in_call(room.backend.id, room.id, sid, flags)
+        self._publish_room(room, participants_update(room.id, changed, users))
+
+    def _in_call_all(self, room: Room, raw: Any) -> None:
+        """`{"incall": N, "all": true}`: every client session joins or leaves the call."""
+        if isinstance(raw, bool):
+            flags = 1 if raw else 0
+        elif isinstance(raw, int):
+            flags = raw
+        else:
+            return  # upstream ignores other types
+        clients = [s for s in room.sessions.values() if s.client_type == CLIENT]
+        if flags & 1:
+            joining = [s for s in clients if not s.in_call & 1]
+            if not joining:
+                return
+            for s in joining:
+                self.set_in_call(room.backend.id, room.id, s.public_id, flags)
+        elif any(s.in_call & 1 for s in room.sessions.values()):
+            for s in room.sessions.values():
+                s.in_call = 0
+        else:
+            return  # nobody was in the call: nothing to tell
+        event = {"type": "event", "event": {"target": "participants", "type": "update",
+                                            "update": {"roomid": room.id, "incall": flags,
+                                                       "all": True}}}
+        text = p.encode(event)
+        for s in clients:
+            self._send_text(s, text)
+
+    def _participants_changed(
+        self, room: Room, changed: list[dict[str, Any]], users: list[dict[str, Any]]
+    ) -> None:
+        for entry in changed:
+            perms = entry.get("permissions")
+            sid = entry.get("sessionId")
+            if not isinstance(perms, list) or not isinstance(sid, str):
+                continue
+            if not all(isinstance(x, str) for x in perms):
+                continue  # upstream skips an entry with an invalid permission
+            session = room.sessions.get(sid)
+            if session is not None:
+                session.permissions = frozenset(perms)
+        self._publish_room(room, participants_update(room.id, changed, users))
+
+    def _update_properties(self, room: Room, properties: Any) -> None:
+        if properties == room.properties:
+            return  # upstream does not notify unchanged properties
+        room.properties = properties
+        self._publish_room(room, p.room_message(None, room.id, properties))
+
+    def _close_room(self, room: Room) -> None:
+        """The room was deleted: every session leaves it (no `leave` events, as upstream)."""
+        sessions = list(room.sessions.values())
+        room.sessions.clear()
+        self._drop_room(room)
+        for s in sessions:
+            s.room = None
+            s.in_call = 0
+            rsid = s.room_session_id
+            self._set_room_session(s, "")
+            self._notify_left(s, room, rsid)
+            self._send(s, p.room_message(None, ""))
+
+    def _kick_if_disinvited(self, session: Session, msg: dict[str, Any]) -> None:
+        """A `roomlist` `disinvite` for the session's current room closes its socket."""
+        event = msg.get("event") if msg.get("type") == "event" else None
+        if not isinstance(event, dict) or event.get("target") != "roomlist" \
+                or event.get("type") != "disinvite":
+            return
+        room = session.room
+        disinvite = event.get("disinvite")
+        if room is None or not isinstance(disinvite, dict) or disinvite.get("roomid") != room.id:
+            return
+        self._leave_room(session, notify_backend=True)
+        conn = session.conn
+        if conn is not None:
+            conn.close(CLOSE_NORMAL, "")
+
+    def _drop_room(self, room: Room) -> None:
+        for sub in (room.sub, room.backend_sub):
+            if sub is not None:
+                sub.close()
+        room.sub = room.backend_sub = None
+        if self.rooms.get((room.backend.id, room.id)) is room:
+            del self.rooms[(room.backend.id, room.id)]
 
     # --- sending -------------------------------------------------------------------------
 
@@ -622,3 +754,31 @@ def _peek_id(text: str) -> str | None:
     if isinstance(env, dict) and isinstance(env.get("id"), str) and env["id"]:
         return str(env["id"])
     return None
+
+
+def in_call_flags(value: Any) -> int | None:
+    """Talk's `inCall`: flags (1 = in call, 2 audio, 4 video, 8 phone) or a bool."""
+    if isinstance(value, bool):
+        return 1 if value else 0
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _entries(value: Any) -> list[dict[str, Any]]:
+    return [e for e in value if isinstance(e, dict)] if isinstance(value, list) else []
+
+
+def participants_update(
+    room_id: str, changed: list[dict[str, Any]], users: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The `participants` `update` event; `permissions` are never sent to clients."""
+    update: dict[str, Any] = {"roomid": room_id}
+    if changed:
+        update["changed"] = [{k: v for k, v in e.items() if k != "permissions"} for e in changed]
+    if users:
+        update["users"] = [{k: v for k, v in e.items() if k != "permissions"} for e in users]
+    return {"type": "event", "event": {"target": "participants", "type": "update",
+                                       "update": update}}

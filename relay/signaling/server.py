@@ -18,6 +18,7 @@ import os
 import time
 from collections import deque
 from typing import Any
+from urllib.parse import unquote
 
 import h11
 import trio
@@ -36,6 +37,7 @@ from wsproto.utilities import RemoteProtocolError
 
 from relay.metrics.gate import is_allowed
 from relay.runtime import Runtime
+from relay.signaling import room_api
 from relay.signaling.backend import BackendClient
 from relay.signaling.config import SignalingConfig
 from relay.signaling.hub import Hub
@@ -322,6 +324,7 @@ class SignalingServer:
         for _ in range(MAX_REQUESTS_PER_CONNECTION):
             request: h11.Request | None = None
             body_size = 0
+            body: list[bytes] = []
             partial = False
             with trio.move_on_after(REQUEST_TIMEOUT) as timer:
                 while True:
@@ -337,11 +340,15 @@ class SignalingServer:
                         continue
                     if isinstance(event, h11.Request):
                         request = event
+                        if _declared_length(event) > MAX_BODY_BYTES:  # refused unread
+                            await self._error(stream, conn, 413, "Request Entity Too Large")
+                            return
                     elif isinstance(event, h11.Data):
                         body_size += len(event.data)
                         if body_size > MAX_BODY_BYTES:
                             await self._error(stream, conn, 413, "Request Entity Too Large")
                             return
+                        body.append(bytes(event.data))
                     elif isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
                         break
                     elif isinstance(event, h11.ConnectionClosed):
@@ -350,19 +357,26 @@ class SignalingServer:
                 if partial:
                     await self._timeout(stream, conn)
                 return
-            if not await self._route(stream, conn, peer, request):
+            if not await self._route(stream, conn, peer, request, b"".join(body)):
                 return
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                 return
             conn.start_next_cycle()
 
     async def _route(
-        self, stream: trio.SocketStream, conn: h11.Connection, peer: str, req: h11.Request
+        self,
+        stream: trio.SocketStream,
+        conn: h11.Connection,
+        peer: str,
+        req: h11.Request,
+        body: bytes = b"",
     ) -> bool:
         """Answer one request; False when the connection is done (or became a WebSocket)."""
         path = req.target.split(b"?", 1)[0].decode("latin-1")
         method = req.method
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in req.headers]
+        if path.startswith(room_api.ROOM_PATH_PREFIX):
+            return await self._room_request(stream, conn, req, path, headers, body)
         routes = {"/spreed", "/api/v1/welcome", "/api/v1/stats", "/metrics"}
         if path not in routes:
             return await self._error(stream, conn, 404, "Not Found")
@@ -371,9 +385,9 @@ class SignalingServer:
         if path == "/spreed":
             return await self._upgrade(stream, conn, req, headers)
         if path == "/api/v1/welcome":
-            body = json.dumps({"nextcloud-spreed-signaling": "Welcome",
-                               "version": self.runtime.version}) + "\n"
-            return await self._respond(stream, conn, 200, body.encode(), b"application/json")
+            welcome = json.dumps({"nextcloud-spreed-signaling": "Welcome",
+                                  "version": self.runtime.version}) + "\n"
+            return await self._respond(stream, conn, 200, welcome.encode(), b"application/json")
         stats_cfg = self.runtime.config.stats
         if not is_allowed(peer, headers, stats_cfg.allowed_ips, stats_cfg.trusted_proxies):
             return await self._error(stream, conn, 403, "Authentication check failed")
@@ -383,6 +397,30 @@ class SignalingServer:
         return await self._respond(
             stream, conn, 200, generate_latest(self.runtime.registry), METRICS_CONTENT_TYPE
         )
+
+    async def _room_request(
+        self,
+        stream: trio.SocketStream,
+        conn: h11.Connection,
+        req: h11.Request,
+        path: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+    ) -> bool:
+        """`POST /api/v1/room/{roomid}`: Nextcloud's signed room requests."""
+        room_id = unquote(path[len(room_api.ROOM_PATH_PREFIX):])
+        if not room_id or "/" in room_id:
+            return await self._error(stream, conn, 404, "Not Found")
+        if req.method != b"POST":
+            return await self._error(
+                stream, conn, 405, "Method Not Allowed", [(b"Allow", b"POST")])
+        hdr: dict[str, str] = {}
+        for k, v in headers:
+            hdr.setdefault(k.lower(), v)
+        status, content_type, answer = room_api.handle(
+            self.hub, room_id, hdr, body, "content-length" in hdr)
+        extra = [(b"X-Content-Type-Options", b"nosniff")] if status == 200 else None
+        return await self._respond(stream, conn, status, answer, content_type, extra)
 
     async def _respond(
         self,
@@ -475,6 +513,13 @@ class SignalingServer:
         ws = WsProto(ConnectionType.SERVER, extensions=None, trailing_data=bytes(trailing))
         await WsConnection(stream, ws, self.hub, self.config).run()
         return False
+
+
+def _declared_length(req: h11.Request) -> int:
+    for k, v in req.headers:
+        if k == b"content-length":  # h11 lower-cases names and has validated the value
+            return int(v)
+    return 0
 
 
 def _valid_key(key: str) -> bool:

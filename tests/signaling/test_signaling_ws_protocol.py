@@ -15,7 +15,7 @@ import trio_websocket
 
 from relay import __version__
 
-FEATURES = ["join-features", "recipient-call", "welcome"]
+FEATURES = ["incall-all", "join-features", "recipient-call", "welcome"]
 
 
 @contextlib.contextmanager

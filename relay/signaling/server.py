@@ -2,8 +2,9 @@
 
 Each TCP connection is read by h11 with bounded request sizes and a timeout for slow
 clients. `GET /spreed` with a WebSocket upgrade switches the connection to wsproto; other
-paths are `/api/v1/welcome` (public), `/api/v1/stats` and `/metrics` (behind the
-`stats.allowed_ips` gate). A WebSocket connection has a reader (frames → hub) and a writer
+paths are `/api/v1/welcome` (public), `POST /api/v1/room/{roomid}` (Nextcloud, signed;
+see `room_api`), `/api/v1/stats` and `/metrics` (behind the `stats.allowed_ips` gate).
+A WebSocket connection has a reader (frames → hub) and a writer
 (hub's queued messages → frames, plus the RTT ping); the hub never waits for a socket.
 """
 

@@ -3,17 +3,17 @@
 TURN-UDP listeners are served here; TURN-TCP and TURN-TLS control connections by
 `relay.net.stream` (the relayed transport is UDP for all of them).
 
-Hot-path rules (DESIGN.md §4): one reader task per socket that waits for readability and
-then drains the socket with plain non-blocking `recvfrom_into` into a preallocated buffer,
-forwarding each datagram with a plain `sendto`; a dict lookup per packet; int counters; no
-logging per packet; a checkpoint every `BATCH` datagrams so other tasks run.  A full send
-buffer drops the datagram and counts it.
+Hot-path rules (DESIGN.md §4): one reader task per listener socket, and one for all relay
+sockets (waiting on one epoll set of them), each draining with plain non-blocking
+`recvfrom_into` into a preallocated buffer and forwarding with a plain `sendto`; a dict
+lookup per packet; int counters; no logging per packet; a checkpoint every `BATCH`
+datagrams so other tasks run.  A full send buffer drops the datagram and counts it.
 
-Ownership: `serve_gateway` owns a nursery with one reader per listener, the sweeper, and an
-allocation nursery in which each allocation runs its own nursery holding one reader per
-relay socket.  Deleting an allocation closes its relay sockets (after `notify_closing`), so
-its readers end and its ports go back to the pool; cancelling the gateway deletes every
-allocation.
+Ownership: `serve_gateway` owns a nursery with the listener readers, the relay reader, the
+sweeper, and an allocation nursery in which each allocation's task holds its relay sockets'
+registration in the epoll set.  Deleting an allocation cancels that task and closes its
+relay sockets (out of the epoll set first), so their ports go back to the pool; cancelling
+the gateway deletes every allocation.
 """
 
 from __future__ import annotations
@@ -70,11 +70,7 @@ class UdpRelay:
         if self.sock.fileno() < 0:
             return
         if self.pool.closing is not None:
-            self.pool.closing(self)
-        try:
-            trio.lowlevel.notify_closing(self.sock)
-        except RuntimeError:  # outside Trio (unit use): nothing can be waiting on it
-            pass
+            self.pool.closing(self)  # out of the reader's epoll set first
         self.sock.close()
         self.pool.release(self.family, self.port)
 
@@ -223,10 +219,6 @@ class Gateway:
         self.ports.closing = self._forget
         self.relay_buf = bytearray(BUFFER)
         self.relay_view = memoryview(self.relay_buf)
-        # Ports of relay's own listeners and HTTP endpoints: a permission whose cluster admits
-        # every port (any_port) still needs the policy's verdict for these (no turn-in-turn,
-        # no metrics through the relay).
-        self.own_ports: frozenset[int] = frozenset()
         for c in cfg.clusters:
             self.stats.cluster(c.name)
 
@@ -291,7 +283,6 @@ class Gateway:
             self.sockets[lis.name] = sock
             self._add_listener(lis, sock.getsockname()[1], "udp")
         self.policy.set_own_addresses(self.runtime.own_addresses)
-        self.own_ports = frozenset(p for _, p in self.runtime.own_addresses)
 
     def _bind_stream(self, lis: ListenerConfig, fam: int) -> int:
         """A listening TCP socket for a TURN-TCP or TURN-TLS listener; its bound port."""
@@ -461,9 +452,7 @@ class Gateway:
         if perm is None:
             drops["no_permission"] += 1
             return
-        if (not perm.any_port or port in self.own_ports) and not policy.check(
-            name, ip, port
-        ).allowed:
+        if not perm.any_port and not policy.check(name, ip, port).allowed:
             drops["peer_not_allowed"] += 1
             return
         ep = alloc.relays.get(FAMILY_V6 if ":" in ip else FAMILY_V4)
@@ -529,7 +518,6 @@ class Gateway:
         body = view[4:]
         drops = self.stats.drops
         policy = self.policy
-        own_ports = self.own_ports
         wait = trio.lowlevel.wait_readable
         checkpoint = trio.lowlevel.checkpoint
         while True:
@@ -546,9 +534,7 @@ class Gateway:
                 for _ in range(BATCH):
                     try:
                         n, addr = recv(body)
-                    except BlockingIOError:
-                        break
-                    except OSError:
+                    except OSError:  # BlockingIOError: drained; others: nothing to read
                         break
                     ip = addr[0]
                     perm = perms.get(ip)
@@ -557,9 +543,7 @@ class Gateway:
                         continue
                     if v6:
                         addr = addr[:2]
-                    if (not perm.any_port or addr[1] in own_ports) and not policy.check(
-                        name, ip, addr[1]
-                    ).allowed:
+                    if not perm.any_port and not policy.check(name, ip, addr[1]).allowed:
                         drops["peer_not_allowed"] += 1
                         continue
                     ct = perm.cluster.traffic

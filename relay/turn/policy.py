@@ -179,7 +179,9 @@ class PeerPolicy:
                 if danger is not None and not _inside(ep.network, danger[1]):
                     continue
                 saw_network = True
-                full = ep.min_port == 0 and ep.max_port == 65535
+                # "Any port" lets the data plane skip the per-datagram check; never for an
+                # address relay itself listens on (its own ports must stay refused).
+                full = ep.min_port == 0 and ep.max_port == 65535 and not self._may_be_own(ip)
                 if port is None or ep.min_port <= port <= ep.max_port:
                     if best is None or (full and not best.any_port):
                         best = Verdict(cluster.name, any_port=full)
@@ -190,6 +192,10 @@ class PeerPolicy:
         if saw_network:
             return Verdict(None, "port_not_allowed")
         return Verdict(None, "no_route")
+
+    def _may_be_own(self, ip: IPAddress) -> bool:
+        """Whether some port of `ip` is one of relay's own addresses."""
+        return any(self._is_own(ip, port) for port in self._own_ports)
 
     def _is_own(self, ip: IPAddress, port: int) -> bool:
         if (ip, port) in self._own:

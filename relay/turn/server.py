@@ -46,6 +46,7 @@ from relay.stun import (
     XorPeerAddress,
     XorRelayedAddress,
     decode,
+    integrity_kind,
     verify_fingerprint,
     verify_integrity,
 )
@@ -651,8 +652,6 @@ def _has_fingerprint(msg: Message) -> bool:
 
 
 def _integrity_of(msg: Message) -> str:
-    for attr in msg.attributes:
-        if type(attr) is MessageIntegritySha256:
-            return "sha256"
-    return "sha1"
+    """The integrity flavour to answer with: the client's, SHA1 when it sent none."""
+    return integrity_kind(msg) or "sha1"
 

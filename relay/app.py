@@ -7,7 +7,6 @@ cancelled; every part releases its sockets in `finally` blocks.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import trio
 
@@ -71,7 +70,7 @@ def describe(runtime: Runtime) -> list[str]:
         ep = cfg.admin.healthcheck_endpoint
         host, port = bound.get("health", (ep.bind_host, ep.port))
         lines.append(f"health: http://{_hostport(host, port)}/live /ready /status")
-    sig: Any = cfg.signaling
+    sig = cfg.signaling
     if sig is not None:
         if "signaling" in bound:
             host, port = bound["signaling"]

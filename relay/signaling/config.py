@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from relay.config import Section
+from relay.configreader import Section
 from relay.errors import ConfigError
 
 DEFAULT_LISTEN = "127.0.0.1:8081"

@@ -36,6 +36,7 @@ from wsproto.events import (
 )
 from wsproto.utilities import RemoteProtocolError
 
+from relay.errors import ConfigError
 from relay.metrics.gate import is_allowed
 from relay.runtime import Runtime
 from relay.signaling import room_api
@@ -300,7 +301,7 @@ class SignalingServer:
     def __init__(self, runtime: Runtime, hub: Hub) -> None:
         self.runtime = runtime
         self.hub = hub
-        self.config: SignalingConfig = runtime.config.signaling
+        self.config = signaling_config(runtime)
         self.common_headers = [
             (b"Server", f"relay/{runtime.version}".encode()),
             (b"X-Spreed-Signaling-Features", ", ".join(sorted(FEATURES)).encode()),
@@ -530,9 +531,17 @@ def _valid_key(key: str) -> bool:
         return False
 
 
+def signaling_config(runtime: Runtime) -> SignalingConfig:
+    """The `signaling` section of `runtime`'s config; a ConfigError when there is none."""
+    cfg = runtime.config.signaling
+    if cfg is None:
+        raise ConfigError("signaling", "is not configured")
+    return cfg
+
+
 def build(runtime: Runtime, backend: Any = None) -> tuple[Hub, BackendClient | None]:
     """The hub wired to a backend client and the metrics registry of `runtime`."""
-    cfg: SignalingConfig = runtime.config.signaling
+    cfg = signaling_config(runtime)
     stats = SignalingStats()
     client: BackendClient | None = None
     if backend is None:
@@ -553,7 +562,7 @@ async def serve_signaling(
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Bind `signaling.http.listen`, report (host, bound port), serve until cancelled."""
-    cfg: SignalingConfig = runtime.config.signaling
+    cfg = signaling_config(runtime)
     hub, client = build(runtime)
     listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.host)
     server = SignalingServer(runtime, hub)

@@ -36,9 +36,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 
 from relay.config import Config
+from relay.health import HealthState
 from relay.metrics.collector import TurnCollector, install_collectors
 from relay.metrics.stats import AUTH_FAILURE_REASONS, DROP_REASONS, METHODS, TurnStats
-from relay.runtime import HealthState, Runtime
+from relay.runtime import Runtime
 
 
 def make_config(listeners: int, clusters: int) -> Config:

@@ -77,8 +77,8 @@ async def _main(config: Config, announce_demo: bool) -> None:
 
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            runtime = await nursery.start(run, config)
-            for line in describe(runtime):
+            running = await nursery.start(run, config)
+            for line in describe(running):
                 print(line, flush=True)
             if announce_demo:
                 print(
@@ -91,7 +91,7 @@ async def _main(config: Config, announce_demo: bool) -> None:
                 logging.getLogger("relay").info(
                     "received %s, shutting down", signal.Signals(signum).name
                 )
-                runtime.health.shutting_down = True
+                running.health.shutting_down = True
                 nursery.cancel_scope.cancel()
                 break
 

@@ -1,67 +1,131 @@
-"""The root nursery: starts the TURN gateway, the admin/metrics app and signaling; stops them.
+"""The root nursery: starts the admin/metrics app, signaling and the TURN gateway; stops them.
 
-Shutdown is structure plus deadlines: readiness turns 503 first, then the nursery is
-cancelled; every part releases its sockets in `finally` blocks.
+Start order, and why:
+
+1. `Runtime` is assembled here, before anything starts: config, the TURN counters, the
+   health state (every listener "not bound"), the metrics registry.  The HTTP parts read
+   it; none of them writes its fields.
+2. The admin app (`/metrics`, `/live`, `/ready`, `/status`) binds and serves first, so a
+   probe gets an answer ("starting", 503) while the rest comes up.
+3. Signaling binds next.
+4. The gateway binds its listeners last, because its peer policy must refuse every address
+   relay itself listens on: it is told the admin and signaling addresses bound in 2 and 3
+   up front (and adds its own listeners).  A TURN client can therefore never relay to
+   relay's own HTTP ports.
+5. The gateway reports the listeners' bound ports; this module marks them bound in the
+   health state and, when the admin app serves readiness, starts the media self-probe
+   (`relay.net.probe`) against them.  Then relay is started (`/ready` can turn 200) and
+   `task_status.started(Running(...))` hands back where everything is.
+
+Shutdown is structure plus deadlines: readiness turns 503 first (the CLI sets
+`health.shutting_down` on SIGTERM), then the nursery is cancelled; every part releases its
+sockets in `finally` blocks, the listeners are marked unbound once the gateway has closed
+them.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 
+import attrs
 import trio
+from prometheus_client import CollectorRegistry
 
 from relay.config import Config
-from relay.runtime import ListenerStatus, Runtime
+from relay.health import HealthState
+from relay.metrics.admin import serve_admin
+from relay.metrics.stats import TurnStats
+from relay.net.gateway import Gateway, serve_gateway
+from relay.net.probe import run_probe
+from relay.runtime import Runtime
+from relay.signaling.server import serve_signaling
 
 log = logging.getLogger("relay")
+
+
+@attrs.frozen
+class Running:
+    """A started relay: what its parts share, and where its HTTP parts really bound."""
+
+    runtime: Runtime
+    # "metrics", "health", "signaling" -> (host, port) as bound (only the enabled ones)
+    http: Mapping[str, tuple[str, int]]
+
+    @property
+    def config(self) -> Config:
+        return self.runtime.config
+
+    @property
+    def stats(self) -> TurnStats:
+        return self.runtime.stats
+
+    @property
+    def health(self) -> HealthState:
+        return self.runtime.health
 
 
 async def run(
     config: Config,
     *,
-    task_status: trio.TaskStatus[Runtime] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run every configured part of relay until cancelled.
 
-    `task_status.started(runtime)` is called once every listener is bound, so tests (and
-    the CLI) can read the bound ports from `runtime.health.listeners`.
+    `task_status.started(running)` is called once every listener is bound, so tests (and
+    the CLI) can read the bound ports from `running.health.listeners` and `running.http`.
     """
-    runtime = Runtime(config)
-    for lis in config.listeners:
-        runtime.health.listeners[lis.name] = ListenerStatus(
-            lis.name, lis.protocol, lis.address, lis.port
-        )
+    health = HealthState.for_listeners(config.listeners)
+    runtime = Runtime(
+        config=config,
+        stats=TurnStats(),
+        health=health,
+        registry=CollectorRegistry(auto_describe=True),
+    )
+    http: dict[str, tuple[str, int]] = {}
+    admin = config.admin.metrics_endpoint is not None or (
+        config.admin.healthcheck_endpoint is not None)
     try:
         async with trio.open_nursery() as nursery:
-            if config.admin.metrics_endpoint or config.admin.healthcheck_endpoint:
-                from relay.metrics.admin import serve_admin
-
-                bound_admin = await nursery.start(serve_admin, runtime)
-                runtime.bound_http.update(bound_admin or {})
+            if admin:
+                http.update(await nursery.start(serve_admin, runtime))
             if config.signaling is not None:
-                from relay.signaling.server import serve_signaling
-
-                bound = await nursery.start(serve_signaling, runtime)
-                runtime.own_addresses.add(bound)
-                runtime.bound_http["signaling"] = bound
-            # The gateway starts last: the peer policy refuses every address bound above.
+                http["signaling"] = await nursery.start(serve_signaling, runtime)
             if config.listeners:
-                from relay.net.gateway import serve_gateway
-
-                await nursery.start(serve_gateway, runtime)
-            runtime.health.started = True
-            task_status.started(runtime)
+                await nursery.start(_serve_listeners, runtime, frozenset(http.values()))
+            if admin:  # readiness is served: keep it honest about the media path
+                await nursery.start(run_probe, health)
+            health.started = True
+            task_status.started(Running(runtime, MappingProxyType(dict(http))))
     finally:
-        runtime.health.shutting_down = True
+        health.shutting_down = True
 
 
-def describe(runtime: Runtime) -> list[str]:
+async def _serve_listeners(
+    runtime: Runtime,
+    own_addresses: Iterable[tuple[str, int]],
+    *,
+    task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The gateway, with its listeners marked bound in the health state while it serves."""
+    try:
+        async with trio.open_nursery() as nursery:
+            gateway: Gateway = await nursery.start(
+                serve_gateway, runtime.config, runtime.stats, frozenset(own_addresses))
+            runtime.health.mark_bound(gateway.bound_ports)
+            task_status.started(gateway)
+    finally:
+        runtime.health.mark_unbound()
+
+
+def describe(running: Running) -> list[str]:
     """Human-readable lines about what is running, printed at start."""
-    cfg = runtime.config
+    cfg = running.config
     lines = []
-    for st in runtime.health.listeners.values():
+    for st in running.health.listeners.values():
         lines.append(f"listener {st.name}: {st.protocol} on {_hostport(st.address, st.port)}")
-    bound = runtime.bound_http
+    bound = running.http
     if cfg.admin.metrics_endpoint:
         ep = cfg.admin.metrics_endpoint
         host, port = bound.get("metrics", (ep.bind_host, ep.port))

@@ -1,4 +1,12 @@
-"""What the running parts of relay share: config, counters, health and the metrics registry."""
+"""What the HTTP parts of a running relay read: config, counters, health, metrics registry.
+
+`Runtime` is a frozen bundle that `relay.app` assembles before anything starts and hands to
+the admin app and the signaling server.  Nobody sets its fields; the objects it carries
+each have one writer: the TURN core and gateway bump `stats`, `relay.app` (and the
+self-probe it runs) writes `health`, and each part registers its collector in `registry`
+once, at start.  Where the parts really bound is not in here: `relay.app` collects those
+addresses as the parts start and tells the gateway up front.
+"""
 
 from __future__ import annotations
 
@@ -9,47 +17,21 @@ from prometheus_client import CollectorRegistry
 
 from relay import __version__
 from relay.config import Config
+from relay.health import HealthState, ListenerStatus
 from relay.metrics.stats import TurnStats
 
-
-@attrs.define
-class ListenerStatus:
-    name: str
-    protocol: str
-    address: str
-    port: int  # the bound port (differs from the config when it asked for 0)
-    bound: bool = False
+__all__ = ["HealthState", "ListenerStatus", "Runtime"]
 
 
-@attrs.define
-class HealthState:
-    """Readiness inputs: listeners bound, shutdown not started, media self-probe passing."""
-
-    listeners: dict[str, ListenerStatus] = attrs.Factory(dict)
-    started: bool = False
-    shutting_down: bool = False
-    probe_ok: bool = True  # the self-probe flips it when the media path stops answering
-    probe_failures: int = 0
-
-    def ready(self) -> bool:
-        return (
-            self.started
-            and not self.shutting_down
-            and self.probe_ok
-            and all(lis.bound for lis in self.listeners.values())
-        )
+def _health_of(runtime: Runtime) -> HealthState:
+    return HealthState.for_listeners(runtime.config.listeners)
 
 
-@attrs.define
+@attrs.frozen
 class Runtime:
     config: Config
     stats: TurnStats = attrs.Factory(TurnStats)
-    health: HealthState = attrs.Factory(HealthState)
+    health: HealthState = attrs.Factory(_health_of, takes_self=True)
     registry: CollectorRegistry = attrs.Factory(lambda: CollectorRegistry(auto_describe=True))
     version: str = __version__
     started_monotonic: float = attrs.Factory(time.monotonic)
-    # Filled by the parts as they start, for /status and the peer policy:
-    allocation_count: int = 0
-    own_addresses: set[tuple[str, int]] = attrs.Factory(set)
-    # Bound HTTP addresses ("metrics", "health", "signaling") -> (host, port), as really bound.
-    bound_http: dict[str, tuple[str, int]] = attrs.Factory(dict)

@@ -67,3 +67,9 @@ def test_config_modules_form_no_cycle(module: str) -> None:
 
     visit(module, ())
 
+
+
+def test_metrics_never_imports_the_network_layer() -> None:
+    for path in sorted((RELAY / "metrics").glob("*.py")):
+        bad = {m for m in relay_imports(path) if m == "relay.net" or m.startswith("relay.net.")}
+        assert not bad, f"{path.name} imports {sorted(bad)}"

@@ -15,8 +15,9 @@ A small ASGI app (no framework) served by hypercorn's Trio worker inside relay's
   Request bodies are never read.
 
 `serve_admin(runtime)` binds the sockets itself (so port 0 works and the real ports are
-known), serves both endpoints (one server when they share host:port), and runs the
-readiness self-probe (`relay.net.probe`).
+known) and serves both endpoints (one server when they share host:port).  It only reads
+the health state; `relay.app` owns it and runs the readiness self-probe (`relay.net.probe`)
+that feeds it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from functools import partial
 from typing import Any
 
 import attrs
@@ -44,7 +44,6 @@ from relay.config import Endpoint
 from relay.errors import ConfigError
 from relay.metrics.collector import install_collectors
 from relay.metrics.gate import is_allowed
-from relay.net import probe
 from relay.runtime import Runtime
 
 log = logging.getLogger("relay.admin")
@@ -307,15 +306,12 @@ def bind_socket(host: str, port: int, key: str) -> socket.socket:
 async def serve_admin(
     runtime: Runtime,
     *,
-    probe_interval: float = probe.PROBE_INTERVAL,
-    probe_timeout: float = probe.PROBE_TIMEOUT,
-    probe_failures: int = probe.PROBE_FAILURES,
     task_status: trio.TaskStatus[dict[str, tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the metrics and health endpoints until cancelled.
 
     `task_status.started({"metrics": (host, port), "health": (host, port)})` reports the
-    really bound addresses (only the enabled ones).  The self-probe starts with them.
+    really bound addresses (only the enabled ones).
     """
     admin = runtime.config.admin
     install_collectors(runtime.registry, runtime.stats, runtime.config, runtime.health)
@@ -330,20 +326,10 @@ async def serve_admin(
             addr = sock.getsockname()
             for role in roles:
                 bound[role] = (addr[0], addr[1])
-            runtime.own_addresses.add((addr[0], addr[1]))
         async with trio.open_nursery() as nursery:
             for sock, (_, _, routes, _) in zip(sockets, plans, strict=True):
                 app: Any = AdminApp(runtime, routes)
                 await nursery.start(_serve_socket, wrap_app(app, 0, "asgi"), sock)
-            await nursery.start(
-                partial(
-                    probe.run_probe,
-                    runtime.health,
-                    interval=probe_interval,
-                    wait=probe_timeout,
-                    failures=probe_failures,
-                )
-            )
             task_status.started(bound)
     finally:
         for sock in sockets:

@@ -28,15 +28,15 @@ import socket
 import ssl
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import trio
 
-from relay.config import ListenerConfig
+from relay.config import Config, ListenerConfig
+from relay.metrics.stats import TurnStats
 from relay.net.forward import forward_channel_data
 from relay.net.stream import StreamConnection, serve_connection, tls_context
-from relay.runtime import Runtime
 from relay.stun.fastpath import data_indication, scan_send_indication
 from relay.turn.allocation import Allocation
 from relay.turn.policy import PeerPolicy
@@ -198,14 +198,19 @@ def relay_addresses(lis: ListenerConfig, relay_v4: str, relay_v6: str
 class Gateway:
     """The sockets and loops around one `TurnServer`."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-        cfg = runtime.config
-        self.stats = runtime.stats
+    def __init__(self, config: Config, stats: TurnStats,
+                 own_addresses: Iterable[tuple[str, int]] = ()) -> None:
+        """`own_addresses`: where the rest of relay listens (admin, signaling), refused as
+        peers like the listeners themselves."""
+        self.config = config
+        cfg = config
+        self.stats = stats
+        self.own_addresses = set(own_addresses)  # plus each listener, once bound
+        self.bound_ports: dict[str, int] = {}  # listener name -> port as really bound
         self.ports = RelayPorts(cfg.turn.min_port, cfg.turn.max_port, cfg.turn.udp_receive_buffer)
         self.policy = PeerPolicy.from_config(cfg)
         self.server = TurnServer(
-            cfg, runtime.stats, self.policy, self._open_relay,
+            cfg, stats, self.policy, self._open_relay,
             on_created=self._created, on_deleted=self._deleted,
         )
         self.sockets: dict[str, socket.socket] = {}  # TURN-UDP listeners
@@ -260,7 +265,7 @@ class Gateway:
     # -- setup ----------------------------------------------------------------------------
 
     def bind_listeners(self) -> None:
-        cfg = self.runtime.config
+        cfg = self.config
         for lis in cfg.listeners:
             fam = FAMILY_V6 if ":" in lis.address else FAMILY_V4
             if lis.protocol != "TURN-UDP":
@@ -282,7 +287,7 @@ class Gateway:
                 ) from None
             self.sockets[lis.name] = sock
             self._add_listener(lis, sock.getsockname()[1], "udp")
-        self.policy.set_own_addresses(self.runtime.own_addresses)
+        self.policy.set_own_addresses(self.own_addresses)
 
     def _bind_stream(self, lis: ListenerConfig, fam: int) -> int:
         """A listening TCP socket for a TURN-TCP or TURN-TLS listener; its bound port."""
@@ -305,17 +310,14 @@ class Gateway:
         return int(sock.getsockname()[1])
 
     def _add_listener(self, lis: ListenerConfig, port: int, transport: str) -> None:
-        cfg = self.runtime.config
-        self.runtime.own_addresses.add((lis.address, port))
+        cfg = self.config
+        self.own_addresses.add((lis.address, port))
         relays = relay_addresses(lis, cfg.turn.relay_address, cfg.turn.relay_address_v6)
         if not relays:
             log.warning("listener %s: no relay address; set turn.relay_address", lis.name)
         self.relay_ips[lis.name] = relays
         self.server.add_listener(lis.name, frozenset(relays), transport)
-        st = self.runtime.health.listeners.get(lis.name)
-        if st is not None:
-            st.port = port
-            st.bound = True
+        self.bound_ports[lis.name] = port
 
     async def stream_listener_loop(self, name: str) -> None:
         """Accept TURN-TCP / TURN-TLS connections, each served in its own task."""
@@ -325,16 +327,10 @@ class Gateway:
 
     def close(self) -> None:
         self.server.close_all(trio.current_time())
-        for name, sock in self.sockets.items():
-            st = self.runtime.health.listeners.get(name)
-            if st is not None:
-                st.bound = False
+        for sock in self.sockets.values():
             sock.close()
         self.sockets.clear()
-        for name, (ssock, _ctx) in self.stream_sockets.items():
-            st = self.runtime.health.listeners.get(name)
-            if st is not None:
-                st.bound = False
+        for ssock, _ctx in self.stream_sockets.values():
             ssock.close()
         self.stream_sockets.clear()
         self.epoll.close()
@@ -344,7 +340,7 @@ class Gateway:
     async def resolve_clusters(self, interval: float = DNS_INTERVAL) -> None:
         """Keep STRICT_DNS clusters' addresses current: such a cluster admits exactly the
         addresses its hostnames resolve to (a failed lookup keeps the last good answer)."""
-        clusters = [c for c in self.runtime.config.clusters if c.type == "STRICT_DNS"]
+        clusters = [c for c in self.config.clusters if c.type == "STRICT_DNS"]
         if not clusters:
             return
         while True:
@@ -368,7 +364,6 @@ class Gateway:
         while True:
             await trio.sleep(SWEEP_INTERVAL)
             self.server.sweep(trio.current_time())
-            self.runtime.allocation_count = self.stats.allocations_active
 
     async def listener_loop(self, lis: ListenerState, sock: socket.socket) -> None:
         """Client -> relay: ChannelData and Send indications forwarded, requests answered."""
@@ -569,11 +564,16 @@ class Gateway:
 
 
 async def serve_gateway(
-    runtime: Runtime, *, task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED
+    config: Config,
+    stats: TurnStats,
+    own_addresses: Iterable[tuple[str, int]] = (),
+    *,
+    task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Bind every listener (TURN-UDP, TURN-TCP, TURN-TLS), then serve until cancelled;
-    releases all on the way out."""
-    gw = Gateway(runtime)
+    releases all on the way out.  `task_status.started(gateway)`: `gateway.bound_ports`
+    holds each listener's bound port."""
+    gw = Gateway(config, stats, own_addresses)
     try:
         gw.bind_listeners()
         async with trio.open_nursery() as nursery:

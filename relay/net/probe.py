@@ -26,7 +26,7 @@ import socket
 
 import trio
 
-from relay.runtime import HealthState, ListenerStatus
+from relay.health import HealthState, ListenerStatus
 from relay.stun import (
     Message,
     MessageClass,

@@ -1,9 +1,11 @@
-"""Shared fixtures of the metrics/admin tests: configs on loopback port 0 and a running admin."""
+"""Shared fixtures of the metrics/admin tests: configs on loopback port 0 and a running admin
+(with the readiness self-probe next to it, as `relay.app` runs them)."""
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any
 
 import attrs
@@ -12,7 +14,8 @@ import trio
 
 from relay.config import Config, Endpoint
 from relay.metrics.admin import serve_admin
-from relay.runtime import ListenerStatus, Runtime
+from relay.net import probe
+from relay.runtime import Runtime
 
 BASE = {
     "version": "v1",
@@ -52,11 +55,8 @@ def loopback_config(
 
 
 def runtime_for(config: Config) -> Runtime:
-    rt = Runtime(config)
-    for lis in config.listeners:
-        rt.health.listeners[lis.name] = ListenerStatus(lis.name, lis.protocol, lis.address,
-                                                       lis.port)
-    return rt
+    """A runtime whose health state lists every configured listener, none bound yet."""
+    return Runtime(config)
 
 
 @attrs.define
@@ -77,15 +77,17 @@ StartAdmin = Callable[..., Any]
 
 @pytest.fixture
 async def start_admin(nursery: trio.Nursery) -> AsyncIterator[StartAdmin]:
-    """`await start_admin(config, **serve_admin_kwargs)` -> RunningAdmin (cancelled at end)."""
+    """`await start_admin(config, probe_interval=, probe_timeout=, probe_failures=)` ->
+    RunningAdmin: the admin app and the self-probe on its health state (cancelled at end)."""
 
-    async def start(config: Config, **kwargs: Any) -> RunningAdmin:
+    async def start(config: Config, *, probe_interval: float = 0.05,
+                    probe_timeout: float = 0.2,
+                    probe_failures: int = probe.PROBE_FAILURES) -> RunningAdmin:
         rt = runtime_for(config)
-        kwargs.setdefault("probe_interval", 0.05)
-        kwargs.setdefault("probe_timeout", 0.2)
         with trio.fail_after(10):
-            bound = await nursery.start(lambda task_status: serve_admin(
-                rt, task_status=task_status, **kwargs))
+            bound = await nursery.start(serve_admin, rt)
+            await nursery.start(partial(probe.run_probe, rt.health, interval=probe_interval,
+                                        wait=probe_timeout, failures=probe_failures))
         return RunningAdmin(rt, bound, nursery)
 
     yield start

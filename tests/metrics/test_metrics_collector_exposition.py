@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay.config import Config
+from relay.health import HealthState
 from relay.metrics.collector import (
     RELAY_FAMILIES,
     STUNNER_FAMILIES,
@@ -17,7 +18,6 @@ from relay.metrics.collector import (
     install_collectors,
 )
 from relay.metrics.stats import AUTH_FAILURE_REASONS, DROP_REASONS, TurnStats
-from relay.runtime import HealthState
 
 BASE_RAW: dict[str, Any] = {
     "version": "v1",

@@ -12,8 +12,8 @@ import pytest
 import trio
 
 from relay.config import Config
+from relay.health import HealthState, ListenerStatus
 from relay.net import probe
-from relay.runtime import HealthState, ListenerStatus
 from relay.stun import (
     Message,
     MessageClass,

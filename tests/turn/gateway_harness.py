@@ -1,7 +1,7 @@
 """What the gateway tests share: configs on loopback, relay run in-process, small helpers.
 
 relay runs inside the test's Trio run (`relay.app.run` in a nursery), so a test can read
-`runtime.stats` directly; listeners and admin endpoints bind port 0 and the relay port
+`running.stats` directly; listeners and admin endpoints bind port 0 and the relay port
 range is a small range found free on both loopback addresses.
 """
 
@@ -20,8 +20,8 @@ import trio
 
 from benchmarks.turnclient import TurnClient
 from relay import app
+from relay.app import Running
 from relay.config import Config
-from relay.runtime import Runtime
 from relay.stun import Message, MessageClass, Method
 
 USER = "alice"
@@ -85,23 +85,23 @@ def config(
 
 
 @asynccontextmanager
-async def running(cfg: Config) -> AsyncIterator[Runtime]:
+async def running(cfg: Config) -> AsyncIterator[Running]:
     """relay.app.run in a nursery for the duration of the block; cancelled on the way out."""
     async with trio.open_nursery() as nursery:
-        runtime: Runtime = await nursery.start(app.run, cfg)
+        started: Running = await nursery.start(app.run, cfg)
         try:
-            yield runtime
+            yield started
         finally:
             nursery.cancel_scope.cancel()
 
 
-def listener_address(runtime: Runtime, name: str = "udp") -> tuple[str, int]:
+def listener_address(runtime: Running, name: str = "udp") -> tuple[str, int]:
     st = runtime.health.listeners[name]
     assert st.bound and st.port
     return st.address, st.port
 
 
-def client(runtime: Runtime, name: str = "udp", *, password: str = PASSWORD,
+def client(runtime: Running, name: str = "udp", *, password: str = PASSWORD,
            bind: str | None = None) -> TurnClient:
     return TurnClient(listener_address(runtime, name), USER, password, rto=RTO, bind=bind)
 

@@ -121,8 +121,8 @@ async def test_relays_own_ports_are_refused_even_when_loopback_is_allowed() -> N
     with trio.fail_after(20):
         async with running(cfg) as rt, client(rt) as c:
             own = {"listener": listener_address(rt)[1],
-                   "metrics": rt.bound_http["metrics"][1],
-                   "health": rt.bound_http["health"][1]}
+                   "metrics": rt.http["metrics"][1],
+                   "health": rt.http["health"][1]}
             await c.allocate()
             # A permission is per IP: loopback is allowed by the cluster.
             await c.create_permission(("127.0.0.1", own["listener"]))
@@ -422,7 +422,7 @@ async def test_counters_on_the_metrics_endpoint_after_known_traffic() -> None:
                 await until(lambda: rt.stats.clusters["peers"].traffic.rx_packets == sent,
                             "every echo to reach the relay")
 
-                host, port = rt.bound_http["metrics"]
+                host, port = rt.http["metrics"]
                 async with httpx.AsyncClient(trust_env=False) as http:
                     r = await http.get(f"http://{host}:{port}/metrics")
                 assert r.status_code == 200

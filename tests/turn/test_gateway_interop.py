@@ -23,7 +23,7 @@ import pytest
 import trio
 
 from benchmarks.echo_peer import serve_udp_echo
-from relay.runtime import Runtime
+from relay.app import Running
 from tests.turn.gateway_harness import (
     PASSWORD,
     USER,
@@ -147,7 +147,7 @@ async def test_uclient_send_indications_and_channels_without_loss() -> None:
             nursery.cancel_scope.cancel()
 
 
-def _check_counters(rt: Runtime) -> None:
+def _check_counters(rt: Running) -> None:
     st = rt.stats
     # Each uclient client allocates once more on a probe socket first.
     assert st.allocations_total >= 4 * CLIENTS

@@ -16,10 +16,10 @@ import trustme
 
 from benchmarks.echo_peer import serve_udp_echo
 from benchmarks.turnclient import TurnError, new_transaction_id
+from relay.app import Running
 from relay.config import Config
 from relay.errors import ConfigError
 from relay.net import stream as stream_mod
-from relay.runtime import Runtime
 from relay.stun import (
     Message,
     MessageClass,
@@ -47,7 +47,7 @@ def tcp_config(**turn: Any) -> Config:
 
 
 @asynccontextmanager
-async def tcp_client(rt: Runtime, name: str = "tcp", tls: ssl.SSLContext | None = None
+async def tcp_client(rt: Running, name: str = "tcp", tls: ssl.SSLContext | None = None
                      ) -> AsyncIterator[StreamTurnClient]:
     async with StreamTurnClient(listener_address(rt, name), USER, PASSWORD, tls=tls) as c:
         yield c
@@ -60,7 +60,7 @@ async def recv_kind(c: StreamTurnClient, kind: str) -> tuple[Any, bytes]:
             return meta, data
 
 
-def raw_connect(rt: Runtime, name: str = "tcp") -> socket.socket:
+def raw_connect(rt: Running, name: str = "tcp") -> socket.socket:
     s = socket.create_connection(listener_address(rt, name))
     s.setblocking(False)
     return s

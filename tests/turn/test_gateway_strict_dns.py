@@ -9,8 +9,8 @@ import pytest
 import trio
 
 from relay.config import Config
+from relay.metrics.stats import TurnStats
 from relay.net.gateway import Gateway
-from relay.runtime import Runtime
 
 CONFIG = {
     "version": "v1",
@@ -37,7 +37,7 @@ async def test_strict_dns_cluster_follows_resolution(monkeypatch: pytest.MonkeyP
             assert await recv.receive() == "media.example"
 
     monkeypatch.setattr(trio.socket, "getaddrinfo", fake_getaddrinfo)
-    gw = Gateway(Runtime(Config.from_mapping(CONFIG)))
+    gw = Gateway(Config.from_mapping(CONFIG), TurnStats())
     policy = gw.policy
     assert not policy.check_ip("l", "192.0.2.10").allowed  # nothing resolved yet
     with trio.fail_after(5):

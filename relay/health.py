@@ -1,0 +1,61 @@
+"""Readiness state: which listeners are bound, whether relay started or is shutting down,
+and the media self-probe's verdict.
+
+`relay.app` owns it (it marks listeners bound once the gateway reports their ports, sets
+`started` and `shutting_down`, and runs the self-probe that writes `probe_ok`); the admin
+app and the collector only read it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import attrs
+
+from relay.config import ListenerConfig
+
+
+@attrs.define
+class ListenerStatus:
+    name: str
+    protocol: str
+    address: str
+    port: int  # the bound port (differs from the config when it asked for 0)
+    bound: bool = False
+
+
+@attrs.define
+class HealthState:
+    """Readiness inputs: listeners bound, shutdown not started, media self-probe passing."""
+
+    listeners: dict[str, ListenerStatus] = attrs.Factory(dict)
+    started: bool = False
+    shutting_down: bool = False
+    probe_ok: bool = True  # the self-probe flips it when the media path stops answering
+    probe_failures: int = 0
+
+    @classmethod
+    def for_listeners(cls, listeners: Iterable[ListenerConfig]) -> HealthState:
+        """Every configured listener, not bound yet, at its configured port."""
+        return cls({lis.name: ListenerStatus(lis.name, lis.protocol, lis.address, lis.port)
+                    for lis in listeners})
+
+    def mark_bound(self, ports: Mapping[str, int]) -> None:
+        """The listeners in `ports` are bound, at these (really bound) ports."""
+        for name, port in ports.items():
+            st = self.listeners.get(name)
+            if st is not None:
+                st.port = port
+                st.bound = True
+
+    def mark_unbound(self) -> None:
+        for st in self.listeners.values():
+            st.bound = False
+
+    def ready(self) -> bool:
+        return (
+            self.started
+            and not self.shutting_down
+            and self.probe_ok
+            and all(lis.bound for lis in self.listeners.values())
+        )

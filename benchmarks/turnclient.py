@@ -15,12 +15,13 @@ Usage::
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from collections import deque
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import trio
 
@@ -88,7 +89,13 @@ class TurnClient:
 
     ``rto`` is the initial retransmission timeout (RFC 8489 uses 0.5 s; it doubles on every
     retransmission, bounded by the request's ``timeout``).
+
+    The transport is four methods (``_open_socket``, ``close``, ``_recv_datagram``,
+    ``send_raw``); a subclass over a byte stream replaces those and sets ``reliable``.
     """
+
+    # A reliable transport (TCP, TLS) carries each request once: no retransmission.
+    reliable = False
 
     def __init__(
         self,
@@ -134,7 +141,7 @@ class TurnClient:
         self._buf = bytearray(MAX_DATAGRAM)
 
     # -- lifecycle -----------------------------------------------------------------------
-    async def __aenter__(self) -> TurnClient:
+    async def __aenter__(self) -> Self:
         await self._open_socket(self.local_port)
         return self
 
@@ -242,25 +249,31 @@ class TurnClient:
     async def _transact(
         self, data: bytes, transaction_id: bytes, timeout: float, retransmit: bool  # noqa: ASYNC109
     ) -> Message:
-        """Send ``data`` (retransmitting with RTO doubling) until the response arrives."""
-        sock = self._socket()
+        """Send ``data`` until the response carrying ``transaction_id`` arrives, within
+        ``timeout``: retransmitted with RTO doubling when ``retransmit`` and the transport is
+        not reliable (RFC 8489 §6.2.1), else sent once (§6.2.2)."""
+        resend = retransmit and not self.reliable
         with trio.fail_after(timeout):
             rto = self.rto
             while True:
-                await sock.sendto(data, self.server)
-                with trio.move_on_after(rto if retransmit else timeout + 1.0):
-                    while True:
-                        raw = await self._recv_datagram()
-                        item = self._classify(raw)
-                        if item is None:
-                            continue
-                        if item[0] == "stun":
-                            msg: Message = item[1]
-                            if (msg.transaction_id == transaction_id
-                                    and msg.cls in (MessageClass.SUCCESS, MessageClass.ERROR)):
-                                return msg
-                        self._pending.append(item)
+                await self.send_raw(data)
+                with trio.move_on_after(rto if resend else math.inf):
+                    return await self._response(transaction_id)
                 rto *= 2
+
+    async def _response(self, transaction_id: bytes) -> Message:
+        """Read until the success or error response to ``transaction_id``; everything else
+        received meanwhile is kept for recv()."""
+        while True:
+            item = self._classify(await self._recv_datagram())
+            if item is None:
+                continue
+            if item[0] == "stun":
+                msg: Message = item[1]
+                if (msg.transaction_id == transaction_id
+                        and msg.cls in (MessageClass.SUCCESS, MessageClass.ERROR)):
+                    return msg
+            self._pending.append(item)
 
     # -- requests ----------------------------------------------------------------------
     async def raw_request(self, msg_bytes: bytes, transaction_id: bytes, *,

@@ -1,9 +1,9 @@
 """A TURN client over TCP or TLS for the stream gateway tests.
 
-It reuses `benchmarks.turnclient.TurnClient` (requests, long-term credentials, 401/438,
-message classification) and swaps the UDP socket for a byte stream: messages are framed by
-their headers (STUN: 20 + length; ChannelData: 4 + length padded to 4) and requests are
-sent once (a reliable transport is not retransmitted on).
+It reuses `benchmarks.turnclient.TurnClient` (the transaction loop, long-term credentials,
+401/438, message classification) and swaps only the transport: the UDP socket becomes a
+byte stream whose messages are framed by their headers (STUN: 20 + length; ChannelData:
+4 + length padded to 4), and, the transport being reliable, requests are sent once.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import trio
 
 from benchmarks.turnclient import TurnClient
-from relay.stun import Message, MessageClass, encode_channel_data
+from relay.stun import encode_channel_data
 
 
 def take_frame(buf: bytearray) -> bytes | None:
@@ -33,6 +33,8 @@ def take_frame(buf: bytearray) -> bytes | None:
 
 class StreamTurnClient(TurnClient):
     """`TurnClient` over one TCP (or, with `tls`, TLS) connection."""
+
+    reliable = True
 
     def __init__(self, server: tuple[str, int], username: str, password: str, *,
                  tls: ssl.SSLContext | None = None, **kw: Any) -> None:
@@ -83,23 +85,6 @@ class StreamTurnClient(TurnClient):
         if not frame:
             raise EOFError("server closed the connection")
         return frame
-
-    async def _transact(self, data: bytes, transaction_id: bytes, timeout: float,  # noqa: ASYNC109
-                        retransmit: bool) -> Message:
-        """Send once, then read until the response to `transaction_id` (other messages are
-        kept for recv())."""
-        await self.send_raw(data)
-        with trio.fail_after(timeout):
-            while True:
-                item = self._classify(await self._recv_datagram())
-                if item is None:
-                    continue
-                if item[0] == "stun":
-                    msg: Message = item[1]
-                    if (msg.transaction_id == transaction_id
-                            and msg.cls in (MessageClass.SUCCESS, MessageClass.ERROR)):
-                        return msg
-                self._pending.append(item)
 
     async def send_raw(self, data: bytes) -> None:
         if data:

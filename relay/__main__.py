@@ -11,7 +11,13 @@ import sys
 import trio
 
 from relay import __version__
-from relay.config import DEMO_PASSWORD, DEMO_USERNAME, Config, default_config
+from relay.config import (
+    DEFAULT_CONFIG_YAML,
+    DEMO_PASSWORD,
+    DEMO_USERNAME,
+    Config,
+    default_config,
+)
 from relay.errors import ConfigError
 
 EXIT_CONFIG = 2
@@ -73,6 +79,8 @@ def setup_logging(loglevel: str) -> None:
 
 
 async def _main(config: Config, announce_demo: bool) -> None:
+    # Imported here, not for a cycle: --check-config and --version need not load the
+    # servers (hypercorn, h11, wsproto...).
     from relay.app import describe, run
 
     async with trio.open_nursery() as nursery:
@@ -99,8 +107,6 @@ async def _main(config: Config, announce_demo: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.print_default_config:
-        from relay.config import DEFAULT_CONFIG_YAML
-
         sys.stdout.write(DEFAULT_CONFIG_YAML)
         return 0
     try:

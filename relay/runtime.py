@@ -20,6 +20,7 @@ from relay.config import Config
 from relay.health import HealthState, ListenerStatus
 from relay.metrics.stats import TurnStats
 
+# The health types live in relay.health; they stay importable from here for older imports.
 __all__ = ["HealthState", "ListenerStatus", "Runtime"]
 
 

@@ -396,12 +396,16 @@ class CapabilitiesFetcher:
             with trio.fail_after(self.timeout):
                 async with self._http.stream("GET", key, headers=headers) as resp:
                     body = bytearray()
-                    oversized = False
-                    async for chunk in resp.aiter_bytes():
-                        body += chunk
-                        if len(body) > MAX_BODY_BYTES:
-                            oversized = True
-                            break
+                    length = resp.headers.get("content-length", "")
+                    oversized = length.isdigit() and int(length) > MAX_BODY_BYTES
+                    if not oversized:
+                        # Read to the end (bounded by the timeout): leaving httpx's chain of
+                        # async generators half-consumed leaks them to the garbage collector.
+                        async for chunk in resp.aiter_bytes():
+                            if len(body) + len(chunk) > MAX_BODY_BYTES:
+                                oversized = True
+                            if not oversized:
+                                body += chunk
                     status = resp.status_code
                     resp_headers = {k.lower(): v for k, v in resp.headers.items()}
         except trio.TooSlowError:

@@ -203,6 +203,7 @@ class MockNextcloud:
     cache_control: str | None = None
     etag: str | None = None
     gate: trio.Event | None = None  # when set, requests wait for it before answering
+    chunked: bool = False  # answer without Content-Length
     requests: list[dict[str, str]] = attrs.field(factory=list)
     request_seen: trio.Event = attrs.field(factory=trio.Event)
     port: int = 0
@@ -246,7 +247,7 @@ class MockNextcloud:
                 if self.gate is not None:
                     await self.gate.wait()
                 status, resp_headers, body = self._response(request.target, headers)
-                if status != 304:
+                if status != 304 and not self.chunked:
                     resp_headers.append(("Content-Length", str(len(body))))
                 data = conn.send(h11.Response(status_code=status, headers=resp_headers))
                 if status != 304:

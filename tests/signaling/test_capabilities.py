@@ -358,8 +358,9 @@ async def test_bad_answer_is_a_typed_error_and_cached(
                 await f.aclose()
 
 
-async def test_oversized_answer_is_refused() -> None:
-    mock = MockNextcloud(body=b" " * (1 << 20) + capabilities_body(KEY))
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_oversized_answer_is_refused(chunked: bool) -> None:
+    mock = MockNextcloud(body=b" " * (1 << 20) + capabilities_body(KEY), chunked=chunked)
     with trio.fail_after(10):
         async with running_nextcloud(mock):
             f = fetcher()
@@ -369,6 +370,19 @@ async def test_oversized_answer_is_refused() -> None:
             finally:
                 await f.aclose()
     assert info.value.error_label == "response_too_large"
+    assert mock.requests
+
+
+async def test_chunked_answer_is_read() -> None:
+    mock = MockNextcloud(body=capabilities_body(KEY), chunked=True)
+    with trio.fail_after(10):
+        async with running_nextcloud(mock):
+            f = fetcher()
+            try:
+                got = await f.get(mock.base_url)
+            finally:
+                await f.aclose()
+    assert got.capabilities.hello_v2_token_key == KEY.public
 
 
 async def test_unreachable_nextcloud_is_a_typed_error_retried_next_time() -> None:

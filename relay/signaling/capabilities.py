@@ -318,6 +318,16 @@ class CapabilitiesCache:
 # --- the I/O shell ---------------------------------------------------------------------
 
 
+def _cache_key(url: str) -> str:
+    try:
+        key = capabilities_url(url)
+    except ValueError as exc:
+        raise CapabilitiesError("invalid_url", f"{url!r} is not a URL: {exc}") from None
+    if urlsplit(key).scheme not in ("http", "https"):
+        raise CapabilitiesError("invalid_url", f"{url!r} is not an http(s) URL")
+    return key
+
+
 @attrs.define
 class _Flight:
     done: trio.Event = attrs.field(factory=trio.Event)
@@ -352,7 +362,7 @@ class CapabilitiesFetcher:
 
     async def get(self, url: str) -> Lookup:
         """Capabilities for a backend URL, or CapabilitiesError."""
-        key = capabilities_url(url)
+        key = _cache_key(url)
         while True:
             hit = self.cache.lookup(key, self.clock())
             if hit is not None:
@@ -380,7 +390,11 @@ class CapabilitiesFetcher:
 
     def invalidate(self, url: str) -> bool:
         """Force the next lookup to refetch; False if one was forced within the minute."""
-        return self.cache.invalidate(capabilities_url(url), self.clock())
+        try:
+            key = _cache_key(url)
+        except CapabilitiesError:
+            return False
+        return self.cache.invalidate(key, self.clock())
 
     async def _fetch(self, key: str) -> Lookup:
         headers = {

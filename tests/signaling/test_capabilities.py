@@ -411,3 +411,16 @@ async def test_slow_nextcloud_times_out() -> None:
             finally:
                 await f.aclose()
     assert info.value.error_label == "timeout"
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "ftp://127.0.0.1/", "no url at all", ""])
+async def test_unusable_url_is_a_typed_error(url: str) -> None:
+    f = fetcher()
+    try:
+        with trio.fail_after(10):
+            with pytest.raises(CapabilitiesError) as info:
+                await f.get(url)
+        assert info.value.error_label == "invalid_url"
+        assert not f.invalidate(url)
+    finally:
+        await f.aclose()

@@ -12,11 +12,13 @@ Owns (reference `talk-features.md` §5.1-5.3; upstream `api/signaling.go`
   the hex HMAC-SHA256(secret, random), compared in constant time, `invalid_backend`);
 - `parse_internal(payload)`: the `internal` client message as typed commands
   (`AddSession`, `UpdateSession`, `RemoveSession`, `InCall`, `Dialout`, `OtherInternal`)
-  with upstream's validation and defaults (`initial_in_call`, `virtual_in_call`);
+  with upstream's validation and defaults (`initial_in_call`, `virtual_in_call`;
+  negative in-call values read as 0);
 - the backend requests made for virtual sessions, and how internal and virtual sessions
   appear to others: join-event entries, `participants/update` user entries
   (`add_internal_sessions`), the `participants/flags` event and its per-receiver
-  duplicate filter (`SeenFlags`).
+  duplicate filter (`SeenFlags`), and what the owning internal client receives for its
+  virtual sessions (`readdress_to_owner`, `hangup_control`) or for a deleted room.
 
 Time (`now`) is the Unix time in seconds the caller reads once per event (`lastPing`).
 """
@@ -214,6 +216,12 @@ class OtherInternal:
 InternalCommand = AddSession | UpdateSession | RemoveSession | InCall | Dialout | OtherInternal
 
 
+def _in_call(body: dict[str, Any]) -> int | None:
+    """`incall` as upstream stores it: an integer, negative values as 0."""
+    v = _opt_int(body, "incall", INT64_MIN, INT64_MAX)
+    return None if v is None else clamp_in_call(v)
+
+
 def _common(body: dict[str, Any]) -> tuple[str, str]:
     sid, room = _opt_str(body, "sessionid"), _opt_str(body, "roomid")
     if not sid or not room:
@@ -245,14 +253,13 @@ def parse_internal(payload: Any) -> InternalCommand:
         return AddSession(
             sid, room, _opt_str(body, "userid"), body.get("user"),
             _opt_int(body, "flags", 0, UINT32_MAX) or 0,
-            _opt_int(body, "incall", INT64_MIN, INT64_MAX), options,
+            _in_call(body), options,
         )
     if kind == "updatesession":
         body = _obj(payload, kind) or {}
         sid, room = _common(body)
         return UpdateSession(
-            sid, room, _opt_int(body, "flags", 0, UINT32_MAX),
-            _opt_int(body, "incall", INT64_MIN, INT64_MAX),
+            sid, room, _opt_int(body, "flags", 0, UINT32_MAX), _in_call(body),
         )
     if kind == "removesession":
         body = _obj(payload, kind) or {}
@@ -260,17 +267,17 @@ def parse_internal(payload: Any) -> InternalCommand:
         return RemoveSession(sid, room, _opt_str(body, "userid"))
     if kind == "incall":
         body = _obj(payload, kind) or {}
-        return InCall(_opt_int(body, "incall", INT64_MIN, INT64_MAX) or 0)
+        return InCall(_in_call(body) or 0)
     if kind == "dialout":
         return Dialout(parse_dialout(payload[kind]))
     return OtherInternal(kind)
 
 
 def virtual_in_call(add: AddSession, owner_features: Iterable[str]) -> int:
-    """In-call flags of a new virtual session: `incall` if given (negative -> 0), else
+    """In-call flags of a new virtual session: `incall` if given, else
     in call via phone (9) unless the owner announced `internal-incall` (then 0)."""
     if add.in_call is not None:
-        return clamp_in_call(add.in_call)
+        return add.in_call
     return 0 if INTERNAL_INCALL in owner_features else IN_CALL | WITH_PHONE
 
 
@@ -431,3 +438,50 @@ class SeenFlags:
     def forget(self, public_id: str) -> None:
         """The session left: a later flags event for the id is new again."""
         self.seen.pop(public_id, None)
+
+
+# --- deliveries to the internal client that owns a virtual session ----------------------------
+
+
+def owner_recipient(session_id: str, user_id: str = "") -> dict[str, Any]:
+    """How the owning client sees a message for its virtual session: addressed to the id
+    it chose in `addsession` (and the virtual session's user id, if any)."""
+    r: dict[str, Any] = {"type": "session", "sessionid": session_id}
+    if user_id:
+        r["userid"] = user_id
+    return r
+
+
+def readdress_to_owner(
+    msg: dict[str, Any], virtual_public_id: str, session_id: str, user_id: str = ""
+) -> dict[str, Any] | None:
+    """A `message` / `control` sent to the virtual session's public id, rewritten for the
+    owning internal client; None for anything else (upstream does not forward it)."""
+    kind = msg.get("type")
+    if kind not in ("message", "control"):
+        return None
+    body = msg.get(kind)
+    recipient = body.get("recipient") if isinstance(body, dict) else None
+    if (
+        not isinstance(body, dict)
+        or not isinstance(recipient, dict)
+        or recipient.get("type") != "session"
+        or recipient.get("sessionid") != virtual_public_id
+    ):
+        return None
+    return {**msg, kind: {**body, "recipient": owner_recipient(session_id, user_id)}}
+
+
+def hangup_control(session_id: str, user_id: str = "") -> dict[str, Any]:
+    """What the owner gets when the virtual session's room disinvites it (upstream sends
+    this control without a sender)."""
+    return {"type": "control", "control": {
+        "sender": None,
+        "recipient": owner_recipient(session_id, user_id),
+        "data": {"type": "hangup", "hangup": {"reason": "disinvited"}},
+    }}
+
+
+def room_deleted_event() -> dict[str, Any]:
+    """Sent to internal clients in a room Nextcloud deleted (besides the usual leave)."""
+    return {"type": "event", "event": {"target": "room", "type": "delete"}}

@@ -103,7 +103,16 @@ def test_addsession_defaults() -> None:
     assert i.virtual_in_call(cmd, []) == 9
     assert i.virtual_in_call(cmd, ["internal-incall"]) == 0
     assert i.virtual_in_call(i.AddSession("s", "r", in_call=7), ["internal-incall"]) == 7
-    assert i.virtual_in_call(i.AddSession("s", "r", in_call=-3), []) == 0
+
+
+def test_negative_in_call_reads_as_zero() -> None:
+    add = i.parse_internal({"type": "addsession", "addsession": {
+        "sessionid": "s", "roomid": "r", "incall": -3}})
+    assert isinstance(add, i.AddSession)
+    assert i.virtual_in_call(add, []) == 0
+    assert i.parse_internal({"type": "incall", "incall": {"incall": -1}}) == i.InCall(0)
+    assert i.parse_internal({"type": "updatesession", "updatesession": {
+        "sessionid": "s", "roomid": "r", "incall": -2}}) == i.UpdateSession("s", "r", None, 0)
 
 
 def test_update_remove_incall() -> None:
@@ -241,3 +250,41 @@ def test_flags_event_and_duplicates() -> None:
     assert seen.should_send("pub-w", 4)
     seen.forget("pub-v")
     assert seen.should_send("pub-v", 4)
+
+
+def test_readdress_to_owner() -> None:
+    msg = {"type": "message", "message": {
+        "sender": {"type": "session", "sessionid": "pub-a", "userid": "alice"},
+        "recipient": {"type": "session", "sessionid": "pub-v"},
+        "data": {"type": "offer"}}}
+    assert i.readdress_to_owner(msg, "pub-v", "sip-1", "phone") == {
+        "type": "message", "message": {
+            "sender": {"type": "session", "sessionid": "pub-a", "userid": "alice"},
+            "recipient": {"type": "session", "sessionid": "sip-1", "userid": "phone"},
+            "data": {"type": "offer"}}}
+    control = {"type": "control", "control": {
+        "sender": {"type": "session", "sessionid": "pub-a"},
+        "recipient": {"type": "session", "sessionid": "pub-v"}, "data": {"action": "mute"}}}
+    got = i.readdress_to_owner(control, "pub-v", "sip-1")
+    assert got is not None
+    assert got["control"]["recipient"] == {"type": "session", "sessionid": "sip-1"}
+    assert msg["message"]["recipient"] == {"type": "session", "sessionid": "pub-v"}
+
+
+@pytest.mark.parametrize("msg", [
+    {"type": "message", "message": {"recipient": {"type": "session", "sessionid": "other"}}},
+    {"type": "message", "message": {"recipient": {"type": "room"}}},
+    {"type": "message", "message": {"data": {}}},
+    {"type": "event", "event": {"target": "room", "type": "join"}},
+])
+def test_readdress_to_owner_ignores_the_rest(msg: dict[str, Any]) -> None:
+    assert i.readdress_to_owner(msg, "pub-v", "sip-1") is None
+
+
+def test_hangup_and_room_deleted() -> None:
+    assert i.hangup_control("sip-1", "phone") == {"type": "control", "control": {
+        "sender": None, "recipient": {"type": "session", "sessionid": "sip-1",
+                                      "userid": "phone"},
+        "data": {"type": "hangup", "hangup": {"reason": "disinvited"}}}}
+    assert i.room_deleted_event() == {"type": "event", "event": {
+        "target": "room", "type": "delete"}}

@@ -20,6 +20,7 @@ client feature `chat-relay` and whether it has `hide-displaynames`:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -93,10 +94,12 @@ def _encode(kind: str, refresh: bool, comment: Any = None) -> dict[str, Any]:
 
 
 def room_message_events(
-    room_id: str, data: Any, *, chat_relay: bool, hide_displaynames: bool
+    room_id: str, data: Any, features: Iterable[str], hide_displaynames: bool
 ) -> list[dict[str, Any]]:
     """The `event/room/message` messages one session gets for a backend `message`
-    request whose `data` is `data` (possibly several, never none)."""
+    request whose `data` is `data` (possibly several, never none); `features` are the
+    session's hello features, `hide_displaynames` its permission."""
+    chat_relay = CHAT_RELAY in features
     unchanged = [room_message_event(room_id, data)]
     if data is None:
         return unchanged

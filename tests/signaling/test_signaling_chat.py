@@ -20,7 +20,8 @@ def ev(data: Any) -> dict[str, Any]:
 
 
 def events(data: Any, relay: bool, hide: bool = False) -> list[dict[str, Any]]:
-    return room_message_events(ROOM, data, chat_relay=relay, hide_displaynames=hide)
+    features = ["encryption", "chat-relay"] if relay else ["encryption"]
+    return room_message_events(ROOM, data, features, hide)
 
 
 REFRESH = {"type": "chat", "chat": {"refresh": True}}

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relay.signaling.permissions import Permissions
 from relay.signaling.protocol import SignalingError
@@ -261,3 +263,61 @@ def test_expiry_in_deadline_order() -> None:
     assert store.next_deadline() == pytest.approx(1.0)
     assert [m["transient"]["key"] for m in store.expire(10.0)] == ["early", "late"]
     assert store.data == {"never": 3}
+
+
+# --- a listener that applies the events sees the store's data ------------------------------
+
+_values = st.one_of(
+    st.none(), st.booleans(), st.integers(-3, 3), st.sampled_from(["a", "b"]),
+    st.lists(st.integers(0, 2), max_size=2), st.dictionaries(st.sampled_from(["x", "y"]),
+                                                             st.integers(0, 1), max_size=2),
+)
+_ops = st.lists(st.tuples(
+    st.sampled_from(["set", "remove", "expire", "left"]),
+    st.sampled_from(["k1", "k2", "sd:s1", "sd:s2"]),
+    _values,
+    st.sampled_from([0, -1, SECOND_NS // 2, 2 * SECOND_NS]),
+    st.floats(0, 1.5),
+), max_size=30)
+
+
+def _apply(view: dict[str, Any], msg: dict[str, Any]) -> None:
+    body = msg["transient"]
+    if body["type"] == "set":
+        assert ("oldvalue" in body) == (body["key"] in view)
+        if "oldvalue" in body:
+            assert json_equal(body["oldvalue"], view[body["key"]])
+            assert not json_equal(body["oldvalue"], body["value"])
+        view[body["key"]] = body["value"]
+    elif body["type"] == "remove":
+        assert json_equal(view.pop(body["key"]), body["oldvalue"])
+    else:
+        view.clear()
+        view.update(body["data"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(_ops)
+def test_listener_view_follows_the_store(ops: list[tuple[str, str, Any, int, float]]) -> None:
+    store = TransientStore()
+    view: dict[str, Any] = {}
+    now = 0.0
+    for kind, key, value, ttl, step in ops:
+        now += step
+        out: list[dict[str, Any]] = store.expire(now)
+        if kind == "set":
+            out += store.set(key, value, ttl, now)
+        elif kind == "remove":
+            out += store.remove(key)
+        elif kind == "left":
+            out += store.session_left(key.removeprefix("sd:"))
+        for msg in out:
+            _apply(view, msg)
+        assert view == store.data
+        deadline = store.next_deadline()
+        assert deadline is None or deadline > now
+    joiner: dict[str, Any] = {}
+    initial = store.initial()
+    if initial is not None:
+        _apply(joiner, initial)
+    assert joiner == store.data

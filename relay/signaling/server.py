@@ -18,7 +18,6 @@ import math
 import os
 import time
 from collections import deque
-from typing import Any
 from urllib.parse import unquote
 
 import h11
@@ -39,7 +38,7 @@ from wsproto.utilities import RemoteProtocolError
 from relay.metrics.gate import is_allowed
 from relay.runtime import Runtime
 from relay.signaling import room_api
-from relay.signaling.backend import BackendClient
+from relay.signaling.backend import BackendClient, BackendRequester
 from relay.signaling.config import SignalingConfig
 from relay.signaling.hub import Hub
 from relay.signaling.metrics import SignalingCollector, SignalingStats
@@ -530,7 +529,9 @@ def _valid_key(key: str) -> bool:
         return False
 
 
-def build(runtime: Runtime, backend: Any = None) -> tuple[Hub, BackendClient | None]:
+def build(
+    runtime: Runtime, backend: BackendRequester | None = None
+) -> tuple[Hub, BackendClient | None]:
     """The hub wired to a backend client and the metrics registry of `runtime`."""
     cfg: SignalingConfig = runtime.config.signaling
     stats = SignalingStats()

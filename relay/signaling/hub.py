@@ -85,6 +85,14 @@ class HelloTarget:
 
 
 class Hub:
+    """Sessions, rooms and messages of one node, over `SignalingState`.
+
+    Fed by the server: `connect(conn)`, `await receive(conn, text)`, `receive_binary(conn)`,
+    `disconnect(conn)`; `run()` in a nursery for the timers and background requests. Fed
+    by the room API: `set_in_call`, `session_by_room_session`,
+    `publish_backend_room_event`. Read by metrics: `gauges()`, `stats_json()`.
+    """
+
     def __init__(
         self,
         config: SignalingConfig,
@@ -319,6 +327,9 @@ class Hub:
         )
         room = joined.room
         if joined.created:
+            stale = self._room_subs.pop(room.key, None)
+            if stale is not None:
+                stale.close()
             self._room_subs[room.key] = _RoomSubs(
                 self.bus.subscribe(room_subject(room.id, room.backend.id),
                                    functools.partial(self._on_room_event, room)),

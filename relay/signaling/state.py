@@ -9,8 +9,12 @@ async `relay.signaling.hub.Hub` turns those results into messages on the connect
 bus and Nextcloud.
 
 Room keys are `(backend id, room id)`: the same room id on two Nextclouds is two rooms.
-Places meant to grow: `Session.client_type` (the `CLIENT_TYPES`), `Session.permissions`
-and `Session.may`, `Session.features`, and per-room data on `Room`.
+
+Places meant to grow: the client type of a session (`create(client_type=...)`, one of
+`CLIENT_TYPES`; `count` per type), its permissions (`Session.permissions`, asked through
+`Session.may`), its features (`Session.features`), sessions owned by another one (an
+attribute on `Session`, with `remove` also removing what the session owns), and data kept
+per room (an attribute on `Room`, cleared with the room in `leave` / `close_room`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Load benchmark for the signaling server, side by side with nextcloud-spreed-signaling.
 
 What upstream's benchmark client does, in Python on trio-websocket: N sessions say hello
-(v1, to a mock Nextcloud started here, in `allowall` mode with a shared secret), then send
+(v1, to the mock Nextcloud of `benchmarks.mock_nextcloud` started here, in `allowall` mode
+with a shared secret), then send
 `message`s with recipient `session` to random other sessions, payload `{"now": <RFC3339>}`
 (plus a monotonic timestamp for the latency). Two load phases per run:
 
@@ -17,7 +18,7 @@ Servers: `relay` (this repository's signaling server, started in a subprocess ru
 `serve_signaling`) and `spreed` (the `nextcloud-spreed-signaling-server` binary, if
 installed; Debian ships 0.4.1). Runs alternate A B A B (`--rounds`).
 
-    python benchmarks/signaling_load.py --sessions 1000,10000 --duration 10 --rounds 2
+    python -m benchmarks.signaling_load --sessions 1000,10000 --duration 10 --rounds 2
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
-import hashlib
-import hmac
 import json
 import os
 import random
@@ -40,72 +39,15 @@ import tempfile
 import time
 from typing import Any
 
-import h11
 import psutil
 import trio
 import trio_websocket
 
+from benchmarks.mock_nextcloud import MockNextcloud
+
 SECRET = "bench-secret"
 BACKEND_PATH = "ocs/v2.php/apps/spreed/api/v1/signaling/backend"
-
-
-# --- a mock Nextcloud: validates the checksum, answers auth ------------------------------
-
-
-class MockNextcloud:
-    def __init__(self) -> None:
-        self.port = 0
-        self.auth_requests = 0
-        self.bad = 0
-
-    async def handle(self, stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER)
-        try:
-            while True:
-                req: h11.Request | None = None
-                body = b""
-                while True:
-                    ev = conn.next_event()
-                    if ev is h11.NEED_DATA:
-                        conn.receive_data(await stream.receive_some(65536))
-                        continue
-                    if isinstance(ev, h11.ConnectionClosed):
-                        return
-                    if isinstance(ev, h11.Request):
-                        req = ev
-                    elif isinstance(ev, h11.Data):
-                        body += ev.data
-                    elif isinstance(ev, h11.EndOfMessage):
-                        break
-                assert req is not None
-                status, data = self.answer(req, body)
-                payload = json.dumps(data).encode()
-                await stream.send_all(
-                    conn.send(h11.Response(status_code=status, headers=[
-                        ("Content-Type", "application/json"),
-                        ("Content-Length", str(len(payload)))]))
-                    + conn.send(h11.Data(data=payload)) + conn.send(h11.EndOfMessage()))
-                conn.start_next_cycle()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError):
-            return
-        finally:
-            await trio.aclose_forcefully(stream)
-
-    def answer(self, req: h11.Request, body: bytes) -> tuple[int, Any]:
-        if req.method != b"POST":
-            return 404, {"ocs": {"meta": {"statuscode": 404}, "data": None}}
-        h = {k.decode().lower(): v.decode() for k, v in req.headers}
-        rnd = h.get("spreed-signaling-random", "")
-        want = hmac.new(SECRET.encode(), rnd.encode() + body, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(want, h.get("spreed-signaling-checksum", "")):
-            self.bad += 1
-            data: Any = {"type": "error", "error": {"code": "invalid_request", "message": "x"}}
-        else:
-            msg = json.loads(body)
-            self.auth_requests += 1
-            userid = (msg.get("auth", {}).get("params") or {}).get("userid") or "sample-user"
-            data = {"type": "auth", "auth": {"version": "1.0", "userid": userid}}
-        return 200, {"ocs": {"meta": {"status": "ok", "statuscode": 200}, "data": data}}
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # --- servers under test ------------------------------------------------------------------
@@ -119,8 +61,8 @@ def free_port() -> int:
 
 def start_relay(port: int, tmp: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--serve-relay", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [sys.executable, "-m", "benchmarks.signaling_load", "--serve-relay", str(port)],
+        cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def start_spreed(port: int, tmp: str) -> subprocess.Popen[bytes]:
@@ -391,7 +333,7 @@ async def bench(args: argparse.Namespace) -> None:
     print(f"sizes={sizes} rate={args.rate}/s duration={args.duration}s senders={args.senders} "
           f"window={args.window} "
           f"rounds={args.rounds} order={'/'.join(servers)} (alternating)")
-    nc = MockNextcloud()
+    nc = MockNextcloud(SECRET.encode(), record=False)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         async with trio.open_nursery() as nursery:

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import httpx
 import trio
 
-from relay.signaling.config import BackendConfig
+from relay.signaling.config import BackendConfig, SignalingConfig, canonical_url
 from relay.signaling.metrics import SignalingStats
 from relay.signaling.protocol import (
     BACKEND_PATH_V1,
@@ -33,6 +33,7 @@ from relay.signaling.protocol import (
 
 log = logging.getLogger("relay.signaling.backend")
 
+COMPAT_BACKEND_ID = "compat"
 _RANDOM_ALPHABET = string.ascii_letters + string.digits
 CAPABILITIES_CACHE_SECONDS = 60.0
 
@@ -92,6 +93,37 @@ def parse_ocs(content_type: str, body: bytes) -> Any:
     if data is None or data == [] or data == {}:
         raise BackendError("error_incomplete_ocs", "incomplete OCS response")
     return data
+
+
+class Backends:
+    """The Nextcloud instances this server serves, and which one a URL belongs to.
+
+    In `allowall` mode every URL belongs to the one `compat` backend (the allowall secret).
+    """
+
+    def __init__(self, config: SignalingConfig) -> None:
+        self.allow_all = config.allow_all
+        self.compat = BackendConfig(COMPAT_BACKEND_ID, (), config.secret)
+        self.configured: tuple[BackendConfig, ...] = config.backends
+        # what is served: the compat backend, or the configured ones
+        self.active: tuple[BackendConfig, ...] = (
+            (self.compat,) if config.allow_all else config.backends
+        )
+
+    def lookup(self, base_url: str) -> BackendConfig | None:
+        """The backend serving `base_url` (already canonical, see `canonical_url`)."""
+        if self.allow_all:
+            return self.compat
+        for backend in self.configured:
+            if any(base_url.startswith(u) for u in backend.urls):
+                return backend
+        return None
+
+    def for_url(self, url: str) -> BackendConfig | None:
+        """The backend serving `url` as a client or Nextcloud wrote it; None if not an
+        http(s) URL or no backend serves it."""
+        base = canonical_url(url)
+        return None if base is None else self.lookup(base)
 
 
 class BackendRequester(Protocol):

@@ -21,8 +21,10 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import attrs
+
 from relay.signaling.backend import verify_checksum
-from relay.signaling.config import BackendConfig, canonical_url
+from relay.signaling.config import BackendConfig
 from relay.signaling.hub import Hub
 from relay.signaling.pubsub import session_subject, user_subject
 
@@ -35,39 +37,42 @@ ROOM_PATH_PREFIX = "/api/v1/room/"
 JSON = b"application/json; charset=utf-8"
 TEXT = b"text/plain; charset=utf-8"
 
-Answer = tuple[int, bytes, bytes]  # status, content type, body
 Handler = Callable[["Hub", BackendConfig, str, dict[str, Any]], None]
 
 
+@attrs.frozen
+class Answer:
+    """The HTTP answer to one room request."""
+
+    status: int
+    content_type: bytes
+    body: bytes
+
+
 def _text(status: int, message: str) -> Answer:
-    return status, TEXT, (message + "\n").encode()
+    return Answer(status, TEXT, (message + "\n").encode())
 
 
 AUTH_FAILED = _text(403, "Authentication check failed")
+OK = Answer(200, JSON, b"{}")
 
 
 def find_backend(hub: Hub, headers: dict[str, str], body: bytes) -> BackendConfig | None:
     """The backend whose secret signed this request, or None (-> 403)."""
-    cfg = hub.config
+    backends = hub.backends
     rnd = headers.get(HEADER_RANDOM, "")
     given = headers.get(HEADER_CHECKSUM, "")
-    backend: BackendConfig | None = None
     named = headers.get(HEADER_BACKEND, "")
+    backend: BackendConfig | None
     if named:
-        base = canonical_url(named)
-        if cfg.allow_all:
-            backend = hub.compat_backend if base is not None else None
-        elif base is not None:
-            backend = next(
-                (b for b in cfg.backends if any(base.startswith(u) for u in b.urls)), None
-            )
+        backend = backends.for_url(named)
         if backend is None:
             return None  # unknown backend URL
-    elif cfg.allow_all:
-        backend = hub.compat_backend
+    elif backends.allow_all:
+        backend = backends.compat
     else:
         # Old Talk versions do not name themselves: find the secret that signed the body.
-        for b in cfg.backends:
+        for b in backends.configured:
             if verify_checksum(b.secret, rnd, body, given):
                 return b
         return None
@@ -101,7 +106,7 @@ def handle(
     if not isinstance(payload, dict):
         return _text(400, "Could not read body")
     handler(hub, backend, room_id, payload)
-    return 200, JSON, b"{}"
+    return OK
 
 
 # --- request types --------------------------------------------------------------------

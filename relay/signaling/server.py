@@ -18,7 +18,6 @@ import math
 import os
 import time
 from collections import deque
-from typing import Any
 from urllib.parse import unquote
 
 import h11
@@ -40,7 +39,7 @@ from relay.errors import ConfigError
 from relay.metrics.gate import is_allowed
 from relay.runtime import Runtime
 from relay.signaling import room_api
-from relay.signaling.backend import BackendClient
+from relay.signaling.backend import BackendClient, BackendRequester
 from relay.signaling.config import SignalingConfig
 from relay.signaling.hub import Hub
 from relay.signaling.metrics import SignalingCollector, SignalingStats
@@ -419,10 +418,10 @@ class SignalingServer:
         hdr: dict[str, str] = {}
         for k, v in headers:
             hdr.setdefault(k.lower(), v)
-        status, content_type, answer = room_api.handle(
-            self.hub, room_id, hdr, body, "content-length" in hdr)
-        extra = [(b"X-Content-Type-Options", b"nosniff")] if status == 200 else None
-        return await self._respond(stream, conn, status, answer, content_type, extra)
+        answer = room_api.handle(self.hub, room_id, hdr, body, "content-length" in hdr)
+        extra = [(b"X-Content-Type-Options", b"nosniff")] if answer.status == 200 else None
+        return await self._respond(
+            stream, conn, answer.status, answer.body, answer.content_type, extra)
 
     async def _respond(
         self,
@@ -539,7 +538,9 @@ def signaling_config(runtime: Runtime) -> SignalingConfig:
     return cfg
 
 
-def build(runtime: Runtime, backend: Any = None) -> tuple[Hub, BackendClient | None]:
+def build(
+    runtime: Runtime, backend: BackendRequester | None = None
+) -> tuple[Hub, BackendClient | None]:
     """The hub wired to a backend client and the metrics registry of `runtime`."""
     cfg = signaling_config(runtime)
     stats = SignalingStats()

@@ -10,8 +10,14 @@ import pytest
 from relay.config import Config
 from relay.errors import ConfigError
 from relay.signaling import protocol as p
-from relay.signaling.backend import BackendError, checksum, parse_ocs, verify_checksum
-from relay.signaling.config import canonical_url
+from relay.signaling.backend import (
+    BackendError,
+    Backends,
+    checksum,
+    parse_ocs,
+    verify_checksum,
+)
+from relay.signaling.config import BackendConfig, SignalingConfig, canonical_url
 from relay.signaling.metrics import exponential_buckets_range
 from relay.signaling.pubsub import LoopbackBus, room_subject, session_subject, user_subject
 
@@ -165,3 +171,24 @@ def test_config_errors_name_the_key(sig: object, key: str) -> None:
     with pytest.raises(ConfigError) as info:
         _cfg(sig)
     assert info.value.key.startswith(key)
+
+
+def test_backends_registry_finds_the_backend_of_a_url() -> None:
+    one = BackendConfig("one", ("https://one.example/", "https://shared.example/one/"), b"1")
+    two = BackendConfig("two", ("https://shared.example/two/",), b"2")
+    reg = Backends(SignalingConfig(backends=(one, two)))
+    assert reg.active == (one, two) and not reg.allow_all
+    assert reg.for_url("HTTPS://One.Example:443/ocs/v2.php/x") is one
+    assert reg.for_url("https://shared.example/two/index.php") is two
+    assert reg.lookup("https://shared.example/one/") is one
+    assert reg.for_url("https://shared.example/three/") is None
+    assert reg.for_url("ftp://one.example/") is None
+    assert reg.for_url("not a url") is None
+
+
+def test_backends_registry_in_allowall_mode() -> None:
+    reg = Backends(SignalingConfig(allow_all=True, secret=b"s"))
+    assert reg.active == (reg.compat,) and reg.compat.id == "compat"
+    assert reg.compat.secret == b"s"
+    assert reg.for_url("https://anything.example/") is reg.compat
+    assert reg.for_url("mailto:x") is None

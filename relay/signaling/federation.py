@@ -738,6 +738,12 @@ class LinkCore:
         self.state = LinkState.CLOSED
         return [Finish()]
 
+    def internal_error(self) -> list[Effect]:
+        """A bug of ours while handling the link: tell the client, end the link."""
+        if self.state is LinkState.CLOSED:
+            return []
+        return self._fail("federation_error", "Internal federation error.")
+
     def _fail(self, code: str, message: str, details: Any = None) -> list[Effect]:
         """Answer the client's join with an error and end the link."""
         self.state = LinkState.CLOSED

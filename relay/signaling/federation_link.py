@@ -169,14 +169,10 @@ class FederationLink:
                     await trio.sleep_forever()
                 self._wait_scope = None
         except Exception:  # a bug of ours: the client gets an error, never a traceback
-            log.exception("federation link to %s failed", self.core.request.signaling_url)
-            if not self._finishing:
-                self._finishing = True
-                self._safe_deliver(
-                    p.error_message(
-                        self.core.join_id, "federation_error", "Internal federation error."
-                    )
-                )
+            log.exception("federation link to %s failed", self.request.signaling_url)
+            effects = self.core.internal_error()
+            self._finishing = True
+            self._apply([e for e in effects if isinstance(e, fed.Deliver)])
         finally:
             self._finished.set()
 
@@ -212,7 +208,9 @@ class FederationLink:
                 code, message = classify_failure(exc)
                 self._apply(self.core.connection_failed(code, message))
             else:
-                log.debug("federation connection to %s failed: %r", self.request.signaling_url, exc)
+                log.warning(
+                    "federation connection to %s failed", self.request.signaling_url, exc_info=exc
+                )
         finally:
             self._ws = None
             self._conn_scope = None
@@ -257,7 +255,12 @@ class FederationLink:
             except ConnectionClosed:
                 return
             if isinstance(frame, str):
-                self._apply(self.core.receive(frame))
+                try:
+                    effects = self.core.receive(frame)
+                except Exception:
+                    log.exception("handling a frame from %s failed", self.request.signaling_url)
+                    effects = self.core.internal_error()
+                self._apply(effects)
             # binary frames are ignored, as upstream does
 
     async def _writer(self, ws: WebSocketConnection, scope: trio.CancelScope) -> None:

@@ -349,3 +349,23 @@ async def test_close_says_bye_to_the_remote(
         await link.wait_finished()
         assert await remote.wait_for(is_type("bye")) == {"type": "bye"}
         assert link.finished
+
+
+async def test_a_failure_of_ours_is_an_error_to_the_client_not_a_traceback(
+    remote: FakeRemote, local: Local, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(text: str) -> list[fed.Effect]:
+        raise KeyError(text)
+
+    with trio.fail_after(LIMIT):
+        link = make_link(local, remote.signaling_url)
+        await joined(link, local, nursery)
+        monkeypatch.setattr(link.core, "receive", broken)
+        await remote.push({"type": "event", "event": {"target": "room", "type": "leave"}})
+        err = await local.until(is_type("error"))
+        assert err == {
+            "type": "error",
+            "error": {"code": "federation_error", "message": "Internal federation error."},
+        }
+        await link.wait_finished()
+        await remote.wait_for(is_type("bye"))

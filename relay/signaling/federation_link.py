@@ -21,7 +21,7 @@ import trio
 from trio_websocket import (
     ConnectionClosed,
     WebSocketConnection,
-    connect_websocket,
+    wrap_client_stream,
 )
 
 from relay.signaling import federation as fed
@@ -221,21 +221,31 @@ class FederationLink:
                 self._apply(self.core.connection_lost())
 
     async def _dial(self, nursery: trio.Nursery) -> WebSocketConnection:
-        parts = urlsplit(self.core.request.websocket_url)
+        """TCP, TLS (verified unless the hub passes a lax context), then the upgrade.
+
+        The TLS handshake is done here rather than inside trio-websocket so that a
+        certificate failure is reported as such instead of as a hang.
+        """
+        parts = urlsplit(self.request.websocket_url)
         secure = parts.scheme == "wss"
         host = parts.hostname or ""
         port = parts.port or (443 if secure else 80)
         resource = parts.path + (f"?{parts.query}" if parts.query else "")
-        use_ssl: bool | ssl.SSLContext = (self._ssl_context or True) if secure else False
+        host_header = host if port == (443 if secure else 80) else f"{host}:{port}"
         with trio.fail_after(self.timeout):
-            return await connect_websocket(
-                nursery,
-                host,
-                port,
-                resource,
-                use_ssl=use_ssl,
-                max_message_size=MAX_MESSAGE_SIZE,
-            )
+            tcp = await trio.open_tcp_stream(host, port)
+            stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = tcp
+            try:
+                if secure:
+                    ctx = self._ssl_context or ssl.create_default_context()
+                    stream = trio.SSLStream(tcp, ctx, server_hostname=host, https_compatible=True)
+                    await stream.do_handshake()
+                return await wrap_client_stream(
+                    nursery, stream, host_header, resource, max_message_size=MAX_MESSAGE_SIZE
+                )
+            except BaseException:
+                await trio.aclose_forcefully(tcp)
+                raise
 
     async def _serve(self, ws: WebSocketConnection) -> None:
         """Reader, writer, keepalive and handshake timer; returns when the connection ends."""

@@ -9,6 +9,7 @@ every frame it got. Tests push events into the live connection and drop it.
 from __future__ import annotations
 
 import json
+import ssl
 from typing import Any
 
 import attrs
@@ -25,6 +26,7 @@ class FakeRemote:
     header_features: list[str] = attrs.Factory(lambda: list(FEATURES))
     welcome_features: list[str] = attrs.Factory(lambda: list(FEATURES))
     answer_hello: bool = True
+    ssl_context: ssl.SSLContext | None = None  # serve wss with this
     port: int = 0
     received: list[dict[str, Any]] = attrs.Factory(list)
     hellos: list[dict[str, Any]] = attrs.Factory(list)
@@ -36,11 +38,12 @@ class FakeRemote:
 
     @property
     def signaling_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}/"
 
     async def start(self, nursery: trio.Nursery) -> None:
         server = await nursery.start(
-            trio_websocket.serve_websocket, self._handler, "127.0.0.1", 0, None
+            trio_websocket.serve_websocket, self._handler, "127.0.0.1", 0, self.ssl_context
         )
         self.port = server.port
 

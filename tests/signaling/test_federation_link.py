@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
 import pytest
 import trio
+import trustme
 
 from relay.signaling import federation as fed
 from relay.signaling.federation_link import FederationLink
@@ -369,3 +371,58 @@ async def test_a_failure_of_ours_is_an_error_to_the_client_not_a_traceback(
         }
         await link.wait_finished()
         await remote.wait_for(is_type("bye"))
+
+
+async def test_change_room_on_the_same_remote_reuses_the_connection(
+    remote: FakeRemote, local: Local, nursery: trio.Nursery
+) -> None:
+    with trio.fail_after(LIMIT):
+        link = make_link(local, remote.signaling_url)
+        await joined(link, local, nursery)
+        other = fed.parse_federation_room(
+            {
+                "roomid": "local-2",
+                "sessionid": "talk-session-2",
+                "federation": {
+                    "signaling": remote.signaling_url,
+                    "url": REMOTE_NC,
+                    "roomid": "remote-2",
+                    "token": "good-token",
+                },
+            }
+        )
+        assert link.can_reuse(other)
+        link.change_room(other, "join-2")
+        room = await local.until(is_type("room"))
+        assert room["id"] == "join-2"
+        assert room["room"]["roomid"] == "local-2"
+        join = await remote.wait_for(lambda m: m.get("id") == "join-2")
+        assert join["room"] == {"roomid": "remote-2", "sessionid": "talk-session-2"}
+        assert remote.connections == 1
+        link.close()
+        await link.wait_finished()
+
+
+async def test_wss_remote_with_an_untrusted_certificate(
+    local: Local, nursery: trio.Nursery
+) -> None:
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    remote = FakeRemote(ssl_context=server_ctx)
+    await remote.start(nursery)
+    with trio.fail_after(LIMIT):
+        untrusted = make_link(local, remote.signaling_url)
+        await nursery.start(untrusted.run)
+        err = await local.next()
+        assert err["error"]["code"] == "federation_error"
+        assert err["error"]["details"]["code"] == "certificate_verification_error"
+        await untrusted.wait_finished()
+
+        client_ctx = ssl.create_default_context()
+        ca.configure_trust(client_ctx)
+        trusted = make_link(local, remote.signaling_url, ssl_context=client_ctx)
+        room = await joined(trusted, local, nursery)
+        assert room["room"]["roomid"] == "local-room"
+        trusted.close()
+        await trusted.wait_finished()

@@ -664,6 +664,8 @@ class LinkCore:
             self.mapper.remote_room_id = self.request.remote_room_id
             room = _obj(msg, "room")
             close = self.close_on_leave and room is not None and room.get("roomid") == ""
+        elif kind == "error" and self.close_on_leave:
+            close = self.leave_id is not None and msg.get("id") == self.leave_id
         elif kind == "event" and self.close_on_leave:
             ev = _obj(msg, "event") or {}
             left = ev.get("leave")

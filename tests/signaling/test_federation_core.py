@@ -421,6 +421,11 @@ def test_leave_closes_after_the_remote_answer() -> None:
     assert c.leave(leave) == [fed.Send(leave)]
     out = c.receive(frame({"id": "l1", "type": "room", "room": {"roomid": ""}}))
     assert out == [fed.Deliver({"id": "l1", "type": "room", "room": {"roomid": ""}}), fed.Finish()]
+    # an error answer to the leave also ends the link
+    c1 = ready_core()
+    c1.leave(leave)
+    err = {"id": "l1", "type": "error", "error": {"code": "not_in_room", "message": "m"}}
+    assert c1.receive(frame(err)) == [fed.Deliver(err), fed.Finish()]
     # without a remote session the link answers the leave itself
     c2 = core()
     assert c2.leave(leave) == [fed.Deliver({"id": "l1", "type": "room", "room": {"roomid": ""}}),

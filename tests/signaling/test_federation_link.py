@@ -426,3 +426,20 @@ async def test_wss_remote_with_an_untrusted_certificate(
         assert room["room"]["roomid"] == "local-room"
         trusted.close()
         await trusted.wait_finished()
+
+
+async def test_keepalive_pings_keep_a_quiet_link_up(
+    remote: FakeRemote, local: Local, nursery: trio.Nursery
+) -> None:
+    with trio.fail_after(LIMIT):
+        link = make_link(local, remote.signaling_url, ping_interval=0.02)
+        await joined(link, local, nursery)
+        await local.next()  # the join event
+        await trio.sleep(0.2)  # several ping rounds, answered by the remote
+        link.forward({"id": "after-pings", "type": "control", "control": {"data": 1}})
+        await remote.wait_for(lambda m: m.get("id") == "after-pings")
+        assert remote.connections == 1
+        with pytest.raises(trio.WouldBlock):
+            local.recv.receive_nowait()  # no interruption was reported
+        link.close()
+        await link.wait_finished()

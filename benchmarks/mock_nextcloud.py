@@ -1,6 +1,8 @@
 """A mock Nextcloud for the signaling server: capabilities and the signed backend endpoint.
 
-It checks `Spreed-Signaling-Checksum` like Nextcloud, answers `auth` (the `userid` param
+It serves Talk's capabilities (`features`, and `hello-v2-token-key` when `token_key` is
+set, so tests sign hello v2 tokens as Talk does), checks `Spreed-Signaling-Checksum` like
+Nextcloud, answers `auth` (the `userid` param
 becomes the user; `fail` / `garbage` params give an error / a wrong answer), `room` (the
 room ids `test-invalid-room` / `test-not-a-room` fail) and `ping`. Used by the signaling
 tests and by `signaling_load.py`; loopback only.
@@ -35,6 +37,10 @@ class MockNextcloud:
     delay: float = 0.0
     record: bool = True  # keep every accepted request (long load runs turn this off)
     accepted: int = 0
+    # hello v2: the public key Talk publishes as `config.signaling.hello-v2-token-key`
+    # (PEM, or base64 of a raw Ed25519 key); None = hello v2 not configured.
+    token_key: str | None = None
+    capabilities_fetches: int = 0
 
     @property
     def url(self) -> str:
@@ -113,7 +119,11 @@ class MockNextcloud:
         self.paths.append(path)
         headers = {k.decode().lower(): v.decode() for k, v in req.headers}
         if req.method == b"GET" and path == "/ocs/v2.php/cloud/capabilities":
-            caps = {"spreed": {"features": self.features, "config": {"signaling": {}}}}
+            self.capabilities_fetches += 1
+            signaling: dict[str, Any] = {}
+            if self.token_key is not None:
+                signaling["hello-v2-token-key"] = self.token_key
+            caps = {"spreed": {"features": self.features, "config": {"signaling": signaling}}}
             return 200, ocs({"capabilities": caps})
         if req.method != b"POST" or not path.startswith("/ocs/v2.php/apps/spreed/api/"):
             return 404, ocs(None, 404)

@@ -15,6 +15,9 @@ server.conf sections map to nested keys, so existing settings carry over::
       sessions:
         hashkey: "..."                  # [sessions] hashkey/blockkey: accepted, unused
         blockkey: "..."                 # (session ids are random, not encoded)
+      federation:
+        timeout: 10                     # [federation] timeout, seconds (dial + handshake)
+        skipverify: false               # [federation] skipverify (remote TLS certificates)
 
 The gate of `/api/v1/stats` and `/metrics` is the shared `stats.allowed_ips` /
 `stats.trusted_proxies`.
@@ -63,6 +66,8 @@ class SignalingConfig:
     ping_interval: float = 54.0
     room_ping_interval: float = 10.0
     max_pending: int = 512  # messages queued for a session while its socket is gone
+    federation_timeout: float = 10.0  # [federation] timeout
+    federation_skip_verify: bool = False  # [federation] skipverify
 
     @property
     def listen_display(self) -> str:
@@ -169,6 +174,14 @@ def parse_signaling(raw: Any, key: str) -> SignalingConfig:
     hash_key = sess.get_str("hashkey")
     block_key = sess.get_str("blockkey")
     sess.done()
+    fed = s.section("federation")
+    fed_timeout = fed.get("timeout", d.federation_timeout)
+    if isinstance(fed_timeout, bool) or not isinstance(fed_timeout, int | float) \
+            or not 0 < fed_timeout <= 600:
+        raise ConfigError(
+            fed.key("timeout"), f"{fed_timeout!r} is not a number of seconds in (0, 600]")
+    skip_verify = fed.get_bool("skipverify", False)
+    fed.done()
     s.done()
     return SignalingConfig(
         host=host,
@@ -180,4 +193,6 @@ def parse_signaling(raw: Any, key: str) -> SignalingConfig:
         connections_per_host=per_host,
         hash_key=hash_key,
         block_key=block_key,
+        federation_timeout=float(fed_timeout),
+        federation_skip_verify=skip_verify,
     )

@@ -29,7 +29,10 @@ import trio
 from relay.signaling import protocol as p
 from relay.signaling import state as st
 from relay.signaling.backend import BackendRequester, Backends
+from relay.signaling.capabilities import CapabilitiesFetcher
 from relay.signaling.config import BackendConfig, SignalingConfig, canonical_url
+from relay.signaling.federation_hub import LOCAL_TYPES, FederationLinks, room_request_actor
+from relay.signaling.hello_v2 import CapabilitiesSource, verify_hello_v2
 from relay.signaling.metrics import HubGauges, SignalingStats, bump
 from relay.signaling.pubsub import (
     LoopbackBus,
@@ -39,7 +42,7 @@ from relay.signaling.pubsub import (
     session_subject,
     user_subject,
 )
-from relay.signaling.state import CLIENT, Room, Session, SignalingState
+from relay.signaling.state import CLIENT, FEDERATION, Room, Session, SignalingState
 
 log = logging.getLogger("relay.signaling.hub")
 
@@ -101,6 +104,7 @@ class Hub:
         *,
         version: str = "",
         bus: LoopbackBus | None = None,
+        capabilities: CapabilitiesSource | None = None,
     ) -> None:
         self.config = config
         self.backend = backend
@@ -118,6 +122,27 @@ class Hub:
         self._room_subs: dict[st.RoomKey, _RoomSubs] = {}
         self._nursery: trio.Nursery | None = None
         self.background_failures = 0
+        # hello v2 keys come from Nextcloud's capabilities (fetcher created on first use)
+        self._capabilities = capabilities
+        self._own_fetcher: CapabilitiesFetcher | None = None
+        self.federation = FederationLinks(config, self.state, self._send)
+
+    @property
+    def capabilities(self) -> CapabilitiesSource:
+        if self._capabilities is None:
+            self._own_fetcher = CapabilitiesFetcher(
+                user_agent=f"relay/{self.version}", timeout=self.config.backend_timeout)
+            self._capabilities = self._own_fetcher
+        return self._capabilities
+
+    async def aclose(self) -> None:
+        """End the federation links and close the capabilities fetcher (bounded)."""
+        self.federation.close_all()
+        fetcher, self._own_fetcher = self._own_fetcher, None
+        if fetcher is not None:
+            self._capabilities = None
+            with trio.move_on_after(1.0, shield=True):
+                await fetcher.aclose()
 
     @property
     def sessions(self) -> dict[str, Session]:
@@ -174,6 +199,9 @@ class Hub:
             payload = msg.payload
             if isinstance(payload, p.Hello):
                 return  # a second hello on an authenticated connection is ignored
+            if msg.type not in LOCAL_TYPES and self.federation.is_federated(session):
+                self.federation.forward(session, json.loads(text))
+                return
             if isinstance(payload, p.Bye):
                 self._send_conn(conn, p.bye_message(msg.id))
                 self._destroy(session)
@@ -194,7 +222,10 @@ class Hub:
 
     async def _hello(self, conn: Connection, msg_id: str | None, hello: p.Hello) -> None:
         if hello.resume_id:
-            self._resume(conn, msg_id, hello.resume_id)
+            self._resume(conn, msg_id, hello.resume_id, hello.version)
+            return
+        if hello.version == "2.0":
+            await self._hello_v2(conn, msg_id, hello)
             return
         if hello.version != "1.0":
             raise p.SignalingError("invalid_hello_version", "The hello version is not supported")
@@ -219,8 +250,41 @@ class Hub:
         user_id = auth.get("userid") or ""
         if not isinstance(user_id, str):
             raise p.SignalingError("auth_failed", "The backend answered an invalid user id")
+        self._register(conn, msg_id, hello, backend, url, user_id, auth.get("user"))
+
+    async def _hello_v2(self, conn: Connection, msg_id: str | None, hello: p.Hello) -> None:
+        """JWT hello (Talk's `hello-v2`), also for a remote server's `federation` link."""
+        if hello.auth_type not in (CLIENT, FEDERATION):
+            raise p.SignalingError("invalid_client_type", "The client type is not supported")
+        token = hello.params.get("token") if isinstance(hello.params, dict) else None
+        if not isinstance(token, str) or not token:
+            raise p.invalid("hello.auth.params.token missing")
+        if conn in self._busy:
+            raise p.SignalingError("hello_expected", "A hello is already being processed.")
+        target = self._backend_for(hello.url)
+        backend, url = target.backend, target.endpoint
+        self._busy.add(conn)
+        try:
+            claims = await verify_hello_v2(
+                self.capabilities, target.base_url, token,
+                federation=hello.auth_type == FEDERATION)
+            if not url:
+                url = await self.backend.signaling_url(backend, target.base_url)
+        finally:
+            self._busy.discard(conn)
+        if conn not in self._waiting:
+            return  # the socket went away (or timed out) meanwhile
+        self._register(conn, msg_id, hello, backend, url, claims.user_id, claims.userdata,
+                       client_type=hello.auth_type)
+
+    def _register(
+        self, conn: Connection, msg_id: str | None, hello: p.Hello, backend: BackendConfig,
+        url: str, user_id: str, user: Any, *, client_type: str = CLIENT,
+    ) -> None:
+        """An authenticated hello: the session limit, then the new session."""
         limit = backend.session_limit
-        if limit > 0 and self.state.count(backend.id, CLIENT) >= limit:
+        if limit > 0 and (self.state.count(backend.id, CLIENT)
+                          + self.state.count(backend.id, FEDERATION)) >= limit:
             bump(self.stats.session_limit_exceeded, backend.id)
             raise p.SignalingError(
                 "session_limit_exceeded", "Too many sessions connected for this backend."
@@ -229,16 +293,18 @@ class Hub:
             backend=backend,
             backend_url=url,
             user_id=user_id,
-            user=auth.get("user"),
+            user=user,
             features=hello.features,
             now=trio.current_time(),
+            client_type=client_type,
         )
         self._links[session.public_id] = Link(conn, subs=self._subscribe(session))
         del self._waiting[conn]
         self._by_conn[conn] = session
-        bump(self.stats.sessions_total, (backend.id, CLIENT))
+        bump(self.stats.sessions_total, (backend.id, client_type))
         self._send_conn(conn, p.hello_message(
-            msg_id, session.public_id, session.private_id, user_id, self.version))
+            msg_id, session.public_id, session.private_id, user_id, self.version,
+            hello.version))
 
     def _backend_for(self, raw_url: str) -> HelloTarget:
         cut = raw_url.find(p.SPREED_PATH_MARK)
@@ -261,7 +327,9 @@ class Hub:
                 user_subject(session.user_id, session.backend.id), deliver))
         return subs
 
-    def _resume(self, conn: Connection, msg_id: str | None, resume_id: str) -> None:
+    def _resume(
+        self, conn: Connection, msg_id: str | None, resume_id: str, version: str = "1.0"
+    ) -> None:
         if conn not in self._waiting:
             return  # the hello timer already closed this socket
         session = self.state.resume(resume_id, trio.current_time())
@@ -279,7 +347,8 @@ class Hub:
         self._by_conn[conn] = session
         bump(self.stats.resume_total, (session.backend.id, session.client_type))
         self._send_conn(conn, p.hello_message(
-            msg_id, session.public_id, session.private_id, session.user_id, self.version))
+            msg_id, session.public_id, session.private_id, session.user_id, self.version,
+            version))
         while link.pending and link.conn is conn:
             conn.send_text(link.pending.popleft())
 
@@ -287,7 +356,16 @@ class Hub:
 
     async def _room(self, session: Session, msg_id: str | None, req: p.Room) -> None:
         if req.has_federation:
-            raise p.SignalingError("federation_unsupported", "Federation is not supported")
+            left = self.state.leave(session)
+            if left is not None:
+                self._after_leave(left, notify_backend=True)
+            await self.federation.join(session, msg_id, req, self._nursery)
+            return
+        if self.federation.is_federated(session):
+            if not req.room_id:
+                self.federation.leave(session, msg_id)  # the remote answers the client
+                return
+            self.federation.leave(session, reply=False)
         if not req.room_id:
             left = self.state.leave(session)
             if left is not None:
@@ -302,9 +380,12 @@ class Hub:
                 "already_joined", "Already joined this room.",
                 {"room": {"roomid": current.id, "properties": current.properties}},
             )
-        payload = {"type": "room", "room": {
+        request: dict[str, Any] = {
             "version": "1.0", "roomid": req.room_id, "userid": session.user_id,
-            "sessionid": req.session_id}}
+            "sessionid": req.session_id}
+        if session.client_type == FEDERATION:
+            request.update(room_request_actor(session))
+        payload = {"type": "room", "room": request}
         answer = await self.backend.request(session.backend, session.backend_url, payload)
         if not self.state.is_live(session):
             return  # destroyed while Nextcloud answered
@@ -557,6 +638,7 @@ class Hub:
     def _destroy(self, session: Session) -> None:
         if not self.state.is_live(session):
             return
+        self.federation.close(session)
         left = self.state.remove(session)
         if left is not None:
             self._after_leave(left, notify_backend=True)
@@ -592,6 +674,8 @@ class Hub:
             payload = {"type": "ping", "ping": {
                 "version": "1.0", "roomid": room.id, "entries": ping.entries}}
             self._background(room.backend, room.backend_url, payload)
+        for session, payload in self.federation.pings():
+            self._background(session.backend, session.backend_url, payload)
 
     def _background(self, backend: BackendConfig, url: str, payload: dict[str, Any]) -> None:
         if self._nursery is None or not url:
@@ -622,6 +706,7 @@ class Hub:
                         self.ping_rooms()
             finally:
                 self._nursery = None
+                await self.aclose()
 
     # --- metrics -------------------------------------------------------------------------
 

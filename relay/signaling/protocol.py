@@ -13,7 +13,13 @@ from typing import Any
 import attrs
 
 # What we implement and so may advertise (welcome and hello `server.features`).
-FEATURES: tuple[str, ...] = ("incall-all", "join-features", "recipient-call", "welcome")
+FEATURES: tuple[str, ...] = (
+    "incall-all",
+    "join-features",
+    "recipient-call",
+    "welcome",
+    "hello-v2",
+)
 
 HELLO_VERSIONS = ("1.0", "2.0")
 CLIENT_TYPES = ("hello", "bye", "room", "message", "control", "internal", "transient")
@@ -66,6 +72,7 @@ class Room:
     room_id: str  # "" = leave
     session_id: str = ""  # the Talk (Nextcloud) room session id
     has_federation: bool = False
+    federation: Any = None  # the raw `room.federation` object (see `federation.py`)
 
 
 @attrs.frozen
@@ -188,6 +195,7 @@ def _parse_room(r: dict[str, Any]) -> Room:
         _str(r, "roomid", "room"),
         _str(r, "sessionid", "room"),
         r.get("federation") is not None,
+        r.get("federation"),
     )
 
 
@@ -234,14 +242,15 @@ def welcome_message(version: str) -> dict[str, Any]:
 
 
 def hello_message(
-    msg_id: str | None, session_id: str, resume_id: str, user_id: str, version: str
+    msg_id: str | None, session_id: str, resume_id: str, user_id: str, version: str,
+    hello_version: str = "1.0",
 ) -> dict[str, Any]:
     return _with_id(
         msg_id,
         {
             "type": "hello",
             "hello": {
-                "version": "1.0",
+                "version": hello_version,
                 "sessionid": session_id,
                 "resumeid": resume_id,
                 "userid": user_id,

@@ -81,6 +81,8 @@ class Session:
             e["roomsessionid"] = self.room_session_id
         if self.features:
             e["features"] = list(self.features)
+        if self.client_type == FEDERATION:
+            e["federated"] = True
         return e
 
 
@@ -244,7 +246,7 @@ class SignalingState:
     def resume(self, private_id: str, now: float) -> Session | None:
         """The session a `hello` with `resumeid` takes over, or None (no such session)."""
         session = self._by_private.get(private_id)
-        if session is None or session.client_type != CLIENT:
+        if session is None or session.client_type not in (CLIENT, FEDERATION):
             return None
         session.expires_at = None
         session.last_activity = now
@@ -389,7 +391,8 @@ class SignalingState:
         return InCallChange(session, joined, started)
 
     def set_in_call_all(self, room: Room, flags: int) -> CallAll:
-        """Every client session joins (flag set) or everyone leaves the call."""
+        """Every client session joins (flag set; not federation sessions) or everyone
+        leaves the call."""
         clients = [s for s in room.sessions.values() if s.client_type == CLIENT]
         if flags & IN_CALL:
             joining = [s for s in clients if not s.is_in_call]
@@ -405,7 +408,9 @@ class SignalingState:
             return CallAll([], [])  # nobody was in the call: nothing to tell
         for s in room.sessions.values():
             s.in_call = 0
-        return CallAll(clients, [])
+        # Federation sessions are never pulled into a call, but hear that it ended.
+        told = [s for s in room.sessions.values() if s.client_type in (CLIENT, FEDERATION)]
+        return CallAll(told, [])
 
     # --- routing -------------------------------------------------------------------------
 

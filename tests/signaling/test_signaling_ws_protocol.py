@@ -15,7 +15,13 @@ import trio_websocket
 
 from relay import __version__
 
-FEATURES = ["incall-all", "join-features", "recipient-call", "welcome"]
+FEATURES = [
+    "hello-v2",
+    "incall-all",
+    "join-features",
+    "recipient-call",
+    "welcome",
+]
 
 
 @contextlib.contextmanager

@@ -94,8 +94,8 @@ class WsConnection:
 
     # hub-facing
     def send_text(self, text: str) -> None:
-        if self._close is not None:
-            return
+        if self._close is not None or self.ws.state is not ConnectionState.OPEN:
+            return  # closing (a peer's close frame may come in the same read as its bye)
         self.stats.messages_out += 1
         self.stats.bytes_out += len(text)
         self._push(self.ws.send(Message(data=text)))

@@ -19,6 +19,7 @@ FEATURES: tuple[str, ...] = (
     "recipient-call",
     "welcome",
     "hello-v2",
+    "federation",
 )
 
 HELLO_VERSIONS = ("1.0", "2.0")

@@ -39,7 +39,7 @@ async def test_welcome_endpoint(server: Any) -> None:
         assert json.loads(r.text) == {"nextcloud-spreed-signaling": "Welcome",
                                       "version": __version__}
         assert r.headers["x-spreed-signaling-features"] == \
-            "hello-v2, incall-all, join-features, recipient-call, welcome"
+            "federation, hello-v2, incall-all, join-features, recipient-call, welcome"
 
 
 async def test_stats_and_metrics_from_loopback(server: Any) -> None:

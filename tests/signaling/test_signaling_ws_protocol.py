@@ -16,6 +16,7 @@ import trio_websocket
 from relay import __version__
 
 FEATURES = [
+    "federation",
     "hello-v2",
     "incall-all",
     "join-features",

@@ -92,13 +92,18 @@ class FederationLinks:
     def is_federated(self, session: Session) -> bool:
         return session.public_id in self._by_session
 
-    async def join(
-        self, session: Session, msg_id: str | None, req: p.Room, nursery: trio.Nursery | None
-    ) -> None:
-        """A `room` join with `federation`: reuse or create the session's link."""
-        request = fed.parse_federation_room(
+    @staticmethod
+    def parse(req: p.Room) -> fed.FederationRequest:
+        """The validated federated join (SignalingError `invalid_format` otherwise)."""
+        return fed.parse_federation_room(
             {"roomid": req.room_id, "sessionid": req.session_id, "federation": req.federation}
         )
+
+    async def join(
+        self, session: Session, msg_id: str | None, request: fed.FederationRequest,
+        nursery: trio.Nursery | None,
+    ) -> None:
+        """A `room` join with `federation`: reuse or create the session's link."""
         session.join_deadline = None  # the remote room counts as joined
         current = self._by_session.get(session.public_id)
         if current is not None and current.link.can_reuse(request):

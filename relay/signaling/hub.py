@@ -356,10 +356,11 @@ class Hub:
 
     async def _room(self, session: Session, msg_id: str | None, req: p.Room) -> None:
         if req.has_federation:
+            fed_request = self.federation.parse(req)  # a bad request changes nothing
             left = self.state.leave(session)
             if left is not None:
                 self._after_leave(left, notify_backend=True)
-            await self.federation.join(session, msg_id, req, self._nursery)
+            await self.federation.join(session, msg_id, fed_request, self._nursery)
             return
         if self.federation.is_federated(session):
             if not req.room_id:

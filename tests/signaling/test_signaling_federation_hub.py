@@ -115,6 +115,26 @@ async def test_local_join_leaves_the_federated_room(server: Server, remote: Fake
         await remote.wait_for(lambda m: m.get("type") == "bye")
 
 
+async def test_a_bad_federated_join_keeps_the_local_room(server: Server) -> None:
+    with trio.fail_after(10):
+        a = await server.client()
+        await a.hello("alice")
+        await a.join("room-1", "talk-a")
+        b = await server.client()
+        await b.hello("bob")
+        await b.join("room-1", "talk-b")
+        await a.drain(0.1)
+        await fed_join(b, {"signaling": "http://127.0.0.1:1/", "url": REMOTE_NC}, mid="x")
+        err = await b.recv_until(lambda m: m.get("id") == "x")
+        assert err["error"]["code"] == "invalid_format"
+        await a.nothing(0.2)  # no `leave` of b
+        await a.message({"type": "session", "sessionid": b.session_id}, {"still": "here"})
+        got = await b.recv_until(lambda m: m.get("type") == "message")
+        assert got["message"]["data"] == {"still": "here"}
+        assert [r["room"].get("action") for r in server.nextcloud.of_type("room")] == [
+            None, None]
+
+
 async def test_bye_closes_the_link(server: Server, remote: FakeRemote) -> None:
     with trio.fail_after(10):
         c = await server.client()

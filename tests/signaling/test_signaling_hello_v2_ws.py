@@ -283,6 +283,11 @@ async def test_federation_session_joins_like_talk_expects(server: Server) -> Non
         await fed.nothing(0.2)
         await local.message({"type": "call"}, {"x": 1})
         await fed.nothing(0.2)
+        # ... but it hears that the call ended.
+        r = await post(server, "room-1", {"type": "incall", "incall": {"incall": 0, "all": True}})
+        assert r.status_code == 200
+        ended = await fed.recv_until(lambda m: m.get("event", {}).get("target") == "participants")
+        assert ended["event"]["update"] == {"roomid": "room-1", "incall": 0, "all": True}
         # Messages to the federated session's id reach it.
         await local.message({"type": "session", "sessionid": fed.session_id}, {"y": 2})
         got = await fed.recv_until(lambda m: m.get("type") == "message")

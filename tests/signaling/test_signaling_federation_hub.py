@@ -135,6 +135,31 @@ async def test_a_bad_federated_join_keeps_the_local_room(server: Server) -> None
             None, None]
 
 
+async def test_federated_client_resumes_and_gets_what_came_meanwhile(
+    server: Server, remote: FakeRemote
+) -> None:
+    with trio.fail_after(10):
+        c = await server.client()
+        await c.hello("alice")
+        await fed_join(c, federation(remote.signaling_url))
+        await c.recv_until(lambda m: event(m, "join"))
+        await c.ws.aclose()  # the client's socket goes away; the link stays
+        await trio.sleep(0.1)
+        await remote.push({"type": "message", "message": {
+            "sender": {"type": "session", "sessionid": OTHER_SESSION},
+            "data": {"while": "away"}}})
+        again = await server.client()
+        reply = await again.request({"type": "hello", "hello": {
+            "version": "1.0", "resumeid": c.resume_id}})
+        assert reply["type"] == "hello" and reply["hello"]["sessionid"] == c.session_id
+        got = await again.recv_until(lambda m: m.get("type") == "message")
+        assert got["message"]["data"] == {"while": "away"}
+        # ... and is still federated: its messages go to the remote.
+        await again.message({"type": "session", "sessionid": OTHER_SESSION}, {"back": 1})
+        sent = await remote.wait_for(lambda m: m.get("type") == "message")
+        assert sent["message"]["data"] == {"back": 1}
+
+
 async def test_bye_closes_the_link(server: Server, remote: FakeRemote) -> None:
     with trio.fail_after(10):
         c = await server.client()

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from relay import __version__
 from relay.config import Config
-from relay.metrics.stats import TurnStats
+from relay.turn.stats import TurnStats
 
 
 @attrs.define

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from typing import Any, Protocol
 
-from relay.metrics.stats import ConnectionStats
+from relay.turn.stats import ConnectionStats
 
 
 class RelayEndpoint(Protocol):

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import Any
 
 from relay.config import Config
-from relay.metrics.stats import ConnectionStats, TurnStats
 from relay.stun import (
     AdditionalAddressFamily,
     AddressErrorCode,
@@ -53,6 +52,7 @@ from relay.stun import (
 from relay.turn.allocation import Allocation, Channel, Permission, RelayEndpoint
 from relay.turn.auth import Authenticator, AuthRefused
 from relay.turn.policy import PeerPolicy
+from relay.turn.stats import ConnectionStats, TurnStats
 
 FAMILY_V4 = 1
 FAMILY_V6 = 2

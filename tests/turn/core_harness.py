@@ -13,7 +13,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from relay.config import Config
-from relay.metrics.stats import TurnStats
 from relay.stun import (
     Attribute,
     ErrorCode,
@@ -38,6 +37,7 @@ from relay.turn.allocation import Allocation
 from relay.turn.auth import rest_password
 from relay.turn.policy import PeerPolicy
 from relay.turn.server import FAMILY_V4, FAMILY_V6, TurnServer
+from relay.turn.stats import TurnStats
 
 REALM = "example.org"
 USERS = {"alice": "alice-pw", "bob": "bob-pw"}

@@ -126,8 +126,8 @@ def test_lifetime_histogram_buckets() -> None:
     h.sweep(T0 + 600)
     hist = h.stats.allocation_lifetime
     assert hist.count == 1 and not alloc.alive
-    assert dict(hist.cumulative())["300.0"] == 0
-    assert dict(hist.cumulative())["600.0"] == 1
+    assert dict(hist.buckets())["300.0"] == 0
+    assert dict(hist.buckets())["600.0"] == 1
 
 
 def test_permission_lasts_300_s_and_create_permission_refreshes_it() -> None:

@@ -2,9 +2,10 @@
 
 The control connection is a byte stream carrying STUN messages (framed by 20 + the header's
 length) and ChannelData messages (4 + length, padded to a multiple of 4, RFC 8656 §12.5);
-the relayed transport is still UDP.  I/O only: requests go to the sans-IO core
-(`TurnServer.handle`) with the connection's remote address as the client, and client ->
-peer data goes through the same forwarding code as the UDP listener's.
+the relayed transport is still UDP.  I/O only: requests go to the sans-IO core through the
+gateway's `answer` (`TurnServer.handle`, its effects performed) with the connection's remote
+address as the client, and client -> peer data goes through the same forwarding code as the
+UDP listener's.
 
 Each connection runs in its own nursery:
 - the reader frames what arrives (split and merged frames alike); bytes that are neither
@@ -206,7 +207,7 @@ class StreamConnection:
                                        gw.policy, drops)
             return
         t0 = time.perf_counter()
-        reply = gw.server.handle(lis, self.client, bytes(frame), trio.current_time(), time.time())
+        reply = gw.answer(lis, self.client, bytes(frame))
         if reply is not None:
             try:
                 sent = self.send_frame(reply)
@@ -254,5 +255,5 @@ async def serve_connection(gw: Gateway, lis: ListenerState, ctx: ssl.SSLContext 
                 del gw.streams[key]
             alloc = conn.alloc
             if alloc is not None and alloc.alive:
-                gw.server.delete(alloc, trio.current_time())
+                gw.perform([gw.server.delete(alloc, trio.current_time())])
         await trio.aclose_forcefully(stream)

@@ -38,10 +38,11 @@ import attrs
 import trio
 
 from relay.config import ListenerConfig
-from relay.net.forward import forward_channel_data
+from relay.net.forward import forward_channel_data, forward_send_indication
 from relay.net.stream import StreamConnection, serve_connection, tls_context
 from relay.runtime import Runtime
-from relay.stun.fastpath import data_indication, scan_send_indication
+from relay.stun.fastpath import data_indication
+from relay.stun.framing import CHANNEL_DATA, STUN, demux_table
 from relay.turn.allocation import Address, Allocation, RelayEndpoint
 from relay.turn.effects import AllocationCreated, Effect
 from relay.turn.policy import PeerPolicy
@@ -55,6 +56,8 @@ SWEEP_INTERVAL = 1.0
 DNS_INTERVAL = 30.0  # STRICT_DNS clusters are re-resolved this often
 _AF = {FAMILY_V4: socket.AF_INET, FAMILY_V6: socket.AF_INET6}
 _SEND_INDICATION = b"\x00\x16"
+_STUN = STUN
+_CHANNEL_DATA = CHANNEL_DATA
 _pack_head = struct.Struct("!HH").pack_into
 
 
@@ -234,7 +237,7 @@ class AllocationIO:
 
 class Gateway:
     """The sockets and loops around one `TurnServer`; it performs the core's effects and is
-    the stream connections' gateway."""
+    the `StreamHost` of the stream connections."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -368,6 +371,19 @@ class Gateway:
         handler = functools.partial(serve_connection, self, self.server.listeners[name], ctx)
         await trio.serve_listeners(handler, [trio.SocketListener(sock)])
 
+    # -- StreamHost: what the stream connections call -------------------------------------
+
+    def connection_opened(self, conn: StreamConnection) -> None:
+        self.streams[(conn.lis.name, conn.client)] = conn
+
+    def connection_closed(self, conn: StreamConnection) -> None:
+        key = (conn.lis.name, conn.client)
+        if self.streams.get(key) is conn:
+            del self.streams[key]
+        alloc = conn.alloc
+        if alloc is not None and alloc.alive:
+            self.perform([self.server.delete(alloc, trio.current_time())])
+
     def close(self) -> None:
         self.perform(self.server.close_all(trio.current_time()))
         for name, sock in self.sockets.items():
@@ -426,12 +442,11 @@ class Gateway:
         drops = self.stats.drops
         policy = self.policy
         answer = self.answer
-        name = lis.name
+        demux = demux_table(self.server.channel_max)
         latency = self.stats.request_latency
         wait = trio.lowlevel.wait_readable
         checkpoint = trio.lowlevel.checkpoint
         perf = time.perf_counter
-        chan_hi = self.server.channel_max >> 8  # 0x4F, or 0x7F with turn.rfc5766_channels
         while True:
             await wait(sock)
             handled = 0
@@ -446,16 +461,20 @@ class Gateway:
                     continue  # an error report for an earlier send; nothing to read
                 traffic.rx_packets += 1
                 traffic.rx_bytes += n
-                first = buf[0]
-                if 0x40 <= first <= chan_hi:  # ChannelData
+                kind = demux[buf[0]]  # the codec's rule: STUN, ChannelData or neither
+                if kind == _CHANNEL_DATA:
                     alloc = allocs.get(addr)
                     if alloc is None or n < 4:
                         drops["no_allocation" if alloc is None else "malformed"] += 1
                     else:
                         forward_channel_data(alloc, view, n, drops)
-                elif first < 0x40 and n >= 20:  # STUN: the top two bits are zero
+                elif kind == _STUN and n >= 20:
                     if buf[0:2] == _SEND_INDICATION:
-                        self.forward_send_indication(allocs, addr, view, n, name, policy, drops)
+                        alloc = allocs.get(addr)
+                        if alloc is None:
+                            drops["no_allocation"] += 1
+                        else:
+                            forward_send_indication(alloc, view, n, policy, drops)
                     else:
                         t0 = perf()
                         reply = answer(lis, addr, bytes(view[:n]))
@@ -475,42 +494,6 @@ class Gateway:
                 if handled >= BATCH:
                     handled = 0
                     await checkpoint()
-
-    def forward_send_indication(
-        self, allocs: dict[Any, Allocation], addr: Any, view: memoryview, n: int, name: str,
-        policy: PeerPolicy, drops: dict[str, int],
-    ) -> None:
-        """Client -> peer: the DATA of the Send indication in `view[:n]` from `addr`, or count
-        why not (shared by the UDP and the stream listeners)."""
-        alloc = allocs.get(addr)
-        if alloc is None:
-            drops["no_allocation"] += 1
-            return
-        found = scan_send_indication(view, n)
-        if found is None:
-            drops["malformed"] += 1
-            return
-        ip, port, payload = found
-        perm = alloc.permissions.get(ip)
-        if perm is None:
-            drops["no_permission"] += 1
-            return
-        if not perm.any_port and not policy.check(name, ip, port).allowed:
-            drops["peer_not_allowed"] += 1
-            return
-        ep = alloc.relays.get(FAMILY_V6 if ":" in ip else FAMILY_V4)
-        if ep is None:
-            drops["peer_not_allowed"] += 1
-            return
-        try:
-            ep.sock.sendto(payload, (ip, port))  # type: ignore[attr-defined]
-            ct = perm.cluster.traffic
-            ct.tx_packets += 1
-            ct.tx_bytes += len(payload)
-        except BlockingIOError:
-            drops["send_buffer_full"] += 1
-        except OSError:
-            drops["peer_not_allowed"] += 1
 
     async def _run_allocation(self, alloc: Allocation) -> None:
         """The allocation's task: its relay sockets are served while it runs.

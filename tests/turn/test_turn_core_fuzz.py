@@ -79,7 +79,7 @@ def check_invariants(h: Harness) -> None:
         assert {ch.number: ch.peer for ch in a.channels.values()} == {
             ch.number: p for p, ch in a.peer_channels.items()}
     in_use = {id(ep) for a in allocs for ep in a.relays.values()}
-    in_use |= {id(ep) for ep, _ in h.server.reservations.values()}
+    in_use |= {id(r.endpoint) for r in h.server.reservations.values()}
     assert {id(ep) for ep in h.ports.in_use()} == in_use
     assert all(ep.closes <= 1 for ep in h.ports.endpoints)
 

@@ -26,12 +26,14 @@ from relay.stun import (
     Realm,
     RequestedTransport,
     Software,
+    StreamFramer,
     Username,
     XorMappedAddress,
     XorPeerAddress,
     XorRelayedAddress,
     data_indication,
     decode,
+    demux_table,
     encode_channel_data,
     long_term_key,
     parse_channel_data,
@@ -105,6 +107,29 @@ def build_cases() -> dict[str, Callable[[], object]]:
     send_buf[: len(send)] = send
     n_send = len(send)
 
+    # A TCP/TLS read holding 8 padded ChannelData frames and a STUN request, framed whole.
+    stream_chunk = encode_channel_data(0x4001, PAYLOAD[:157], pad=True) * 8 + allocate
+    framer = StreamFramer()  # whole frames only: nothing stays buffered between calls
+
+    def frame_stream() -> int:
+        return sum(1 for _ in framer.feed(stream_chunk))
+
+    # The UDP loop's first-byte rule: the codec's table against the comparisons it replaced.
+    demux = demux_table()
+    first_bytes = bytes((0x40, 0x00, 0x4F, 0x80))
+
+    def demux_by_table() -> int:
+        n = 0
+        for b in first_bytes:
+            n += demux[b]
+        return n
+
+    def demux_by_compares() -> int:
+        n = 0
+        for b in first_bytes:
+            n += 1 if 0x40 <= b <= 0x4F else 0 if b < 0x40 else 2
+        return n
+
     def decode_verify() -> bool:
         msg = decode(allocate)
         return verify_integrity(msg, KEY) and verify_fingerprint(msg)
@@ -122,6 +147,9 @@ def build_cases() -> dict[str, Callable[[], object]]:
         "data_indication (IPv4 peer, 160 B)": lambda: data_indication(
             TID, "198.51.100.7", 5004, PAYLOAD
         ),
+        "StreamFramer.feed (8 x 160 B ChannelData + Allocate)": frame_stream,
+        "first-byte demux x4: demux_table index": demux_by_table,
+        "first-byte demux x4: two comparisons (inline rule)": demux_by_compares,
     }
 
 

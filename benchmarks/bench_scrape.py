@@ -38,8 +38,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from relay.config import Config
 from relay.health import HealthState
 from relay.metrics.collector import TurnCollector, install_collectors
-from relay.metrics.stats import AUTH_FAILURE_REASONS, DROP_REASONS, METHODS, TurnStats
 from relay.runtime import Runtime
+from relay.turn.stats import AUTH_FAILURE_REASONS, DROP_REASONS, METHODS, TurnStats
 
 
 def make_config(listeners: int, clusters: int) -> Config:

@@ -197,11 +197,13 @@ def run_coturn(host: str = "127.0.0.1", port: int | None = None, *,
 @contextlib.contextmanager
 def run_relay(host: str = "127.0.0.1", port: int | None = None, *,
               port_range: tuple[int, int] | None = None, python: str | None = None,
-              ready_timeout: float = 20.0) -> Iterator[ServerProcess]:
-    """Run relay (``python -m relay -c CONFIG``) on loopback for the ``with`` block."""
+              ready_timeout: float = 20.0, root: str | None = None) -> Iterator[ServerProcess]:
+    """Run relay (``python -m relay -c CONFIG``) on loopback for the ``with`` block; from the
+    source tree ``root`` (default: this checkout), e.g. a ``git worktree`` of another
+    commit for an A/B comparison."""
     port = port or free_udp_port(host)
     lo, hi = port_range or random_port_range()
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = root or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with tempfile.TemporaryDirectory(prefix="relay-bench-relay-") as tmp:
         cfg = os.path.join(tmp, "relay.yaml")
         with open(cfg, "w") as fh:

@@ -36,11 +36,11 @@ from prometheus_client import CollectorRegistry
 from relay.config import Config
 from relay.health import HealthState
 from relay.metrics.admin import serve_admin
-from relay.metrics.stats import TurnStats
 from relay.net.gateway import Gateway, serve_gateway
 from relay.net.probe import run_probe
 from relay.runtime import Runtime
 from relay.signaling.server import serve_signaling
+from relay.turn.stats import TurnStats
 
 log = logging.getLogger("relay")
 

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from relay import __version__
 from relay.config import Config
 from relay.health import HealthState, ListenerStatus
-from relay.metrics.stats import TurnStats
+from relay.turn.stats import TurnStats
 
 # The health types live in relay.health; they stay importable from here for older imports.
 __all__ = ["HealthState", "ListenerStatus", "Runtime"]

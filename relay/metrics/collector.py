@@ -1,9 +1,9 @@
 """The Prometheus collector: turns the plain-int `TurnStats` into metric families at scrape time.
 
-Nothing here runs per packet.  The data plane bumps ints (`relay.metrics.stats`); a scrape
+Nothing here runs per packet.  The data plane bumps ints (`relay.turn.stats`); a scrape
 calls `TurnCollector.collect()`, which reads those ints and builds fresh metric families.
 Its cost grows with the number of listeners, clusters and label values (all bounded by the
-config and the fixed label sets in `relay.metrics.stats`), never with the number of
+config and the fixed label sets in `relay.turn.stats`), never with the number of
 allocations, permissions or packets.
 
 Names, types and labels of the `stunner_` families are exactly STUNner's; relay's own
@@ -33,8 +33,9 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from relay.config import Config
-from relay.metrics.stats import ConnectionStats, Histogram, TurnStats
-from relay.runtime import HealthState
+from relay.health import HealthState
+from relay.histogram import Histogram
+from relay.turn.stats import ConnectionStats, TurnStats
 
 log = logging.getLogger("relay.metrics")
 
@@ -256,7 +257,7 @@ class TurnCollector:
 
 
 def _histogram(family: HistogramMetricFamily, h: Histogram) -> None:
-    family.add_metric([], h.cumulative(), h.sum)
+    family.add_metric([], h.buckets(), h.sum)
 
 
 # -- registration -------------------------------------------------------------------------------

@@ -11,9 +11,12 @@ datagrams so other tasks run.  A full send buffer drops the datagram and counts 
 
 Ownership: `serve_gateway` owns a nursery with the listener readers, the relay reader, the
 sweeper, and an allocation nursery in which each allocation's task holds its relay sockets'
-registration in the epoll set.  Deleting an allocation cancels that task and closes its
-relay sockets (out of the epoll set first), so their ports go back to the pool; cancelling
-the gateway deletes every allocation.
+registration in the epoll set.  The sans-IO core (`TurnServer`) gets relay sockets through
+`RelaySockets` (its `RelayPortAllocator`) and reports what happened as effects, which
+`Gateway.perform` carries out: `AllocationCreated` binds the allocation's sender and starts
+its task; `AllocationDeleted` (the core has released its relay sockets, out of the epoll set
+first, so their ports are back in the pool) cancels that task and tells its stream
+connection.  Cancelling the gateway deletes every allocation.
 """
 
 from __future__ import annotations
@@ -31,16 +34,19 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import attrs
 import trio
 
 from relay.config import Config, ListenerConfig
-from relay.metrics.stats import TurnStats
-from relay.net.forward import forward_channel_data
+from relay.net.forward import forward_channel_data, forward_send_indication
 from relay.net.stream import StreamConnection, serve_connection, tls_context
-from relay.stun.fastpath import data_indication, scan_send_indication
-from relay.turn.allocation import Allocation
+from relay.stun.fastpath import data_indication
+from relay.stun.framing import CHANNEL_DATA, STUN, demux_table
+from relay.turn.allocation import Address, Allocation, RelayEndpoint
+from relay.turn.effects import AllocationCreated, Effect
 from relay.turn.policy import PeerPolicy
 from relay.turn.server import FAMILY_V4, FAMILY_V6, ListenerState, TurnServer
+from relay.turn.stats import TurnStats
 
 log = logging.getLogger("relay.gateway")
 
@@ -50,29 +56,21 @@ SWEEP_INTERVAL = 1.0
 DNS_INTERVAL = 30.0  # STRICT_DNS clusters are re-resolved this often
 _AF = {FAMILY_V4: socket.AF_INET, FAMILY_V6: socket.AF_INET6}
 _SEND_INDICATION = b"\x00\x16"
+_STUN = STUN
+_CHANNEL_DATA = CHANNEL_DATA
 _pack_head = struct.Struct("!HH").pack_into
 
 
 class UdpRelay:
     """A relayed transport address: a bound non-blocking UDP socket from the port pool."""
 
-    __slots__ = ("family", "ip", "pool", "port", "sock")
+    __slots__ = ("family", "ip", "port", "sock")
 
-    def __init__(self, family: int, ip: str, port: int, sock: socket.socket,
-                 pool: RelayPorts) -> None:
+    def __init__(self, family: int, ip: str, port: int, sock: socket.socket) -> None:
         self.family = family
         self.ip = ip
         self.port = port
         self.sock = sock
-        self.pool = pool
-
-    def close(self) -> None:
-        if self.sock.fileno() < 0:
-            return
-        if self.pool.closing is not None:
-            self.pool.closing(self)  # out of the reader's epoll set first
-        self.sock.close()
-        self.pool.release(self.family, self.port)
 
 
 class RelayPorts:
@@ -85,7 +83,6 @@ class RelayPorts:
         self.max_port = max_port
         self.buffer = buffer
         self.used: dict[int, set[int]] = {FAMILY_V4: set(), FAMILY_V6: set()}
-        self.closing: Callable[[UdpRelay], None] | None = None  # told before a socket closes
 
     def release(self, family: int, port: int) -> None:
         self.used[family].discard(port)
@@ -133,9 +130,9 @@ class RelayPorts:
                     sock.close()
                     continue
                 used.add(port + 1)
-                nxt = UdpRelay(family, adv_ip, port + 1, sock2, self)
+                nxt = UdpRelay(family, adv_ip, port + 1, sock2)
             used.add(port)
-            return UdpRelay(family, adv_ip, port, sock, self), nxt
+            return UdpRelay(family, adv_ip, port, sock), nxt
         raise OSError(errno.EADDRNOTAVAIL, "no free relay port")
 
 
@@ -170,14 +167,23 @@ def _bindable(family: int, ip: str) -> bool:
         return False
 
 
+@attrs.frozen
+class RelayAddress:
+    """Where a listener's relay sockets of one family bind, and what they advertise in
+    XOR-RELAYED-ADDRESS (they differ behind NAT or for a wildcard bind)."""
+
+    bind: str
+    advertised: str
+
+
 def relay_addresses(lis: ListenerConfig, relay_v4: str, relay_v6: str
-                    ) -> dict[int, tuple[str, str]]:
-    """family -> (bind ip, advertised ip) of a listener's relay sockets.
+                    ) -> dict[int, RelayAddress]:
+    """family -> bind and advertised address of a listener's relay sockets.
 
     Advertised: `turn.relay_address(_v6)` when set; else the listener's own address when it
     is specific; a loopback listener offers both loopback families; a wildcard listener
     advertises the host's primary address of its family."""
-    out: dict[int, tuple[str, str]] = {}
+    out: dict[int, RelayAddress] = {}
     ip = ipaddress.ip_address(lis.address)
     for family, configured in ((FAMILY_V4, relay_v4), (FAMILY_V6, relay_v6)):
         adv: str | None = configured or None
@@ -191,12 +197,63 @@ def relay_addresses(lis: ListenerConfig, relay_v4: str, relay_v6: str
         bind = adv if _bindable(family, adv) else ("0.0.0.0" if family == FAMILY_V4 else "::")
         if not _bindable(family, bind):
             continue
-        out[family] = (bind, adv)
+        out[family] = RelayAddress(bind, adv)
     return out
 
 
+class RelaySockets:
+    """The core's `RelayPortAllocator`: relay sockets from the port range, bound on the
+    listener's relay address of the family, and released out of the relay reader's epoll
+    set before they close (the fd number may be reused at once)."""
+
+    __slots__ = ("addresses", "epoll", "fds", "pool")
+
+    def __init__(self, pool: RelayPorts, epoll: select.epoll, fds: dict[int, Any]) -> None:
+        self.pool = pool
+        self.epoll = epoll
+        self.fds = fds  # the relay reader's registrations: fd -> its entry
+        self.addresses: dict[str, dict[int, RelayAddress]] = {}  # listener -> family -> ...
+
+    def open(self, listener: str, family: int, mode: str
+             ) -> tuple[RelayEndpoint, RelayEndpoint | None]:
+        where = self.addresses[listener][family]
+        return self.pool.open(family, mode, where.bind, where.advertised)
+
+    def release(self, endpoint: RelayEndpoint) -> None:
+        assert isinstance(endpoint, UdpRelay)
+        sock = endpoint.sock
+        fd = sock.fileno()
+        if fd < 0:
+            return
+        if self.fds.pop(fd, None) is not None:
+            try:
+                self.epoll.unregister(fd)
+            except (OSError, ValueError):
+                pass
+        sock.close()
+        self.pool.release(endpoint.family, endpoint.port)
+
+
+@attrs.define(slots=True)
+class AllocationIO:
+    """The gateway's side of an allocation (`Allocation.io`): how to reach its client (the
+    UDP listener socket's sendto, or the stream connection's send_frame, which pads
+    ChannelData to 4 bytes) and the cancel scope of its task once that runs."""
+
+    send: Callable[[Any, Address], int]
+    scope: trio.CancelScope | None = None
+
+
+def _io(alloc: Allocation) -> AllocationIO:
+    """The gateway's side of an allocation it created (set before its task starts)."""
+    io = alloc.io
+    assert isinstance(io, AllocationIO)
+    return io
+
+
 class Gateway:
-    """The sockets and loops around one `TurnServer`."""
+    """The sockets and loops around one `TurnServer`; it performs the core's effects and is
+    the `StreamHost` of the stream connections."""
 
     def __init__(self, config: Config, stats: TurnStats,
                  own_addresses: Iterable[tuple[str, int]] = ()) -> None:
@@ -209,49 +266,57 @@ class Gateway:
         self.bound_ports: dict[str, int] = {}  # listener name -> port as really bound
         self.ports = RelayPorts(cfg.turn.min_port, cfg.turn.max_port, cfg.turn.udp_receive_buffer)
         self.policy = PeerPolicy.from_config(cfg)
-        self.server = TurnServer(
-            cfg, stats, self.policy, self._open_relay,
-            on_created=self._created, on_deleted=self._deleted,
-        )
+        self.epoll = select.epoll()
+        self.relay_fds: dict[int, tuple[Any, ...]] = {}
+        self.relay_sockets = RelaySockets(self.ports, self.epoll, self.relay_fds)
+        self.server = TurnServer(cfg, stats, self.policy, self.relay_sockets)
         self.sockets: dict[str, socket.socket] = {}  # TURN-UDP listeners
         # TURN-TCP / TURN-TLS listeners: name -> (listening socket, TLS context or None)
         self.stream_sockets: dict[str, tuple[trio.socket.SocketType, ssl.SSLContext | None]] = {}
-        self.streams: dict[tuple[str, Any], StreamConnection] = {}  # (listener, client) -> conn
-        self.relay_ips: dict[str, dict[int, tuple[str, str]]] = {}
+        self.streams: dict[tuple[str, Address], StreamConnection] = {}  # (listener, client)
         self.alloc_nursery: trio.Nursery | None = None
-        self.epoll = select.epoll()
-        self.relay_fds: dict[int, tuple[Any, ...]] = {}
-        self.ports.closing = self._forget
         self.relay_buf = bytearray(BUFFER)
         self.relay_view = memoryview(self.relay_buf)
         for c in cfg.clusters:
             self.stats.cluster(c.name)
 
-    # -- factory and hooks called by the core ---------------------------------------------
+    # -- the core's effects -----------------------------------------------------------------
 
-    def _open_relay(self, listener: str, family: int, mode: str) -> tuple[Any, Any]:
-        bind, adv = self.relay_ips[listener][family]
-        return self.ports.open(family, mode, bind, adv)
+    def perform(self, effects: Iterable[Effect | None]) -> None:
+        """Carry out what the core reported, in order: an allocation's life, I/O side."""
+        for eff in effects:
+            if eff is None:
+                continue
+            if isinstance(eff, AllocationCreated):
+                self._created(eff.allocation)
+            else:
+                self._deleted(eff.allocation)
+
+    def answer(self, lis: ListenerState, client: Address, data: bytes) -> bytes | None:
+        """The core's reply to one STUN message from `client`, its effects performed."""
+        out = self.server.handle(lis, client, data, trio.current_time(), time.time())
+        if out.effects:
+            self.perform(out.effects)
+        return out.reply
 
     def _created(self, alloc: Allocation) -> None:
         assert self.alloc_nursery is not None
-        # (send(data, client) towards the client, cancel scope): the UDP listener socket's
-        # sendto, or the stream connection's send_frame (which pads ChannelData to 4 bytes).
         sock = self.sockets.get(alloc.listener)
         if sock is not None:
-            alloc.io = (sock.sendto, None)
+            alloc.io = AllocationIO(sock.sendto)
         else:
             conn = self.streams[(alloc.listener, alloc.client)]
             conn.allocation_created(alloc)
-            alloc.io = (conn.send_frame, None)
+            alloc.io = AllocationIO(conn.send_frame)
         self.alloc_nursery.start_soon(self._run_allocation, alloc)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("allocation %s for %s on %s: relays %s", alloc.user_id, alloc.client,
                       alloc.listener, [(ep.ip, ep.port) for ep in alloc.relays.values()])
 
     def _deleted(self, alloc: Allocation) -> None:
-        # The core closes the relay sockets next (forgotten by the reader first).
-        scope = alloc.io[1] if alloc.io is not None else None
+        # The core has released the relay sockets (forgotten by the reader first).
+        io = alloc.io
+        scope = io.scope if isinstance(io, AllocationIO) else None
         if scope is not None:
             scope.cancel()
         if alloc.listener in self.stream_sockets:
@@ -315,7 +380,7 @@ class Gateway:
         relays = relay_addresses(lis, cfg.turn.relay_address, cfg.turn.relay_address_v6)
         if not relays:
             log.warning("listener %s: no relay address; set turn.relay_address", lis.name)
-        self.relay_ips[lis.name] = relays
+        self.relay_sockets.addresses[lis.name] = relays
         self.server.add_listener(lis.name, frozenset(relays), transport)
         self.bound_ports[lis.name] = port
 
@@ -325,8 +390,21 @@ class Gateway:
         handler = functools.partial(serve_connection, self, self.server.listeners[name], ctx)
         await trio.serve_listeners(handler, [trio.SocketListener(sock)])
 
+    # -- StreamHost: what the stream connections call -------------------------------------
+
+    def connection_opened(self, conn: StreamConnection) -> None:
+        self.streams[(conn.lis.name, conn.client)] = conn
+
+    def connection_closed(self, conn: StreamConnection) -> None:
+        key = (conn.lis.name, conn.client)
+        if self.streams.get(key) is conn:
+            del self.streams[key]
+        alloc = conn.alloc
+        if alloc is not None and alloc.alive:
+            self.perform([self.server.delete(alloc, trio.current_time())])
+
     def close(self) -> None:
-        self.server.close_all(trio.current_time())
+        self.perform(self.server.close_all(trio.current_time()))
         for sock in self.sockets.values():
             sock.close()
         self.sockets.clear()
@@ -363,7 +441,7 @@ class Gateway:
     async def sweeper(self) -> None:
         while True:
             await trio.sleep(SWEEP_INTERVAL)
-            self.server.sweep(trio.current_time())
+            self.perform(self.server.sweep(trio.current_time()))
 
     async def listener_loop(self, lis: ListenerState, sock: socket.socket) -> None:
         """Client -> relay: ChannelData and Send indications forwarded, requests answered."""
@@ -374,16 +452,13 @@ class Gateway:
         allocs = lis.allocations
         traffic = lis.stats.traffic
         drops = self.stats.drops
-        server = self.server
         policy = self.policy
-        name = lis.name
+        answer = self.answer
+        demux = demux_table(self.server.channel_max)
         latency = self.stats.request_latency
         wait = trio.lowlevel.wait_readable
         checkpoint = trio.lowlevel.checkpoint
-        clock = trio.current_time
-        wall = time.time
         perf = time.perf_counter
-        chan_hi = self.server.channel_max >> 8  # 0x4F, or 0x7F with turn.rfc5766_channels
         while True:
             await wait(sock)
             handled = 0
@@ -398,19 +473,23 @@ class Gateway:
                     continue  # an error report for an earlier send; nothing to read
                 traffic.rx_packets += 1
                 traffic.rx_bytes += n
-                first = buf[0]
-                if 0x40 <= first <= chan_hi:  # ChannelData
+                kind = demux[buf[0]]  # the codec's rule: STUN, ChannelData or neither
+                if kind == _CHANNEL_DATA:
                     alloc = allocs.get(addr)
                     if alloc is None or n < 4:
                         drops["no_allocation" if alloc is None else "malformed"] += 1
                     else:
                         forward_channel_data(alloc, view, n, drops)
-                elif first < 0x40 and n >= 20:  # STUN: the top two bits are zero
+                elif kind == _STUN and n >= 20:
                     if buf[0:2] == _SEND_INDICATION:
-                        self.forward_send_indication(allocs, addr, view, n, name, policy, drops)
+                        alloc = allocs.get(addr)
+                        if alloc is None:
+                            drops["no_allocation"] += 1
+                        else:
+                            forward_send_indication(alloc, view, n, policy, drops)
                     else:
                         t0 = perf()
-                        reply = server.handle(lis, addr, bytes(view[:n]), clock(), wall())
+                        reply = answer(lis, addr, bytes(view[:n]))
                         if reply is not None:
                             try:
                                 send(reply, addr)
@@ -428,42 +507,6 @@ class Gateway:
                     handled = 0
                     await checkpoint()
 
-    def forward_send_indication(
-        self, allocs: dict[Any, Allocation], addr: Any, view: memoryview, n: int, name: str,
-        policy: PeerPolicy, drops: dict[str, int],
-    ) -> None:
-        """Client -> peer: the DATA of the Send indication in `view[:n]` from `addr`, or count
-        why not (shared by the UDP and the stream listeners)."""
-        alloc = allocs.get(addr)
-        if alloc is None:
-            drops["no_allocation"] += 1
-            return
-        found = scan_send_indication(view, n)
-        if found is None:
-            drops["malformed"] += 1
-            return
-        ip, port, payload = found
-        perm = alloc.permissions.get(ip)
-        if perm is None:
-            drops["no_permission"] += 1
-            return
-        if not perm.any_port and not policy.check(name, ip, port).allowed:
-            drops["peer_not_allowed"] += 1
-            return
-        ep = alloc.relays.get(FAMILY_V6 if ":" in ip else FAMILY_V4)
-        if ep is None:
-            drops["peer_not_allowed"] += 1
-            return
-        try:
-            ep.sock.sendto(payload, (ip, port))  # type: ignore[attr-defined]
-            ct = perm.cluster.traffic
-            ct.tx_packets += 1
-            ct.tx_bytes += len(payload)
-        except BlockingIOError:
-            drops["send_buffer_full"] += 1
-        except OSError:
-            drops["peer_not_allowed"] += 1
-
     async def _run_allocation(self, alloc: Allocation) -> None:
         """The allocation's task: its relay sockets are served while it runs.
 
@@ -472,7 +515,7 @@ class Gateway:
         epoll set for all of them (a task per socket would re-arm Trio's epoll on every
         wake-up)."""
         with trio.CancelScope() as scope:
-            alloc.io = (alloc.io[0], scope)
+            _io(alloc).scope = scope
             try:
                 for ep in list(alloc.relays.values()):
                     if alloc.alive and isinstance(ep, UdpRelay) and ep.sock.fileno() >= 0:
@@ -481,25 +524,16 @@ class Gateway:
                     await trio.sleep_forever()
             finally:
                 if alloc.alive:  # cancelled from outside: the allocation goes with its task
-                    self.server.delete(alloc, trio.current_time())
+                    self.perform([self.server.delete(alloc, trio.current_time())])
 
     def _watch(self, alloc: Allocation, ep: UdpRelay) -> None:
         fd = ep.sock.fileno()
         lis = self.server.listeners[alloc.listener]
         self.relay_fds[fd] = (
-            ep.sock.recvfrom_into, alloc.io[0], alloc.client, alloc.permissions,
+            ep.sock.recvfrom_into, _io(alloc).send, alloc.client, alloc.permissions,
             alloc.peer_channels, lis.stats.traffic, ep.family == FAMILY_V6, alloc,
         )
         self.epoll.register(fd, select.EPOLLIN)
-
-    def _forget(self, ep: UdpRelay) -> None:
-        """Called before a relay socket closes: its fd number may be reused at once."""
-        fd = ep.sock.fileno()
-        if self.relay_fds.pop(fd, None) is not None:
-            try:
-                self.epoll.unregister(fd)
-            except (OSError, ValueError):
-                pass
 
     async def relay_reader(self) -> None:
         """Peer -> relay -> client for every relay socket: ChannelData when a channel is

@@ -1,14 +1,20 @@
 """TURN over TCP and TLS (RFC 8656 §3.1): the stream listeners' connections.
 
 The control connection is a byte stream carrying STUN messages (framed by 20 + the header's
-length) and ChannelData messages (4 + length, padded to a multiple of 4, RFC 8656 §12.5);
-the relayed transport is still UDP.  I/O only: requests go to the sans-IO core
-(`TurnServer.handle`) with the connection's remote address as the client, and client ->
-peer data goes through the same forwarding code as the UDP listener's.
+length) and ChannelData messages (4 + length, padded to a multiple of 4, RFC 8656 §12.5),
+cut into messages by the codec's `StreamFramer`; the relayed transport is still UDP.  I/O
+only: requests go to the gateway's `answer` (the sans-IO core, its effects performed) with
+the connection's remote address as the client, and client -> peer data goes through the
+same forwarding code as the UDP listener's (`relay.net.forward`).
+
+A connection sees the gateway only through `StreamHost`: the counters, the peer policy,
+`answer`, and being told when a connection opens and closes.  This module does not import
+the gateway.
 
 Each connection runs in its own nursery:
 - the reader frames what arrives (split and merged frames alike); bytes that are neither
-  STUN nor ChannelData close the connection (counted as `drops["malformed"]`);
+  STUN nor ChannelData (`FramingError`) close the connection (counted as
+  `drops["malformed"]`);
 - the writer flushes the send queue with one `send_all` per batch.  Peer -> client data
   is queued by `send_frame`, which the gateway's synchronous `relay_reader` calls: it never
   blocks; past `SEND_QUEUE_LIMIT` queued bytes it raises BlockingIOError, counted by the
@@ -27,17 +33,16 @@ import logging
 import ssl
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Protocol
 
 import trio
 
-from relay.net.forward import forward_channel_data
-from relay.stun.constants import MAGIC_COOKIE
-from relay.turn.allocation import Allocation
+from relay.net.forward import forward_channel_data, forward_send_indication
+from relay.stun.framing import FramingError, StreamFramer
+from relay.turn.allocation import Address, Allocation
+from relay.turn.policy import PeerPolicy
 from relay.turn.server import ListenerState
-
-if TYPE_CHECKING:
-    from relay.net.gateway import Gateway
+from relay.turn.stats import TurnStats
 
 log = logging.getLogger("relay.gateway.stream")
 
@@ -45,7 +50,6 @@ IDLE_TIMEOUT = 30.0  # seconds a connection may go without an allocation and a m
 HANDSHAKE_TIMEOUT = 10.0  # seconds for a TLS handshake (pion's value)
 SEND_QUEUE_LIMIT = 1 << 20  # bytes queued towards a client before peer data is dropped
 RECV_CHUNK = 65536
-_COOKIE = MAGIC_COOKIE.to_bytes(4, "big")
 _SEND_INDICATION = b"\x00\x16"
 _PADS = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
 
@@ -58,15 +62,37 @@ def tls_context(cert: str, key: str) -> ssl.SSLContext:
     return ctx
 
 
+class StreamHost(Protocol):
+    """What a stream connection needs from the gateway, and nothing more."""
+
+    @property
+    def stats(self) -> TurnStats: ...
+
+    @property
+    def policy(self) -> PeerPolicy: ...
+
+    def answer(self, lis: ListenerState, client: Address, data: bytes) -> bytes | None:
+        """The core's reply to one STUN message, its effects already performed."""
+        ...
+
+    def connection_opened(self, conn: StreamConnection) -> None:
+        """`conn` is served: allocations made on it are bound to it."""
+        ...
+
+    def connection_closed(self, conn: StreamConnection) -> None:
+        """`conn` is gone: its allocation (if any) is deleted."""
+        ...
+
+
 class StreamConnection:
     """One TURN client's TCP or TLS control connection."""
 
-    __slots__ = ("alloc", "client", "closed", "gw", "idle", "lis", "queue", "queued", "stream",
-                 "wake")
+    __slots__ = ("alloc", "client", "closed", "host", "idle", "lis", "queue", "queued",
+                 "stream", "wake")
 
-    def __init__(self, gw: Gateway, lis: ListenerState, stream: trio.abc.Stream,
-                 client: Any) -> None:
-        self.gw = gw
+    def __init__(self, host: StreamHost, lis: ListenerState, stream: trio.abc.Stream,
+                 client: Address) -> None:
+        self.host = host
         self.lis = lis
         self.stream = stream
         self.client = client
@@ -81,7 +107,8 @@ class StreamConnection:
 
     # -- called synchronously by the gateway ----------------------------------------------
 
-    def send_frame(self, data: bytes | bytearray | memoryview, client: Any = None) -> int:
+    def send_frame(self, data: bytes | bytearray | memoryview,
+                   client: Address | None = None) -> int:
         """Queue one STUN or ChannelData message for the client (ChannelData padded to 4);
         the bytes queued.  BlockingIOError when the queue is full (the caller counts it)."""
         if self.closed:
@@ -130,12 +157,10 @@ class StreamConnection:
             scope.cancel()  # the client went away: the reader goes too
 
     async def _reader(self) -> None:
-        gw = self.gw
         lis = self.lis
         traffic = lis.stats.traffic
-        drops = gw.stats.drops
-        buf = bytearray()  # the start of an incomplete message
-        need = 4  # bytes `buf` must hold before it is worth framing again
+        drops = self.host.stats.drops
+        framer = StreamFramer()
         while True:
             try:
                 data = await self.stream.receive_some(RECV_CHUNK)
@@ -143,58 +168,27 @@ class StreamConnection:
                 return
             if not data:
                 return  # EOF
-            if buf:
-                buf += data
-                if len(buf) < need:  # a frame trickling in: no re-scan per byte
-                    continue
-                chunk: bytes | bytearray = bytes(buf)
-            else:
-                chunk = data
-            # Frames are views of `chunk`, which is never resized (views pin a bytearray).
-            view = memoryview(chunk)
-            end = len(chunk)
-            pos = 0
             framed = 0
-            need = 4
-            while end - pos >= 4:
-                first = chunk[pos]
-                if first < 0x40:  # STUN: 20-byte header, length a multiple of 4
-                    if end - pos < 20:
-                        need = 20
-                        break
-                    length = chunk[pos + 2] << 8 | chunk[pos + 3]
-                    if length & 3 or chunk[pos + 4 : pos + 8] != _COOKIE:
-                        drops["malformed"] += 1
-                        log.debug("connection %s on %s: not STUN, closing", self.client,
-                                  lis.name)
-                        return
-                    size = 20 + length
-                elif first < 0x80:  # ChannelData: 4-byte header, padded to 4
-                    length = chunk[pos + 2] << 8 | chunk[pos + 3]
-                    size = 4 + length + (-length & 3)
-                else:
-                    drops["malformed"] += 1
-                    log.debug("connection %s on %s: neither STUN nor ChannelData, closing",
-                              self.client, lis.name)
-                    return
-                if end - pos < size:
-                    need = size
-                    break
-                traffic.rx_packets += 1
-                traffic.rx_bytes += size
-                self._message(view[pos : pos + size], size, first < 0x40)
-                pos += size
-                framed += 1
-            buf = bytearray(view[pos:]) if pos < end else bytearray()
+            try:
+                for frame in framer.feed(data):
+                    size = len(frame)
+                    traffic.rx_packets += 1
+                    traffic.rx_bytes += size
+                    self._message(frame, size)
+                    framed += 1
+            except FramingError as exc:
+                drops["malformed"] += 1
+                log.debug("connection %s on %s: %s, closing", self.client, lis.name, exc)
+                return
             if framed and self.alloc is None:
                 self.idle.deadline = trio.current_time() + IDLE_TIMEOUT
             await trio.lowlevel.checkpoint()
 
-    def _message(self, frame: memoryview, n: int, stun: bool) -> None:
-        gw = self.gw
+    def _message(self, frame: memoryview, n: int) -> None:
+        host = self.host
         lis = self.lis
-        drops = gw.stats.drops
-        if not stun:
+        drops = host.stats.drops
+        if frame[0] >= 0x40:  # ChannelData (the framer has classified it)
             alloc = lis.allocations.get(self.client)
             if alloc is None:
                 drops["no_allocation"] += 1
@@ -202,11 +196,14 @@ class StreamConnection:
                 forward_channel_data(alloc, frame, n, drops)
             return
         if frame[0:2] == _SEND_INDICATION:
-            gw.forward_send_indication(lis.allocations, self.client, frame, n, lis.name,
-                                       gw.policy, drops)
+            alloc = lis.allocations.get(self.client)
+            if alloc is None:
+                drops["no_allocation"] += 1
+            else:
+                forward_send_indication(alloc, frame, n, host.policy, drops)
             return
         t0 = time.perf_counter()
-        reply = gw.server.handle(lis, self.client, bytes(frame), trio.current_time(), time.time())
+        reply = host.answer(lis, self.client, bytes(frame))
         if reply is not None:
             try:
                 sent = self.send_frame(reply)
@@ -214,10 +211,10 @@ class StreamConnection:
                 lis.stats.traffic.tx_bytes += sent
             except BlockingIOError:
                 drops["send_buffer_full"] += 1
-        gw.stats.request_latency.observe(time.perf_counter() - t0)
+        host.stats.request_latency.observe(time.perf_counter() - t0)
 
 
-async def serve_connection(gw: Gateway, lis: ListenerState, ctx: ssl.SSLContext | None,
+async def serve_connection(host: StreamHost, lis: ListenerState, ctx: ssl.SSLContext | None,
                            tcp: trio.SocketStream) -> None:
     """Serve one accepted connection until it closes, then delete its allocation."""
     stream: trio.abc.Stream = tcp
@@ -226,7 +223,6 @@ async def serve_connection(gw: Gateway, lis: ListenerState, ctx: ssl.SSLContext 
     except OSError:
         await trio.aclose_forcefully(tcp)
         return
-    key = (lis.name, client)
     conn: StreamConnection | None = None
     try:
         if ctx is not None:
@@ -241,8 +237,8 @@ async def serve_connection(gw: Gateway, lis: ListenerState, ctx: ssl.SSLContext 
                     pass
             if not done:
                 return
-        conn = StreamConnection(gw, lis, stream, client)
-        gw.streams[key] = conn
+        conn = StreamConnection(host, lis, stream, client)
+        host.connection_opened(conn)
         await conn.run()
     finally:
         if log.isEnabledFor(logging.DEBUG):
@@ -250,9 +246,5 @@ async def serve_connection(gw: Gateway, lis: ListenerState, ctx: ssl.SSLContext 
                       conn is not None and conn.alloc is not None)
         if conn is not None:
             conn.closed = True
-            if gw.streams.get(key) is conn:
-                del gw.streams[key]
-            alloc = conn.alloc
-            if alloc is not None and alloc.alive:
-                gw.server.delete(alloc, trio.current_time())
+            host.connection_closed(conn)
         await trio.aclose_forcefully(stream)

@@ -7,7 +7,6 @@ GeoIP families are not registered: those parts do not exist here.
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,41 +18,13 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from relay.histogram import Histogram
+
 
 def exponential_buckets_range(low: float, high: float, count: int) -> tuple[float, ...]:
     """Go's prometheus.ExponentialBucketsRange: low·(high/low)^(i/(count-1))."""
     growth = (high / low) ** (1.0 / (count - 1))
     return tuple(low * growth**i for i in range(count))
-
-
-class Histogram:
-    """Bucket counts and sum; `observe` is a bisect and two adds."""
-
-    __slots__ = ("bounds", "count", "counts", "sum")
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)  # the last slot is +Inf only
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.sum += value
-        self.count += 1
-
-    def buckets(self) -> list[tuple[str, float]]:
-        out: list[tuple[str, float]] = []
-        acc = 0
-        for bound, n in zip(self.bounds, self.counts, strict=False):
-            acc += n
-            out.append((_float_text(bound), acc))
-        out.append(("+Inf", self.count))
-        return out
-
-
-def _float_text(v: float) -> str:
-    return repr(float(v))
 
 
 RTT_BUCKETS_MS = exponential_buckets_range(1, 30000, 50)

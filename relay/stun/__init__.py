@@ -1,8 +1,9 @@
 """The STUN/TURN wire codec (sans-IO; never imports trio).
 
 Messages are an ordered list of typed attributes (duplicates kept, unknown types kept raw);
-see :mod:`relay.stun.message`, :mod:`relay.stun.attributes`, :mod:`relay.stun.channeldata`
-and the data-plane shortcuts in :mod:`relay.stun.fastpath`.
+see :mod:`relay.stun.message`, :mod:`relay.stun.attributes`, :mod:`relay.stun.channeldata`,
+the STUN/ChannelData demultiplexing and stream framing in :mod:`relay.stun.framing`, and the
+data-plane shortcuts in :mod:`relay.stun.fastpath`.
 """
 
 from relay.stun.attributes import (
@@ -59,6 +60,7 @@ from relay.stun.constants import (
 )
 from relay.stun.credentials import long_term_key, opaque_string, user_hash
 from relay.stun.fastpath import data_indication, scan_send_indication
+from relay.stun.framing import FramingError, StreamFramer, demux_table, stun_frame_size
 from relay.stun.message import (
     Message,
     decode,
@@ -86,6 +88,7 @@ __all__ = [
     "ErrorCode",
     "EvenPort",
     "Fingerprint",
+    "FramingError",
     "IceControlled",
     "IceControlling",
     "Lifetime",
@@ -104,6 +107,7 @@ __all__ = [
     "RequestedTransport",
     "ReservationToken",
     "Software",
+    "StreamFramer",
     "StunDecodeError",
     "UnknownAttribute",
     "UnknownAttributes",
@@ -118,6 +122,7 @@ __all__ = [
     "channel_data_header",
     "data_indication",
     "decode",
+    "demux_table",
     "encode_channel_data",
     "has_fingerprint",
     "integrity_kind",
@@ -129,6 +134,7 @@ __all__ = [
     "parse_channel_data",
     "scan_send_indication",
     "split_type",
+    "stun_frame_size",
     "user_hash",
     "verify_fingerprint",
     "verify_integrity",

@@ -11,7 +11,11 @@ from __future__ import annotations
 import random
 from typing import Any, Protocol
 
-from relay.metrics.stats import ConnectionStats
+from relay.turn.stats import ConnectionStats
+
+# A transport address as the socket layer reports it: (ip, port) or (ip, port, flow, scope).
+# A dict key of the allocation tables and a sendto target; the core reads [0] and [1].
+Address = tuple[Any, ...]
 
 
 class RelayEndpoint(Protocol):
@@ -21,7 +25,26 @@ class RelayEndpoint(Protocol):
     ip: str  # advertised in XOR-RELAYED-ADDRESS
     port: int
 
-    def close(self) -> None: ...
+
+class RelayPortAllocator(Protocol):
+    """How the core gets relay endpoints: the I/O layer binds and frees the sockets.
+
+    Binding is synchronous (a non-blocking bind, never an await) and its result decides the
+    answer (the port in XOR-RELAYED-ADDRESS, or 508), so the core asks for it in the middle
+    of processing an Allocate rather than returning a request for it and resuming later.
+    Every endpoint `open` returned goes back through `release` exactly once: when its
+    allocation is deleted, its reservation lapses or is refused, or the Allocate fails."""
+
+    def open(self, listener: str, family: int, mode: str
+             ) -> tuple[RelayEndpoint, RelayEndpoint | None]:
+        """(endpoint, reserved next endpoint or None) on `listener` for `family` (1 = IPv4,
+        2 = IPv6); mode "any", "even" or "pair" (an even port and the next one reserved).
+        Raises OSError when no port is free."""
+        ...
+
+    def release(self, endpoint: RelayEndpoint) -> None:
+        """Close the endpoint's socket and free its port."""
+        ...
 
 
 class Permission:
@@ -79,7 +102,7 @@ class Allocation:
     def __init__(
         self,
         listener: str,
-        client: Any,
+        client: Address,
         username: str,
         user_id: str,
         key: bytes,
@@ -105,7 +128,7 @@ class Allocation:
         self.alloc_txid = b""
         self.alloc_response = b""
         self.alive = True
-        self.io: Any = None
+        self.io: object = None  # the I/O layer's handle (sender, task), opaque to the core
 
     def note_deadline(self, when: float) -> None:
         if when < self.next_deadline:

@@ -1,10 +1,20 @@
 """The TURN server core (RFC 8656 over RFC 8489), sans-IO.
 
-`TurnServer.handle` takes one STUN request from a client on a listener and returns the bytes
-to answer with (or None to stay silent).  Relay sockets come from an injected factory, so
-the core runs in unit tests without sockets; the I/O layer (`relay.net.gateway`) owns the
-sockets, the reader tasks and the clock.  Data-plane forwarding (ChannelData, Send and Data
-indications) is in the gateway's loops; they read the plain dicts kept here.
+`TurnServer.handle` takes one STUN message from a client on a listener and returns an
+`Outcome`: the bytes to answer with (or None to stay silent) and the effects the I/O layer
+performs before sending them (`AllocationCreated`, `AllocationDeleted`, see
+`relay.turn.effects`).  `delete`, `sweep` and `close_all` return their effects the same way;
+the core never calls back into the gateway.
+
+Relay ports are the one piece of I/O an Allocate needs before it can answer (the port goes
+into XOR-RELAYED-ADDRESS, a failure is a 508).  The gateway passes in a narrow
+`RelayPortAllocator` (`open` / `release`): binding is a synchronous non-blocking call, so the
+core asks for the endpoint where the RFC's order of checks needs it and releases every
+endpoint it was given (deleted allocations, lapsed or refused reservations, failed
+Allocates).  Unit tests pass a fake allocator and run without sockets.  The I/O layer
+(`relay.net.gateway`) owns the sockets, the reader tasks and the clock.  Data-plane
+forwarding (ChannelData, Send and Data indications, `relay.net.forward`) reads the plain
+dicts kept here.
 
 Request processing follows RFC 8656 §7-§12 (order of checks and error codes), with the
 deviations of other servers listed in our TURN reference deliberately not copied.
@@ -13,11 +23,10 @@ deviations of other servers listed in our TURN reference deliberately not copied
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from typing import Any
+
+import attrs
 
 from relay.config import Config
-from relay.metrics.stats import ConnectionStats, TurnStats
 from relay.stun import (
     AdditionalAddressFamily,
     AddressErrorCode,
@@ -50,9 +59,19 @@ from relay.stun import (
     verify_fingerprint,
     verify_integrity,
 )
-from relay.turn.allocation import Allocation, Channel, Permission, RelayEndpoint
+from relay.stun.framing import stun_frame_size
+from relay.turn.allocation import (
+    Address,
+    Allocation,
+    Channel,
+    Permission,
+    RelayEndpoint,
+    RelayPortAllocator,
+)
 from relay.turn.auth import Authenticator, AuthRefused
+from relay.turn.effects import AllocationCreated, AllocationDeleted, Effect, Outcome
 from relay.turn.policy import PeerPolicy
+from relay.turn.stats import ConnectionStats, TurnStats
 
 FAMILY_V4 = 1
 FAMILY_V6 = 2
@@ -72,10 +91,6 @@ METHOD_NAMES = {
     Method.CHANNEL_BIND: "channel_bind",
 }
 
-# (listener, family, mode) -> (endpoint, reserved next endpoint or None); raises OSError when
-# no port is free.  mode: "any" | "even" | "pair" (an even port and the next one reserved).
-RelayFactory = Callable[[str, int, str], tuple[RelayEndpoint, RelayEndpoint | None]]
-
 
 class ListenerState:
     """A listener as the core sees it: its allocations, the relay families it offers and the
@@ -87,7 +102,15 @@ class ListenerState:
         self.stats = stats
         self.families = families
         self.transport = transport
-        self.allocations: dict[Any, Allocation] = {}
+        self.allocations: dict[Address, Allocation] = {}
+
+
+@attrs.define
+class Reservation:
+    """A relay endpoint held for a RESERVATION-TOKEN (EVEN-PORT with R) until `until`."""
+
+    endpoint: RelayEndpoint
+    until: float
 
 
 class _Challenge(Exception):
@@ -119,32 +142,29 @@ class TurnServer:
         config: Config,
         stats: TurnStats,
         policy: PeerPolicy,
-        relay_factory: RelayFactory,
+        ports: RelayPortAllocator,
         *,
         authenticator: Authenticator | None = None,
-        on_created: Callable[[Allocation], None] | None = None,
-        on_deleted: Callable[[Allocation], None] | None = None,
     ) -> None:
         self.config = config
         self.turn = config.turn
         self.stats = stats
         self.policy = policy
-        self.relay_factory = relay_factory
+        self.ports = ports
         self.auth = authenticator or Authenticator(
             config.auth, nonce_lifetime=config.turn.nonce_lifetime
         )
-        self.on_created = on_created
-        self.on_deleted = on_deleted
         self.listeners: dict[str, ListenerState] = {}
         self.user_counts: dict[str, int] = {}
         self.user_quota = config.admin.user_quota
         self.channel_max = CHANNEL_MAX_RFC5766 if config.turn.rfc5766_channels else CHANNEL_MAX
         self.software = Software(config.turn.software) if config.turn.software else None
-        # (listener, token) -> (reserved endpoint, deadline): a token is good on its listener only
-        self.reservations: dict[tuple[str, bytes], tuple[RelayEndpoint, float]] = {}
+        # (listener, token) -> reservation: a token is good on its listener only
+        self.reservations: dict[tuple[str, bytes], Reservation] = {}
         # 401 rate limit: one window per second, counts per source IP.
         self._rl_window = -1
         self._rl_counts: dict[str, int] = {}
+        self._effects: list[Effect] = []  # of the message being handled
 
     def add_listener(self, name: str, families: frozenset[int],
                      transport: str = "udp") -> ListenerState:
@@ -155,15 +175,25 @@ class TurnServer:
     # -- entry point ----------------------------------------------------------------------
 
     def handle(
-        self, lis: ListenerState, client: Any, data: bytes, now: float, wall: float | None = None
-    ) -> bytes | None:
-        """Process one STUN message from `client`; the response to send, or None.
+        self, lis: ListenerState, client: Address, data: bytes, now: float,
+        wall: float | None = None,
+    ) -> Outcome:
+        """Process one STUN message from `client`: the response to send (or None) and the
+        effects to perform first.
 
         `now` is the monotonic (Trio) clock every lifetime runs on (a wall-clock step must not
         expire allocations); `wall` is Unix time for nonces and REST credential expiry
         (defaults to `now`, for callers that use one clock)."""
-        if wall is None:
-            wall = now
+        effects = self._effects
+        try:
+            reply = self._handle(lis, client, data, now, now if wall is None else wall)
+            return Outcome(reply, tuple(effects)) if effects else Outcome(reply)
+        finally:
+            effects.clear()
+
+    def _handle(
+        self, lis: ListenerState, client: Address, data: bytes, now: float, wall: float
+    ) -> bytes | None:
         try:
             msg = decode(data)
         except StunDecodeError:
@@ -200,7 +230,7 @@ class TurnServer:
                 raise _Reply(420, extra=(UnknownAttributes(tuple(unknown)),))
             alloc = lis.allocations.get(client)
             if alloc is not None and alloc.expires <= now:
-                self.delete(alloc, now)  # expired, not swept yet: already gone
+                self._deleted(alloc, now)  # expired, not swept yet: already gone
                 alloc = None
             if msg.method == Method.ALLOCATE:
                 if alloc is not None:
@@ -234,9 +264,7 @@ class TurnServer:
 
         A length field that disagrees with the datagram breaks the header rules (RFC 8489
         §5, §6.3): such a message is discarded, not answered."""
-        if len(data) < 20 or data[0] & 0xC0 or data[4:8] != b"\x21\x12\xa4\x42":
-            return None
-        if int.from_bytes(data[2:4], "big") != len(data) - 20 or data[3] & 3:
+        if stun_frame_size(data) != len(data):
             return None
         mtype = int.from_bytes(data[0:2], "big")
         if mtype & 0x0110:  # not the request class
@@ -267,13 +295,13 @@ class TurnServer:
         attrs.extend(r.extra)
         return self._answer(req, MessageClass.ERROR, attrs, key, _integrity_of(req))
 
-    def _binding(self, msg: Message, client: Any) -> bytes:
+    def _binding(self, msg: Message, client: Address) -> bytes:
         attrs: list[Attribute] = [XorMappedAddress(client[0], client[1])]
         if self.software is not None:
             attrs.append(self.software)
         return self._answer(msg, MessageClass.SUCCESS, attrs, None)
 
-    def _challenge(self, msg: Message, client: Any, now: float, limited: bool,
+    def _challenge(self, msg: Message, client: Address, now: float, limited: bool,
                    code: int) -> _Challenge:
         """The challenge; rate limited per source IP when `limited` (UDP: against spoofed
         floods; a TCP/TLS client completed a handshake and never retransmits, so silence
@@ -297,7 +325,7 @@ class TurnServer:
         ]
         return _Challenge(code, self._answer(msg, MessageClass.ERROR, attrs, None))
 
-    def _authenticate(self, msg: Message, client: Any, now: float,
+    def _authenticate(self, msg: Message, client: Address, now: float,
                       limited: bool = True) -> tuple[str, str, bytes]:
         """(username, user id, key) when the request authenticates; else raises _Challenge
         (401/438) or _Reply (400)."""
@@ -342,7 +370,7 @@ class TurnServer:
         self,
         lis: ListenerState,
         msg: Message,
-        client: Any,
+        client: Address,
         username: str,
         user_id: str,
         key: bytes,
@@ -372,11 +400,11 @@ class TurnServer:
         reserved: RelayEndpoint | None = None
         if token is not None:
             held = self.reservations.pop((lis.name, token.token), None)
-            if held is None or held[1] < now:
+            if held is None or held.until < now:
                 if held is not None:
-                    held[0].close()
+                    self.ports.release(held.endpoint)
                 raise _Reply(508, "unknown or expired reservation token")
-            reserved = held[0]
+            reserved = held.endpoint
             if aaf is not None and reserved.family != FAMILY_V4:
                 # ADDITIONAL-ADDRESS-FAMILY adds IPv6 to an IPv4 allocation; keep the token.
                 self.reservations[(lis.name, token.token)] = held
@@ -385,12 +413,12 @@ class TurnServer:
         if self.user_quota and self.user_counts.get(user_id, 0) >= self.user_quota:
             self.stats.quota_rejections["user"] += 1
             if reserved is not None:
-                reserved.close()
+                self.ports.release(reserved)
             raise _Reply(486)
         if self.turn.total_quota and self.stats.allocations_active >= self.turn.total_quota:
             self.stats.quota_rejections["total"] += 1
             if reserved is not None:
-                reserved.close()
+                self.ports.release(reserved)
             raise _Reply(508, "server allocation quota reached")
         family = raf.family if raf is not None else FAMILY_V4
         if reserved is not None:
@@ -405,23 +433,25 @@ class TurnServer:
                 relays.append(reserved)
             else:
                 mode = "any" if even is None else ("pair" if even.reserve else "even")
-                ep, nxt = self.relay_factory(lis.name, family, mode)
+                ep, nxt = self.ports.open(lis.name, family, mode)
                 relays.append(ep)
                 if nxt is not None:
                     tok = os.urandom(8)
-                    self.reservations[(lis.name, tok)] = (nxt, now + RESERVATION_LIFETIME)
+                    self.reservations[(lis.name, tok)] = Reservation(
+                        nxt, now + RESERVATION_LIFETIME
+                    )
                     extra.append(ReservationToken(tok))
             if aaf is not None:
                 if FAMILY_V6 in lis.families:
                     try:
-                        relays.append(self.relay_factory(lis.name, FAMILY_V6, "any")[0])
+                        relays.append(self.ports.open(lis.name, FAMILY_V6, "any")[0])
                     except OSError:
                         extra.append(AddressErrorCode(FAMILY_V6, 508))
                 else:
                     extra.append(AddressErrorCode(FAMILY_V6, 440))
         except OSError:
             for ep in relays:
-                ep.close()
+                self.ports.release(ep)
             self.stats.quota_rejections["ports"] += 1
             raise _Reply(508, "no relay port available") from None
         alloc = Allocation(lis.name, client, username, user_id, key, now, now + lifetime)
@@ -442,8 +472,7 @@ class TurnServer:
         self.stats.allocations_active += 1
         self.stats.allocations_total += 1
         lis.stats.opened()
-        if self.on_created is not None:
-            self.on_created(alloc)
+        self._effects.append(AllocationCreated(alloc))
         return resp
 
     # -- Refresh --------------------------------------------------------------------------
@@ -456,7 +485,7 @@ class TurnServer:
             raise _Reply(443)
         req = msg.get(Lifetime)
         if req is not None and req.seconds == 0:
-            self.delete(alloc, now)
+            self._deleted(alloc, now)
             lifetime = 0
         else:
             lifetime = self._lifetime(msg)
@@ -562,10 +591,20 @@ class TurnServer:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def delete(self, alloc: Allocation, now: float) -> None:
-        """Remove an allocation: counters, quota, relay endpoints, the I/O layer's hook."""
+    def delete(self, alloc: Allocation, now: float) -> AllocationDeleted | None:
+        """Remove an allocation (counters, quota, relay endpoints); the effect for the I/O
+        layer, or None if it was already gone."""
         if not alloc.alive:
-            return
+            return None
+        return self._delete(alloc, now)
+
+    def _deleted(self, alloc: Allocation, now: float) -> None:
+        """Delete while handling a message: the effect joins the message's `Outcome`."""
+        eff = self.delete(alloc, now)
+        if eff is not None:
+            self._effects.append(eff)
+
+    def _delete(self, alloc: Allocation, now: float) -> AllocationDeleted:
         alloc.alive = False
         lis = self.listeners.get(alloc.listener)
         if lis is not None and lis.allocations.get(alloc.client) is alloc:
@@ -586,24 +625,26 @@ class TurnServer:
             self.user_counts[alloc.user_id] = n
         else:
             self.user_counts.pop(alloc.user_id, None)
-        if self.on_deleted is not None:
-            self.on_deleted(alloc)
         for ep in alloc.relays.values():
-            ep.close()
+            self.ports.release(ep)
+        return AllocationDeleted(alloc)
 
-    def sweep(self, now: float) -> None:
-        """Expire allocations, permissions, channels, quarantines and reservations."""
+    def sweep(self, now: float) -> list[Effect]:
+        """Expire allocations, permissions, channels, quarantines and reservations; the
+        deletions, for the I/O layer to perform."""
+        effects: list[Effect] = []
         for lis in self.listeners.values():
             for alloc in list(lis.allocations.values()):
-                if alloc.expires <= now:
-                    self.delete(alloc, now)
+                if alloc.expires <= now and alloc.alive:
+                    effects.append(self._delete(alloc, now))
                 elif alloc.next_deadline <= now:
                     self._sweep_allocation(alloc, now)
         if self.reservations:
-            for tok, (ep, until) in list(self.reservations.items()):
-                if until <= now:
+            for tok, held in list(self.reservations.items()):
+                if held.until <= now:
                     del self.reservations[tok]
-                    ep.close()
+                    self.ports.release(held.endpoint)
+        return effects
 
     def _sweep_allocation(self, alloc: Allocation, now: float) -> None:
         nxt = float("inf")
@@ -637,14 +678,18 @@ class TurnServer:
                 nxt = min(nxt, until)
         alloc.next_deadline = nxt
 
-    def close_all(self, now: float) -> None:
-        """Delete every allocation (shutdown): ports are released, counters settle."""
+    def close_all(self, now: float) -> list[Effect]:
+        """Delete every allocation (shutdown): ports are released, counters settle; the
+        deletions, for the I/O layer to perform."""
+        effects: list[Effect] = []
         for lis in self.listeners.values():
             for alloc in list(lis.allocations.values()):
-                self.delete(alloc, now)
-        for ep, _until in self.reservations.values():
-            ep.close()
+                if alloc.alive:
+                    effects.append(self._delete(alloc, now))
+        for held in self.reservations.values():
+            self.ports.release(held.endpoint)
         self.reservations.clear()
+        return effects
 
 
 def _has_fingerprint(msg: Message) -> bool:

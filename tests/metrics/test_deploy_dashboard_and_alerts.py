@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from relay.config import Config
 from relay.health import HealthState
 from relay.metrics.collector import TURN_FAMILIES, exported_names, install_collectors
-from relay.metrics.stats import TurnStats
+from relay.turn.stats import TurnStats
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "relay-dashboard.json"

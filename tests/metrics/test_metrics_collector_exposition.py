@@ -17,7 +17,7 @@ from relay.metrics.collector import (
     exported_names,
     install_collectors,
 )
-from relay.metrics.stats import AUTH_FAILURE_REASONS, DROP_REASONS, TurnStats
+from relay.turn.stats import AUTH_FAILURE_REASONS, DROP_REASONS, TurnStats
 
 BASE_RAW: dict[str, Any] = {
     "version": "v1",

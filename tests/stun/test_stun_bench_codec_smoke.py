@@ -8,7 +8,7 @@ from relay.stun import Message, decode, verify_fingerprint
 
 def test_benchmark_cases_produce_valid_results() -> None:
     cases = bench_codec.build_cases()
-    assert len(cases) == 6
+    assert len(cases) == 9
     results = {name: fn() for name, fn in cases.items()}
     verified = results["decode+verify_integrity+fingerprint (auth. Allocate)"]
     assert verified is True
@@ -21,6 +21,9 @@ def test_benchmark_cases_produce_valid_results() -> None:
     assert scanned is not None and scanned[:2] == ("198.51.100.7", 5004)  # type: ignore[index]
     indication = results["data_indication (IPv4 peer, 160 B)"]
     assert isinstance(indication, bytes) and len(decode(indication).attributes) == 2
+    assert results["StreamFramer.feed (8 x 160 B ChannelData + Allocate)"] == 9
+    table = results["first-byte demux x4: demux_table index"]
+    assert table == results["first-byte demux x4: two comparisons (inline rule)"] == 1 + 0 + 1 + 2
 
 
 def test_benchmark_main_quick_run(capsys: object) -> None:

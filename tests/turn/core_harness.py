@@ -1,4 +1,4 @@
-"""What the sans-IO TURN core tests share: a config, a fake relay factory, a signing client.
+"""What the sans-IO TURN core tests share: a config, fake relay ports, a signing client.
 
 No sockets and no clock: every request carries an explicit `now`, relay endpoints are plain
 objects that record `close()`, and every reply is decoded and checked on the wire (same
@@ -13,7 +13,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from relay.config import Config
-from relay.metrics.stats import TurnStats
 from relay.stun import (
     Attribute,
     ErrorCode,
@@ -34,10 +33,12 @@ from relay.stun import (
     verify_fingerprint,
     verify_integrity,
 )
-from relay.turn.allocation import Allocation
+from relay.turn.allocation import Allocation, RelayEndpoint
 from relay.turn.auth import rest_password
+from relay.turn.effects import AllocationCreated, AllocationDeleted, Effect
 from relay.turn.policy import PeerPolicy
 from relay.turn.server import FAMILY_V4, FAMILY_V6, TurnServer
+from relay.turn.stats import TurnStats
 
 REALM = "example.org"
 USERS = {"alice": "alice-pw", "bob": "bob-pw"}
@@ -90,7 +91,7 @@ def ephemeral_auth(*secrets: str) -> dict[str, Any]:
 
 
 class FakeEndpoint:
-    """A relay endpoint without a socket; `closes` counts close() calls."""
+    """A relay endpoint without a socket; `closes` counts its releases."""
 
     def __init__(self, family: int, ip: str, port: int) -> None:
         self.family = family
@@ -98,18 +99,16 @@ class FakeEndpoint:
         self.port = port
         self.closes = 0
 
-    def close(self) -> None:
-        self.closes += 1
-
     def __repr__(self) -> str:
         return f"FakeEndpoint({self.ip}:{self.port}, closes={self.closes})"
 
 
-class FakeFactory:
-    """The injected relay factory: hands out endpoints on consecutive ports.
+class FakePorts:
+    """The injected `RelayPortAllocator`: hands out endpoints on consecutive ports.
 
-    `free` limits how many endpoints may be open at once (None: unlimited); past it the
-    factory raises OSError as the real one does when the port range is exhausted."""
+    `free` limits how many endpoints may be open at once (None: unlimited); past it `open`
+    raises OSError as the real one does when the port range is exhausted.  `release` counts
+    on the endpoint (`closes`), so tests see every endpoint go back exactly once."""
 
     def __init__(self, free: int | None = None) -> None:
         self.free = free
@@ -118,7 +117,7 @@ class FakeFactory:
         self.endpoints: list[FakeEndpoint] = []
         self.failing_families: set[int] = set()
 
-    def open(self) -> list[FakeEndpoint]:
+    def in_use(self) -> list[FakeEndpoint]:
         return [ep for ep in self.endpoints if ep.closes == 0]
 
     def _new(self, family: int, port: int) -> FakeEndpoint:
@@ -126,12 +125,16 @@ class FakeFactory:
         self.endpoints.append(ep)
         return ep
 
-    def __call__(self, listener: str, family: int, mode: str
-                 ) -> tuple[FakeEndpoint, FakeEndpoint | None]:
+    def release(self, endpoint: RelayEndpoint) -> None:
+        assert isinstance(endpoint, FakeEndpoint) and endpoint in self.endpoints
+        endpoint.closes += 1
+
+    def open(self, listener: str, family: int, mode: str
+             ) -> tuple[FakeEndpoint, FakeEndpoint | None]:
         self.calls.append((listener, family, mode))
         need = 2 if mode == "pair" else 1
         if family in self.failing_families or (
-            self.free is not None and len(self.open()) + need > self.free
+            self.free is not None and len(self.in_use()) + need > self.free
         ):
             raise OSError("no relay port free")
         if mode != "any" and self.next_port % 2:
@@ -207,7 +210,10 @@ def txid() -> bytes:
 
 
 class Harness:
-    """A TurnServer on one listener with a fake relay factory, driven at explicit times."""
+    """A TurnServer on one listener with fake relay ports, driven at explicit times.
+
+    It performs the core's effects the way the gateway does, by recording them: `created`
+    and `deleted` list the allocations of `AllocationCreated` / `AllocationDeleted`."""
 
     def __init__(
         self,
@@ -220,14 +226,12 @@ class Harness:
     ) -> None:
         self.config = config if config is not None else make_config(**config_kw)
         self.stats = TurnStats()
-        self.factory = FakeFactory(free)
+        self.ports = FakePorts(free)
         self.policy = PeerPolicy.from_config(self.config, own)
         self.created: list[Allocation] = []
         self.deleted: list[Allocation] = []
-        self.server = TurnServer(
-            self.config, self.stats, self.policy, self.factory,
-            on_created=self.created.append, on_deleted=self.deleted.append,
-        )
+        self.effects: list[Effect] = []
+        self.server = TurnServer(self.config, self.stats, self.policy, self.ports)
         self.lis = self.server.add_listener(LISTENER, frozenset(families))
         self.now = T0
 
@@ -247,8 +251,22 @@ class Harness:
 
     # -- sending --------------------------------------------------------------------------
 
+    def perform(self, effects: Iterable[Effect | None]) -> None:
+        for eff in effects:
+            if eff is None:
+                continue
+            self.effects.append(eff)
+            if isinstance(eff, AllocationCreated):
+                self.created.append(eff.allocation)
+            else:
+                assert isinstance(eff, AllocationDeleted)
+                assert not eff.allocation.alive
+                self.deleted.append(eff.allocation)
+
     def send(self, data: bytes, client: Any = CLIENT, now: float | None = None) -> bytes | None:
-        return self.server.handle(self.lis, client, data, self.now if now is None else now)
+        out = self.server.handle(self.lis, client, data, self.now if now is None else now)
+        self.perform(out.effects)
+        return out.reply
 
     def request(
         self,
@@ -299,7 +317,15 @@ class Harness:
         return alloc
 
     def sweep(self, now: float) -> None:
-        self.server.sweep(now)
+        self.perform(self.server.sweep(now))
+
+    def delete(self, alloc: Allocation, now: float) -> AllocationDeleted | None:
+        eff = self.server.delete(alloc, now)
+        self.perform([eff])
+        return eff
+
+    def close_all(self, now: float) -> None:
+        self.perform(self.server.close_all(now))
 
     def requests(self, method: str, result: str) -> int:
         return self.stats.requests.get((method, result), 0)

@@ -9,8 +9,8 @@ import pytest
 import trio
 
 from relay.config import Config
-from relay.metrics.stats import TurnStats
 from relay.net.gateway import Gateway
+from relay.turn.stats import TurnStats
 
 CONFIG = {
     "version": "v1",

@@ -62,7 +62,7 @@ def test_request_without_integrity_gets_401_with_realm_and_nonce(fingerprint: bo
     assert r.get(XorMappedAddress) is None and r.get(MessageIntegrity) is None
     assert h.stats.auth_failures["missing_credentials"] == 1
     assert h.requests("allocate", "401") == 1
-    assert h.lis.allocations == {} and h.factory.calls == []
+    assert h.lis.allocations == {} and h.ports.calls == []
     # the nonce from the challenge authenticates the retry
     h.allocate(nonce=nonce, now=T0 + 5).expect_success()
 
@@ -182,7 +182,7 @@ def test_auth_type_none_refuses_turn_with_403_but_answers_binding() -> None:
         assert r.get(Nonce) is None
     assert h.request(Method.BINDING, integrity=None).success
     assert h.requests("allocate", "403") == 1 and h.requests("binding", "success") == 1
-    assert h.factory.calls == []
+    assert h.ports.calls == []
 
 
 # -- the 401 rate limit -------------------------------------------------------------------

@@ -79,9 +79,9 @@ def check_invariants(h: Harness) -> None:
         assert {ch.number: ch.peer for ch in a.channels.values()} == {
             ch.number: p for p, ch in a.peer_channels.items()}
     in_use = {id(ep) for a in allocs for ep in a.relays.values()}
-    in_use |= {id(ep) for ep, _ in h.server.reservations.values()}
-    assert {id(ep) for ep in h.factory.open()} == in_use
-    assert all(ep.closes <= 1 for ep in h.factory.endpoints)
+    in_use |= {id(r.endpoint) for r in h.server.reservations.values()}
+    assert {id(ep) for ep in h.ports.in_use()} == in_use
+    assert all(ep.closes <= 1 for ep in h.ports.endpoints)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -122,7 +122,7 @@ def test_random_requests_keep_the_books_straight(seed: int) -> None:
         if rnd.random() < 0.1:
             h.sweep(now)
         check_invariants(h)
-    h.server.close_all(now)
+    h.close_all(now)
     check_invariants(h)
-    assert h.factory.open() == []
+    assert h.ports.in_use() == []
     assert h.stats.allocation_lifetime.count == h.stats.allocations_total

@@ -16,6 +16,7 @@ from relay.stun import (
     Method,
     XorPeerAddress,
 )
+from relay.turn.effects import AllocationCreated, AllocationDeleted, Outcome
 from relay.turn.server import FAMILY_V6
 from tests.turn.core_harness import BOTH, CLIENT, CLIENT2, T0, Harness, Reply
 
@@ -71,7 +72,7 @@ def test_refresh_zero_deletes_and_releases_everything() -> None:
     cp(h, PEER, PEER2).expect_success()
     cb(h, 0x4000, PEER).expect_success()
     assert (h.stats.permissions_active, h.stats.channels_active) == (2, 1)
-    endpoints = list(h.factory.endpoints)
+    endpoints = list(h.ports.endpoints)
     assert len(endpoints) == 2
 
     r = refresh(h, 0, now=T0 + 42, fingerprint=True).expect_success()
@@ -102,7 +103,7 @@ def test_refresh_extends_and_sweep_deletes_at_the_exact_deadline() -> None:
     assert alloc.alive
     h.sweep(T0 + 1500)
     assert not alloc.alive and h.lis.allocations == {}
-    assert h.factory.endpoints[0].closes == 1
+    assert h.ports.endpoints[0].closes == 1
     assert h.stats.allocations_active == 0
     assert h.stats.allocation_lifetime.count == 1
     assert h.stats.allocation_lifetime.sum == 1500.0
@@ -112,11 +113,11 @@ def test_refresh_extends_and_sweep_deletes_at_the_exact_deadline() -> None:
 def test_delete_is_idempotent() -> None:
     h = Harness()
     alloc = h.allocated()
-    h.server.delete(alloc, T0 + 1)
-    h.server.delete(alloc, T0 + 2)
+    h.delete(alloc, T0 + 1)
+    h.delete(alloc, T0 + 2)
     h.sweep(T0 + 10_000)
-    h.server.close_all(T0 + 10_001)
-    assert h.factory.endpoints[0].closes == 1
+    h.close_all(T0 + 10_001)
+    assert h.ports.endpoints[0].closes == 1
     assert h.stats.allocations_active == 0 and h.stats.allocation_lifetime.count == 1
 
 
@@ -126,8 +127,8 @@ def test_lifetime_histogram_buckets() -> None:
     h.sweep(T0 + 600)
     hist = h.stats.allocation_lifetime
     assert hist.count == 1 and not alloc.alive
-    assert dict(hist.cumulative())["300.0"] == 0
-    assert dict(hist.cumulative())["600.0"] == 1
+    assert dict(hist.buckets())["300.0"] == 0
+    assert dict(hist.buckets())["600.0"] == 1
 
 
 def test_permission_lasts_300_s_and_create_permission_refreshes_it() -> None:
@@ -236,10 +237,10 @@ def test_close_all_releases_allocations_and_reservations() -> None:
     h = Harness()
     h.allocated(EvenPort(True))
     h.allocated(client=CLIENT2)
-    assert len(h.factory.open()) == 3
-    h.server.close_all(T0 + 5)
-    assert h.factory.open() == []
-    assert all(ep.closes == 1 for ep in h.factory.endpoints)
+    assert len(h.ports.in_use()) == 3
+    h.close_all(T0 + 5)
+    assert h.ports.in_use() == []
+    assert all(ep.closes == 1 for ep in h.ports.endpoints)
     assert h.server.reservations == {} and h.lis.allocations == {}
     assert h.stats.allocations_active == 0
     assert h.stats.listeners["udp"].connections == 0
@@ -271,7 +272,7 @@ def test_an_expired_allocation_is_gone_before_the_sweep_notices() -> None:
     h = Harness()
     alloc = h.allocated()
     refresh(h, 600, now=T0 + 600).expect_error(437)  # no resurrection at the deadline
-    assert not alloc.alive and h.factory.endpoints[0].closes == 1
+    assert not alloc.alive and h.ports.endpoints[0].closes == 1
     assert h.stats.allocations_active == 0
     h.allocated(now=T0 + 601)  # the 5-tuple is free for a new allocation
     assert h.stats.allocations_total == 2
@@ -281,4 +282,48 @@ def test_an_expired_allocation_does_not_block_a_new_one_on_its_5_tuple() -> None
     h = Harness()
     h.allocated()
     h.allocated(now=T0 + 600)
-    assert h.stats.allocations_active == 1 and len(h.factory.open()) == 1
+    assert h.stats.allocations_active == 1 and len(h.ports.in_use()) == 1
+
+
+# -- effects: what the core tells the I/O layer ------------------------------------------
+
+
+def kinds(h: Harness) -> list[tuple[type, Any]]:
+    return [(type(e), e.allocation) for e in h.effects]
+
+
+def test_an_allocation_life_is_told_as_effects_in_order() -> None:
+    h = Harness()
+    first = h.allocated()
+    assert kinds(h) == [(AllocationCreated, first)]
+    cp(h, PEER).expect_success()  # requests that create nothing report nothing
+    assert len(h.effects) == 1
+    second = h.allocated(now=T0 + 600)  # the first expired: gone, then the new one
+    assert kinds(h) == [(AllocationCreated, first), (AllocationDeleted, first),
+                        (AllocationCreated, second)]
+    refresh(h, 0, now=T0 + 601).expect_success()
+    assert kinds(h)[-1] == (AllocationDeleted, second)
+    assert h.delete(second, T0 + 602) is None  # already gone: nothing more to do
+    h.sweep(T0 + 10_000)
+    assert len(h.effects) == 4
+
+
+def test_the_outcome_carries_the_reply_and_no_effect_for_a_refused_allocate() -> None:
+    h = Harness(free=0)
+    r = h.allocate()
+    r.expect_error(508)
+    assert h.effects == [] and h.ports.calls == [("udp", 1, "any")]
+    out = h.server.handle(h.lis, CLIENT, b"\x00\x01\x00\x00" + bytes(16), T0)
+    assert isinstance(out, Outcome) and out.reply is None and out.effects == ()
+
+
+def test_sweep_and_close_all_return_the_deletions() -> None:
+    h = Harness()
+    a = h.allocated()
+    b = h.allocated(client=CLIENT2, now=T0 + 100)
+    effects = h.server.sweep(T0 + 600)
+    assert [(type(e), e.allocation) for e in effects] == [(AllocationDeleted, a)]
+    effects = h.server.close_all(T0 + 601)
+    assert [(type(e), e.allocation) for e in effects] == [(AllocationDeleted, b)]
+    assert h.server.close_all(T0 + 602) == []
+    assert h.ports.in_use() == []

@@ -175,7 +175,7 @@ def test_unknown_comprehension_required_attribute_on_allocate_gets_signed_420() 
     assert r.get(UnknownAttributes).types == (0x0031,)
     h.allocate(unknown, integrity=None).expect_error(401, signed=False)
     assert h.lis.allocations == {}
-    assert h.factory.calls == []
+    assert h.ports.calls == []
 
 
 # -- Allocate: success and retransmission -------------------------------------------------
@@ -191,7 +191,7 @@ def test_allocate_success_carries_relayed_mapped_lifetime_and_integrity(
     assert r.get(XorMappedAddress) == XorMappedAddress(*CLIENT)
     assert r.get(Lifetime) == Lifetime(600)
     assert r.get(ReservationToken) is None
-    assert h.factory.calls == [("udp", FAMILY_V4, "any")]
+    assert h.ports.calls == [("udp", FAMILY_V4, "any")]
     alloc = h.lis.allocations[CLIENT]
     assert (alloc.username, alloc.user_id, alloc.expires) == ("alice", "alice", T0 + 600)
     assert h.created == [alloc]
@@ -206,14 +206,14 @@ def test_allocate_retransmission_gets_identical_bytes_and_new_txid_gets_437() ->
     first = h.allocate(tid=tid).expect_success()
     again = h.allocate(tid=tid, now=T0 + 1)  # a fresh nonce, same transaction
     assert again.raw == first.raw
-    assert len(h.factory.endpoints) == 1
+    assert len(h.ports.endpoints) == 1
     h.allocate(now=T0 + 2).expect_error(437)
     # another user on the same 5-tuple with the same txid is no retransmission either
     h.allocate(tid=tid, user="bob").expect_error(437)
     assert h.stats.allocations_total == 1
     assert h.requests("allocate", "success") == 2
     assert h.requests("allocate", "437") == 2
-    assert h.factory.open() == h.factory.endpoints
+    assert h.ports.in_use() == h.ports.endpoints
 
 
 # -- Allocate: checks in RFC 8656 §7.2 order ----------------------------------------------
@@ -224,7 +224,7 @@ def test_requested_transport_missing_tcp_and_other() -> None:
     h.allocate(transport=False).expect_error(400)
     h.allocate(RequestedTransport(6), transport=False).expect_error(400)
     h.allocate(RequestedTransport(1), transport=False).expect_error(442)
-    assert h.factory.calls == [] and h.lis.allocations == {}
+    assert h.ports.calls == [] and h.lis.allocations == {}
     assert h.requests("allocate", "400") == 2 and h.requests("allocate", "442") == 1
 
 
@@ -232,7 +232,7 @@ def test_dont_fragment_gets_420_naming_it() -> None:
     h = Harness()
     r = h.allocate(DontFragment(), fingerprint=True).expect_error(420)
     assert r.get(UnknownAttributes) == UnknownAttributes((0x001A,))
-    assert h.factory.calls == []
+    assert h.ports.calls == []
 
 
 def test_reservation_token_with_even_port_or_address_family_gets_400() -> None:
@@ -241,23 +241,23 @@ def test_reservation_token_with_even_port_or_address_family_gets_400() -> None:
     h.allocate(tok, EvenPort(False)).expect_error(400)
     h.allocate(tok, RequestedAddressFamily(FAMILY_V4)).expect_error(400)
     h.allocate(tok).expect_error(508)  # well formed but unknown
-    assert h.factory.calls == []
+    assert h.ports.calls == []
 
 
 def test_even_port_reserve_issues_a_token_that_a_second_allocate_uses_once() -> None:
     h = Harness()
     r = h.allocate(EvenPort(True)).expect_success()
-    assert h.factory.calls == [("udp", FAMILY_V4, "pair")]
+    assert h.ports.calls == [("udp", FAMILY_V4, "pair")]
     relayed = r.get(XorRelayedAddress)
     assert relayed.port % 2 == 0
     token = r.get(ReservationToken)
     assert token is not None and len(token.token) == 8
-    assert len(h.factory.open()) == 2  # the allocation's port and the reserved one
+    assert len(h.ports.in_use()) == 2  # the allocation's port and the reserved one
 
     r2 = h.allocate(token, client=CLIENT2, now=T0 + 10).expect_success()
     assert r2.get(XorRelayedAddress) == XorRelayedAddress(RELAY_V4, relayed.port + 1)
-    assert len(h.factory.calls) == 1  # no new port was opened
-    assert h.lis.allocations[CLIENT2].relays[FAMILY_V4] is h.factory.endpoints[1]
+    assert len(h.ports.calls) == 1  # no new port was opened
+    assert h.lis.allocations[CLIENT2].relays[FAMILY_V4] is h.ports.endpoints[1]
 
     client3 = ("198.51.100.12", 40000)
     h.allocate(token, client=client3, now=T0 + 11).expect_error(508)  # used up
@@ -277,9 +277,9 @@ def test_reservation_token_is_good_only_on_the_listener_that_issued_it() -> None
 
 def test_even_port_without_reserve_asks_for_an_even_port() -> None:
     h = Harness()
-    h.factory.next_port = 50001
+    h.ports.next_port = 50001
     r = h.allocate(EvenPort(False)).expect_success()
-    assert h.factory.calls == [("udp", FAMILY_V4, "even")]
+    assert h.ports.calls == [("udp", FAMILY_V4, "even")]
     assert r.get(XorRelayedAddress).port == 50002
     assert r.get(ReservationToken) is None
 
@@ -287,7 +287,7 @@ def test_even_port_without_reserve_asks_for_an_even_port() -> None:
 def test_reservation_expires_after_30_s_and_its_port_is_released() -> None:
     h = Harness()
     token = h.allocate(EvenPort(True)).expect_success().get(ReservationToken)
-    reserved = h.factory.endpoints[1]
+    reserved = h.ports.endpoints[1]
     h.sweep(T0 + 29)
     assert reserved.closes == 0
     h.sweep(T0 + 30)
@@ -299,7 +299,7 @@ def test_reservation_expires_after_30_s_and_its_port_is_released() -> None:
 def test_expired_token_is_refused_even_before_the_sweep() -> None:
     h = Harness()
     token = h.allocate(EvenPort(True)).expect_success().get(ReservationToken)
-    reserved = h.factory.endpoints[1]
+    reserved = h.ports.endpoints[1]
     h.allocate(token, client=CLIENT2, now=T0 + 31).expect_error(508)
     assert reserved.closes == 1
 
@@ -312,9 +312,9 @@ def test_token_for_an_ipv6_reservation_with_additional_family_is_refused_without
     h.allocate(token, AdditionalAddressFamily(FAMILY_V6), client=CLIENT2).expect_error(400)
     assert CLIENT2 not in h.lis.allocations
     # nothing but the first allocation's port and the still-held reservation is open
-    assert h.factory.open() == h.factory.endpoints[:2]
-    h.server.close_all(T0 + 1)
-    assert h.factory.open() == []
+    assert h.ports.in_use() == h.ports.endpoints[:2]
+    h.close_all(T0 + 1)
+    assert h.ports.in_use() == []
 
 
 def test_user_quota_gets_486_and_is_freed_by_delete() -> None:
@@ -333,7 +333,7 @@ def test_user_quota_refusal_releases_a_reserved_port() -> None:
     h = Harness(admin={"user_quota": 1})
     token = h.allocate(EvenPort(True)).expect_success().get(ReservationToken)
     h.allocate(token, client=CLIENT2).expect_error(486)
-    assert h.factory.endpoints[1].closes == 1
+    assert h.ports.endpoints[1].closes == 1
     assert h.server.reservations == {}
 
 
@@ -344,7 +344,7 @@ def test_total_quota_gets_508() -> None:
     h.allocate(client=("198.51.100.12", 1)).expect_error(508)
     assert h.stats.quota_rejections["total"] == 1
     assert h.stats.allocations_active == 2
-    assert len(h.factory.calls) == 2
+    assert len(h.ports.calls) == 2
 
 
 def test_no_free_relay_port_gets_508_and_leaks_nothing() -> None:
@@ -355,9 +355,9 @@ def test_no_free_relay_port_gets_508_and_leaks_nothing() -> None:
     # a pair needs two ports: with one free none is taken
     h2 = Harness(free=1)
     h2.allocate(EvenPort(True)).expect_error(508)
-    assert h2.factory.endpoints == [] and h2.server.reservations == {}
+    assert h2.ports.endpoints == [] and h2.server.reservations == {}
     assert h.stats.quota_rejections["ports"] == 1
-    assert h.stats.allocations_active == 1 and len(h.factory.open()) == 1
+    assert h.stats.allocations_active == 1 and len(h.ports.in_use()) == 1
     assert h.server.user_counts == {"alice": 1}
 
 
@@ -379,7 +379,7 @@ def test_requested_address_family_unsupported_or_bad_gets_440(
 ) -> None:
     h = Harness(families=families)
     h.allocate(RequestedAddressFamily(raf)).expect_error(440)
-    assert h.factory.calls == [] and h.lis.allocations == {}
+    assert h.ports.calls == [] and h.lis.allocations == {}
 
 
 def test_no_ipv4_relay_and_no_requested_family_gets_440() -> None:
@@ -392,7 +392,7 @@ def test_requested_and_additional_address_family_together_get_400() -> None:
     h.allocate(RequestedAddressFamily(FAMILY_V4),
                AdditionalAddressFamily(FAMILY_V6)).expect_error(400)
     h.allocate(AdditionalAddressFamily(FAMILY_V4)).expect_error(400)
-    assert h.factory.calls == []
+    assert h.ports.calls == []
 
 
 def test_additional_address_family_gives_both_relayed_addresses() -> None:
@@ -414,7 +414,7 @@ def test_additional_address_family_without_ipv6_gives_address_error_code() -> No
 
 def test_additional_address_family_without_ipv6_port_gives_address_error_508() -> None:
     h = Harness(families=BOTH)
-    h.factory.failing_families.add(FAMILY_V6)
+    h.ports.failing_families.add(FAMILY_V6)
     r = h.allocate(AdditionalAddressFamily(FAMILY_V6)).expect_success()
     assert len(r.get_all(XorRelayedAddress)) == 1
     assert (r.get(AddressErrorCode).family, r.get(AddressErrorCode).code) == (FAMILY_V6, 508)

@@ -1,15 +1,30 @@
-"""Plain-int statistics bumped by the data plane and read by the collector at scrape time.
+"""The counters the TURN core and its data plane increment: plain ints on slotted objects.
 
-Nothing here allocates per packet or calls prometheus_client: the loops do `x += 1` on
-slotted objects and the collector (`relay.metrics.collector`) turns them into metric families
-when Prometheus scrapes.  Label values come from fixed sets (methods, result codes, reasons),
-never from a client.
+They live next to the code that counts (the core in `relay.turn.server`, the loops in
+`relay.net`); `relay.metrics.collector` only reads them at scrape time and turns them into
+metric families.  Nothing here allocates per packet or calls prometheus_client: the loops do
+`x += 1`.  Every field is a plain int, dict of ints or `Histogram`, so the counters of
+several worker processes can be summed.  Label values come from fixed sets (methods,
+result codes, reasons), never from a client.
 """
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Sequence
+from relay.histogram import Histogram
+
+__all__ = [
+    "AUTH_FAILURE_REASONS",
+    "DROP_REASONS",
+    "LATENCY_BUCKETS",
+    "LIFETIME_BUCKETS",
+    "METHODS",
+    "PEER_REFUSAL_REASONS",
+    "QUOTA_KINDS",
+    "ConnectionStats",
+    "Histogram",
+    "Traffic",
+    "TurnStats",
+]
 
 
 class Traffic:
@@ -45,37 +60,6 @@ class ConnectionStats:
 
     def closed(self) -> None:
         self.connections -= 1
-
-
-class Histogram:
-    """A fixed-bucket histogram as plain ints (cumulative counts are made at scrape time)."""
-
-    __slots__ = ("bounds", "count", "counts", "sum")
-
-    def __init__(self, bounds: Sequence[float]) -> None:
-        self.bounds = tuple(sorted(bounds))
-        self.counts = [0] * (len(self.bounds) + 1)  # last slot: +Inf
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.sum += value
-        self.count += 1
-
-    def cumulative(self) -> list[tuple[str, int]]:
-        out = []
-        acc = 0
-        for b, c in zip(self.bounds, self.counts, strict=False):
-            acc += c
-            out.append((_fmt_bound(b), acc))
-        acc += self.counts[-1]
-        out.append(("+Inf", acc))
-        return out
-
-
-def _fmt_bound(b: float) -> str:
-    return repr(float(b))
 
 
 # Label value sets: everything a label can take is listed here.

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import attrs
 import trio
 
+from relay.signaling import chat, permissions
 from relay.signaling import protocol as p
 from relay.signaling import state as st
 from relay.signaling.backend import BackendRequester, Backends
@@ -309,6 +310,7 @@ class Hub:
         if not self.state.is_live(session):
             return  # destroyed while Nextcloud answered
         room_answer = _answer(answer, "room", "room_join_failed", "Joining the room failed")
+        granted = permissions.from_join_answer(room_answer)
         if req.session_id:
             other = self.state.by_room_session(session.backend.id, req.session_id)
             if other is not None and other is not session:
@@ -318,12 +320,9 @@ class Hub:
         left = self.state.leave(session)
         if left is not None:
             self._after_leave(left, notify_backend=True)
-        perms = room_answer.get("permissions")
         joined = self.state.join(
             session, req.room_id, req.session_id,
-            properties=room_answer.get("properties"),
-            permissions=(frozenset(x for x in perms if isinstance(x, str))
-                         if isinstance(perms, list) else None),
+            properties=room_answer.get("properties"), permissions=granted,
         )
         room = joined.room
         if joined.created:
@@ -408,8 +407,14 @@ class Hub:
                 self._kick(session)
 
     def _on_room_event(self, room: Room, m: dict[str, Any]) -> None:
-        text = p.encode(m["message"])  # once for every member
+        msg = m["message"]
+        text = None  # encoded once for every member who sees it unfiltered
         for s in room.recipients(m.get("sender"), bool(m.get("call"))):
+            if s.permissions.hide_displaynames:
+                self._send(s, msg)
+                continue
+            if text is None:
+                text = p.encode(msg)
             self._send_text(s, text)
 
     # --- the backend room API (Nextcloud -> signaling) ----------------------------------
@@ -460,9 +465,26 @@ class Hub:
         elif kind == "delete":
             self._close_room(room)
         elif kind == "message" and body.get("data") is not None:
-            self._publish_room(room, {"type": "event", "event": {
-                "target": "room", "type": "message",
-                "message": {"roomid": room.id, "data": body["data"]}}})
+            self._room_message(room, body["data"])
+
+    def _room_message(self, room: Room, data: Any) -> None:
+        """Nextcloud's room `message` as each session may see it: chat comments one event
+        each for `chat-relay` clients, a refresh for the others, display names blanked
+        under `hide-displaynames` (encoded once per kind of receiver)."""
+        texts: dict[tuple[bool, bool], list[tuple[str, bool]]] = {}
+        for s in list(room.sessions.values()):
+            key = (chat.CHAT_RELAY in s.features, s.permissions.hide_displaynames)
+            out = texts.get(key)
+            if out is None:
+                features = (chat.CHAT_RELAY,) if key[0] else ()
+                out = texts[key] = [
+                    (p.encode(e), chat.is_chat_refresh(e))
+                    for e in chat.room_message_events(room.id, data, features, key[1])]
+            link = self._links.get(s.public_id)
+            for text, refresh in out:
+                if refresh and link is not None and link.conn is None and text in link.pending:
+                    continue  # a detached session needs one chat refresh, not many
+                self._send_text(s, text)
 
     def _in_call_changed(
         self, room: Room, changed: list[dict[str, Any]], users: list[dict[str, Any]]
@@ -497,14 +519,8 @@ class Hub:
     def _participants_changed(
         self, room: Room, changed: list[dict[str, Any]], users: list[dict[str, Any]]
     ) -> None:
-        for entry in changed:
-            perms = entry.get("permissions")
-            sid = entry.get("sessionId")
-            if not isinstance(perms, list) or not isinstance(sid, str):
-                continue
-            if not all(isinstance(x, str) for x in perms):
-                continue  # upstream skips an entry with an invalid permission
-            self.state.set_permissions(room, sid, frozenset(perms))
+        for update in permissions.updates_from_changed(changed):
+            self.state.set_permissions(room, update.session_id, update.permissions)
         self._publish_room(room, participants_update(room.id, changed, users))
 
     def _close_room(self, room: Room) -> None:
@@ -530,6 +546,11 @@ class Hub:
         conn.send_text(p.encode(msg))
 
     def _send(self, session: Session, msg: dict[str, Any]) -> None:
+        if session.permissions.hide_displaynames:
+            filtered = permissions.filter_for_session(msg, session.permissions)
+            if filtered is None:
+                return
+            msg = filtered
         self._send_text(session, p.encode(msg))
 
     def _send_text(self, session: Session, text: str) -> None:
@@ -709,8 +730,8 @@ def participants_update(
     """The `participants` `update` event; `permissions` are never sent to clients."""
     update: dict[str, Any] = {"roomid": room_id}
     if changed:
-        update["changed"] = [{k: v for k, v in e.items() if k != "permissions"} for e in changed]
+        update["changed"] = permissions.strip_permissions(changed)
     if users:
-        update["users"] = [{k: v for k, v in e.items() if k != "permissions"} for e in users]
+        update["users"] = permissions.strip_permissions(users)
     return {"type": "event", "event": {"target": "participants", "type": "update",
                                        "update": update}}

@@ -13,7 +13,14 @@ from typing import Any
 import attrs
 
 # What we implement and so may advertise (welcome and hello `server.features`).
-FEATURES: tuple[str, ...] = ("incall-all", "join-features", "recipient-call", "welcome")
+FEATURES: tuple[str, ...] = (
+    "incall-all",
+    "join-features",
+    "recipient-call",
+    "welcome",
+    "audio-video-permissions",
+    "chat-relay",
+)
 
 HELLO_VERSIONS = ("1.0", "2.0")
 CLIENT_TYPES = ("hello", "bye", "room", "message", "control", "internal", "transient")

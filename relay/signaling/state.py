@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import attrs
 
 from relay.signaling.config import BackendConfig
+from relay.signaling.permissions import UNSET, Permissions
 
 # Session client types (the `clienttype` metric label). Only `client` sessions are created
 # by `hello` today; the others are the kinds upstream also knows.
@@ -58,7 +59,7 @@ class Session:
     client_type: str = CLIENT
     room: Room | None = None
     room_session_id: str = ""  # the Talk session id in `room`
-    permissions: frozenset[str] = frozenset()
+    permissions: Permissions = UNSET  # all but hide-displaynames until Nextcloud sets a list
     expires_at: float | None = None  # set while no socket is attached
     join_deadline: float | None = None  # anonymous sessions must join a room by then
     in_call: int = 0  # Talk's in-call flags
@@ -69,8 +70,8 @@ class Session:
         return bool(self.in_call & IN_CALL)
 
     def may(self, permission: str) -> bool:
-        """Whether Nextcloud granted this session `permission` (e.g. `control`)."""
-        return permission in self.permissions
+        """Whether this session has `permission` (e.g. `control`), see `Permissions`."""
+        return self.permissions.has(permission)
 
     def entry(self) -> dict[str, Any]:
         """This session as an item of a room `join`/`change` event."""
@@ -306,7 +307,7 @@ class SignalingState:
         room_session_id: str,
         *,
         properties: Any = None,
-        permissions: frozenset[str] | None = None,
+        permissions: Permissions | None = None,
     ) -> Joined:
         """Put a session that is in no room into `room_id` (created if new here)."""
         assert session.room is None, "leave the current room first"
@@ -366,7 +367,7 @@ class SignalingState:
         room.properties = properties
         return True
 
-    def set_permissions(self, room: Room, public_id: str, permissions: frozenset[str]) -> bool:
+    def set_permissions(self, room: Room, public_id: str, permissions: Permissions) -> bool:
         session = room.sessions.get(public_id)
         if session is None:
             return False

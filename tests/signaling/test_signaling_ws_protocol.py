@@ -15,7 +15,14 @@ import trio_websocket
 
 from relay import __version__
 
-FEATURES = ["incall-all", "join-features", "recipient-call", "welcome"]
+FEATURES = [
+    "audio-video-permissions",
+    "chat-relay",
+    "incall-all",
+    "join-features",
+    "recipient-call",
+    "welcome",
+]
 
 
 @contextlib.contextmanager
@@ -340,7 +347,9 @@ async def test_resume_after_disconnect_flushes_pending(server: Any) -> None:
 
 
 async def test_control_needs_the_control_permission(server: Any) -> None:
-    server.nextcloud.room_permissions["mod"] = ["publish-media", "control"]
+    # as Talk answers a join: moderators get `control`, others only publishing rights
+    server.nextcloud.room_permissions["mod"] = ["publish-audio", "publish-video", "control"]
+    server.nextcloud.room_permissions["usr"] = ["publish-audio", "publish-video"]
     with trio.fail_after(10):
         mod = await server.client()
         usr = await server.client()

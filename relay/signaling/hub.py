@@ -20,13 +20,14 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 from collections import deque
 from typing import Any, Protocol
 
 import attrs
 import trio
 
-from relay.signaling import chat, permissions
+from relay.signaling import chat, permissions, transient
 from relay.signaling import protocol as p
 from relay.signaling import state as st
 from relay.signaling.backend import BackendRequester, Backends
@@ -118,6 +119,7 @@ class Hub:
         self._busy: set[Connection] = set()  # a hello is in flight for these
         self._room_subs: dict[st.RoomKey, _RoomSubs] = {}
         self._nursery: trio.Nursery | None = None
+        self._transient_wakeup: trio.CancelScope | None = None  # the TTL timer's sleep
         self.background_failures = 0
 
     @property
@@ -185,7 +187,9 @@ class Hub:
                 if payload.kind == "control" and not session.may("control"):
                     return  # upstream silently ignores control from unprivileged sessions
                 self._route(session, payload)
-            # internal / transient / unknown types: accepted and ignored
+            elif isinstance(payload, p.Other) and msg.type == "transient":
+                self._transient(session, payload.body)
+            # internal / unknown types: accepted and ignored
         except p.SignalingError as exc:
             if self._by_conn.get(conn) is None and conn in self._waiting:
                 self._waiting[conn] = trio.current_time() + self.config.hello_timeout
@@ -339,6 +343,9 @@ class Hub:
         self._publish_room(room, p.room_event("join", [session.entry()]))
         if joined.others:
             self._send(session, p.room_event("join", joined.others))
+        initial = room.transient.initial() if room.transient is not None else None
+        if initial is not None:
+            self._send(session, initial)
 
     def _after_leave(self, left: st.Left, *, notify_backend: bool) -> None:
         """Tell the room (or drop its subscriptions when it is gone) and Nextcloud."""
@@ -346,6 +353,7 @@ class Hub:
             self._drop_room_subs(left.room)
         else:
             self._publish_room(left.room, p.room_event("leave", [left.session.public_id]))
+            self._send_transient(left.room, left.transient)
         if notify_backend:
             self._notify_left(left)
 
@@ -531,6 +539,51 @@ class Hub:
             self._notify_left(left)
             self._send(left.session, p.room_message(None, ""))
 
+    # --- transient data ------------------------------------------------------------------
+
+    def _transient(self, session: Session, body: Any) -> None:
+        """A client's `transient` set/remove; errors are raised for the caller to answer."""
+        request = transient.parse_transient(body)
+        room = session.room
+        if room is None:
+            raise transient.not_in_room()
+        writer = transient.Writer(
+            session.public_id, session.permissions, session.client_type == st.INTERNAL)
+        store = room.transient_store()
+        self._send_transient(room, store.handle(request, writer, trio.current_time()))
+        self.transient_armed(store)
+
+    def _send_transient(self, room: Room, messages: list[dict[str, Any]]) -> None:
+        """Transient events go to every listener of the room, the writer included."""
+        for msg in messages:
+            text = p.encode(msg)
+            for s in room.transient_listeners():
+                self._send_text(s, text)
+
+    def transient_armed(self, store: transient.TransientStore) -> None:
+        """Call after writing to `store`: wakes the TTL timer earlier if need be."""
+        deadline = store.next_deadline()
+        wakeup = self._transient_wakeup
+        if deadline is not None and wakeup is not None and deadline < wakeup.deadline:
+            wakeup.deadline = deadline
+
+    def _next_transient_deadline(self) -> float:
+        deadlines = [d for r in self.state.rooms.values() if r.transient is not None
+                     for d in (r.transient.next_deadline(),) if d is not None]
+        return min(deadlines, default=math.inf)
+
+    async def _expire_transient(self) -> None:
+        """One timer for all rooms: sleeps until the earliest TTL, then expires."""
+        while True:
+            with trio.CancelScope(deadline=self._next_transient_deadline()) as wakeup:
+                self._transient_wakeup = wakeup
+                await trio.sleep_forever()
+            self._transient_wakeup = None
+            now = trio.current_time()
+            for room in list(self.state.rooms.values()):
+                if room.transient is not None:
+                    self._send_transient(room, room.transient.expire(now))
+
     def _kick(self, session: Session) -> None:
         """Disinvited from its room: leave it and close the socket (resumable)."""
         left = self.state.leave(session)
@@ -632,6 +685,7 @@ class Hub:
         """Timers and background backend requests, until cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self._expire_transient)
             task_status.started()
             next_ping = trio.current_time() + self.config.room_ping_interval
             try:

@@ -26,6 +26,7 @@ import attrs
 
 from relay.signaling.config import BackendConfig
 from relay.signaling.permissions import UNSET, Permissions
+from relay.signaling.transient import TransientStore
 
 # Session client types (the `clienttype` metric label). Only `client` sessions are created
 # by `hello` today; the others are the kinds upstream also knows.
@@ -94,6 +95,7 @@ class Room:
     backend_url: str = ""  # where room-wide backend requests (pings) go
     properties: Any = None  # Nextcloud's room properties, passed on as is
     sessions: dict[str, Session] = attrs.Factory(dict)  # by public id, in join order
+    transient: TransientStore | None = None  # the room's transient data, made on first use
 
     @property
     def key(self) -> RoomKey:
@@ -109,6 +111,15 @@ class Room:
             if s.public_id != sender_id and (not call_only or s.is_in_call)
         ]
 
+    def transient_store(self) -> TransientStore:
+        if self.transient is None:
+            self.transient = TransientStore()
+        return self.transient
+
+    def transient_listeners(self) -> list[Session]:
+        """Who hears transient data: every session in the room but virtual ones."""
+        return [s for s in self.sessions.values() if s.client_type != VIRTUAL]
+
 
 @attrs.frozen
 class Left:
@@ -118,6 +129,7 @@ class Left:
     room: Room
     room_session_id: str
     room_empty: bool  # the room is gone from this node
+    transient: list[dict[str, Any]] = attrs.Factory(list)  # its `sd:` entry's removal
 
 
 @attrs.frozen
@@ -340,7 +352,9 @@ class SignalingState:
         empty = not room.sessions
         if empty:
             self._forget_room(room)
-        return Left(session, room, rsid, empty)
+        transient = [] if empty or room.transient is None \
+            else room.transient.session_left(session.public_id)
+        return Left(session, room, rsid, empty, transient)
 
     def close_room(self, room: Room) -> list[Left]:
         """The room was deleted: every session is out of it, and it is gone."""

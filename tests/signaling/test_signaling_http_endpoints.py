@@ -40,7 +40,7 @@ async def test_welcome_endpoint(server: Any) -> None:
                                       "version": __version__}
         assert r.headers["x-spreed-signaling-features"] == (
             "audio-video-permissions, chat-relay, incall-all, join-features, recipient-call, "
-            "welcome")
+            "transient-data, transient-sessiondata, welcome")
 
 
 async def test_stats_and_metrics_from_loopback(server: Any) -> None:

@@ -21,6 +21,8 @@ FEATURES = [
     "incall-all",
     "join-features",
     "recipient-call",
+    "transient-data",
+    "transient-sessiondata",
     "welcome",
 ]
 

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from relay.signaling import chat, permissions, transient
+from relay.signaling import changed_users, chat, permissions, transient
 from relay.signaling import protocol as p
 from relay.signaling import state as st
 from relay.signaling.backend import BackendRequester, Backends
@@ -462,16 +462,18 @@ class Hub:
             if body.get("all") is True:
                 self._in_call_all(room, body.get("incall"))
             else:
-                self._in_call_changed(room, _entries(body.get("changed")),
-                                      _entries(body.get("users")))
+                changed = _entries(body.get("changed"))
+                changed_users.remember(room.users, room.sessions, changed)
+                self._in_call_changed(
+                    room, changed, changed_users.users_for_update(kind, body, room.users))
         elif kind == "participants":
             self._participants_changed(room, _entries(body.get("changed")),
-                                       _entries(body.get("users")))
+                                       changed_users.users_for_update(kind, body, room.users))
         elif kind == "update":
             if self.state.update_properties(room, body.get("properties")):
                 self._publish_room(room, p.room_message(None, room.id, room.properties))
         elif kind == "delete":
-            self._close_room(room)
+            self._close_room(room, tell=not changed_users.has_full_list(kind, body))
         elif kind == "message" and body.get("data") is not None:
             self._room_message(room, body["data"])
 
@@ -531,8 +533,13 @@ class Hub:
             self.state.set_permissions(room, update.session_id, update.permissions)
         self._publish_room(room, participants_update(room.id, changed, users))
 
-    def _close_room(self, room: Room) -> None:
-        """The room was deleted: every session leaves it (no `leave` events, as upstream)."""
+    def _close_room(self, room: Room, *, tell: bool = False) -> None:
+        """The room was deleted: every session leaves it (no `leave` events, as upstream);
+        `tell`: each first gets the `roomlist` `disinvite` (reason `deleted`)."""
+        if tell:
+            text = p.encode(changed_users.deleted_event(room.id))
+            for s in list(room.sessions.values()):
+                self._send_text(s, text)
         lefts = self.state.close_room(room)
         self._drop_room_subs(room)
         for left in lefts:

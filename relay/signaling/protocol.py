@@ -22,6 +22,7 @@ FEATURES: tuple[str, ...] = (
     "transient-data",
     "transient-sessiondata",
     "chat-relay",
+    "changed-users",
 )
 
 HELLO_VERSIONS = ("1.0", "2.0")

@@ -96,6 +96,8 @@ class Room:
     properties: Any = None  # Nextcloud's room properties, passed on as is
     sessions: dict[str, Session] = attrs.Factory(dict)  # by public id, in join order
     transient: TransientStore | None = None  # the room's transient data, made on first use
+    # public id -> last user entry Nextcloud sent in `incall.changed` (for `changed-users`)
+    users: dict[str, dict[str, Any]] = attrs.Factory(dict)
 
     @property
     def key(self) -> RoomKey:
@@ -347,6 +349,7 @@ class SignalingState:
         session.room = None
         room.sessions.pop(session.public_id, None)
         session.in_call = 0
+        room.users.pop(session.public_id, None)
         rsid = session.room_session_id
         self.set_room_session(session, "")
         empty = not room.sessions

@@ -39,8 +39,8 @@ async def test_welcome_endpoint(server: Any) -> None:
         assert json.loads(r.text) == {"nextcloud-spreed-signaling": "Welcome",
                                       "version": __version__}
         assert r.headers["x-spreed-signaling-features"] == (
-            "audio-video-permissions, chat-relay, incall-all, join-features, recipient-call, "
-            "transient-data, transient-sessiondata, welcome")
+            "audio-video-permissions, changed-users, chat-relay, incall-all, join-features, "
+            "recipient-call, transient-data, transient-sessiondata, welcome")
 
 
 async def test_stats_and_metrics_from_loopback(server: Any) -> None:

@@ -17,6 +17,7 @@ from relay import __version__
 
 FEATURES = [
     "audio-video-permissions",
+    "changed-users",
     "chat-relay",
     "incall-all",
     "join-features",

@@ -557,8 +557,15 @@ class Hub:
         writer = transient.Writer(
             session.public_id, session.permissions, session.client_type == st.INTERNAL)
         store = room.transient_store()
-        self._send_transient(room, store.handle(request, writer, trio.current_time()))
-        self.transient_armed(store)
+        self.transient_changed(room, store.handle(request, writer, trio.current_time()))
+
+    def transient_changed(self, room: Room, messages: list[dict[str, Any]]) -> None:
+        """After a write to `room.transient` (a client's, or the server's own such as a
+        dial-out call status with `writer=None`): send what it returned to the room and
+        wake the TTL timer earlier if the write set a nearer deadline."""
+        self._send_transient(room, messages)
+        if room.transient is not None:
+            self._transient_armed(room.transient)
 
     def _send_transient(self, room: Room, messages: list[dict[str, Any]]) -> None:
         """Transient events go to every listener of the room, the writer included."""
@@ -567,8 +574,7 @@ class Hub:
             for s in room.transient_listeners():
                 self._send_text(s, text)
 
-    def transient_armed(self, store: transient.TransientStore) -> None:
-        """Call after writing to `store`: wakes the TTL timer earlier if need be."""
+    def _transient_armed(self, store: transient.TransientStore) -> None:
         deadline = store.next_deadline()
         wakeup = self._transient_wakeup
         if deadline is not None and wakeup is not None and deadline < wakeup.deadline:

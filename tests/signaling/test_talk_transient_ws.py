@@ -214,3 +214,27 @@ async def test_internal_sessions_skip_the_permission_checks() -> None:
     await hub.receive(a, json.dumps(set_msg("k2", 2)))
     assert _transients(a) == [{"type": "set", "key": "k2", "value": 2}]
     assert _transients(b) == []
+
+
+async def test_server_side_writes_reach_the_room_and_expire(
+        autojump_clock: trio.testing.MockClock) -> None:
+    hub, _ = make_hub()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.run)
+        a, sid = await _joined(hub, "a")
+        b, _ = await _joined(hub, "b")
+        a.take()
+        b.take()
+        room = hub.sessions[sid].room
+        assert room is not None
+        status = {"callid": "c1", "status": "ringing"}
+        out = room.transient_store().set("callstatus_c1", status, 10_000 * MS,
+                                         trio.current_time())
+        hub.transient_changed(room, out)
+        for conn in (a, b):
+            assert _transients(conn) == [{"type": "set", "key": "callstatus_c1", "value": status}]
+        await trio.sleep(11)
+        for conn in (a, b):
+            assert _transients(conn) == [{"type": "remove", "key": "callstatus_c1",
+                                          "oldvalue": status}]
+        nursery.cancel_scope.cancel()

@@ -79,6 +79,10 @@ async def test_checks_and_their_errors(server: Server) -> None:
         bad = [{"type": "transient", "transient": {"type": "set"}},  # no key
                {"type": "transient", "transient": {"key": "k"}},  # no type
                {"type": "transient", "transient": "x"},
+               {"type": "transient", "transient": {"type": "set", "key": "k", "value": 1,
+                                                   "ttl": "10"}},
+               {"type": "transient", "transient": {"type": "set", "key": "k", "value": 1,
+                                                   "ttl": 1.5}},
                {"type": "transient"}]
         for msg in bad:
             assert (await error_of(a, msg))["code"] == "invalid_format", msg

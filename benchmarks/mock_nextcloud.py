@@ -4,7 +4,8 @@ It serves Talk's capabilities (`features`, and `hello-v2-token-key` when `token_
 set, so tests sign hello v2 tokens as Talk does), checks `Spreed-Signaling-Checksum` like
 Nextcloud, answers `auth` (the `userid` param
 becomes the user; `fail` / `garbage` params give an error / a wrong answer), `room` (the
-room ids `test-invalid-room` / `test-not-a-room` fail) and `ping`. Used by the signaling
+room ids `test-invalid-room` / `test-not-a-room` fail; `room_permissions[userid]`, when
+set, is the answer's `permissions`, as Talk sends them) and `ping`. Used by the signaling
 tests and by `signaling_load.py`; loopback only.
 """
 
@@ -33,7 +34,7 @@ class MockNextcloud:
     requests: list[dict[str, Any]] = attrs.Factory(list)
     paths: list[str] = attrs.Factory(list)
     bad_checksums: int = 0
-    room_permissions: dict[str, list[str]] = attrs.Factory(dict)
+    room_permissions: dict[str, Any] = attrs.Factory(dict)  # user id -> `permissions` value
     delay: float = 0.0
     record: bool = True  # keep every accepted request (long load runs turn this off)
     accepted: int = 0

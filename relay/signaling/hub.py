@@ -20,12 +20,14 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 from collections import deque
 from typing import Any, Protocol
 
 import attrs
 import trio
 
+from relay.signaling import changed_users, chat, permissions, transient
 from relay.signaling import protocol as p
 from relay.signaling import state as st
 from relay.signaling.backend import BackendRequester, Backends
@@ -121,6 +123,7 @@ class Hub:
         self._busy: set[Connection] = set()  # a hello is in flight for these
         self._room_subs: dict[st.RoomKey, _RoomSubs] = {}
         self._nursery: trio.Nursery | None = None
+        self._transient_wakeup: trio.CancelScope | None = None  # the TTL timer's sleep
         self.background_failures = 0
         # hello v2 keys come from Nextcloud's capabilities (fetcher created on first use)
         self._capabilities = capabilities
@@ -212,7 +215,9 @@ class Hub:
                 if payload.kind == "control" and not session.may("control"):
                     return  # upstream silently ignores control from unprivileged sessions
                 self._route(session, payload)
-            # internal / transient / unknown types: accepted and ignored
+            elif isinstance(payload, p.Other) and msg.type == "transient":
+                self._transient(session, payload.body)
+            # internal / unknown types: accepted and ignored
         except p.SignalingError as exc:
             if self._by_conn.get(conn) is None and conn in self._waiting:
                 self._waiting[conn] = trio.current_time() + self.config.hello_timeout
@@ -391,6 +396,7 @@ class Hub:
         if not self.state.is_live(session):
             return  # destroyed while Nextcloud answered
         room_answer = _answer(answer, "room", "room_join_failed", "Joining the room failed")
+        granted = permissions.from_join_answer(room_answer)
         if req.session_id:
             other = self.state.by_room_session(session.backend.id, req.session_id)
             if other is not None and other is not session:
@@ -400,12 +406,9 @@ class Hub:
         left = self.state.leave(session)
         if left is not None:
             self._after_leave(left, notify_backend=True)
-        perms = room_answer.get("permissions")
         joined = self.state.join(
             session, req.room_id, req.session_id,
-            properties=room_answer.get("properties"),
-            permissions=(frozenset(x for x in perms if isinstance(x, str))
-                         if isinstance(perms, list) else None),
+            properties=room_answer.get("properties"), permissions=granted,
         )
         room = joined.room
         if joined.created:
@@ -422,6 +425,9 @@ class Hub:
         self._publish_room(room, p.room_event("join", [session.entry()]))
         if joined.others:
             self._send(session, p.room_event("join", joined.others))
+        initial = room.transient.initial() if room.transient is not None else None
+        if initial is not None:
+            self._send(session, initial)
 
     def _after_leave(self, left: st.Left, *, notify_backend: bool) -> None:
         """Tell the room (or drop its subscriptions when it is gone) and Nextcloud."""
@@ -429,6 +435,7 @@ class Hub:
             self._drop_room_subs(left.room)
         else:
             self._publish_room(left.room, p.room_event("leave", [left.session.public_id]))
+            self._send_transient(left.room, left.transient)
         if notify_backend:
             self._notify_left(left)
 
@@ -490,8 +497,14 @@ class Hub:
                 self._kick(session)
 
     def _on_room_event(self, room: Room, m: dict[str, Any]) -> None:
-        text = p.encode(m["message"])  # once for every member
+        msg = m["message"]
+        text = None  # encoded once for every member who sees it unfiltered
         for s in room.recipients(m.get("sender"), bool(m.get("call"))):
+            if s.permissions.hide_displaynames:
+                self._send(s, msg)
+                continue
+            if text is None:
+                text = p.encode(msg)
             self._send_text(s, text)
 
     # --- the backend room API (Nextcloud -> signaling) ----------------------------------
@@ -531,20 +544,39 @@ class Hub:
             if body.get("all") is True:
                 self._in_call_all(room, body.get("incall"))
             else:
-                self._in_call_changed(room, _entries(body.get("changed")),
-                                      _entries(body.get("users")))
+                changed = _entries(body.get("changed"))
+                changed_users.remember(room.users, room.sessions, changed)
+                self._in_call_changed(
+                    room, changed, changed_users.users_for_update(kind, body, room.users))
         elif kind == "participants":
             self._participants_changed(room, _entries(body.get("changed")),
-                                       _entries(body.get("users")))
+                                       changed_users.users_for_update(kind, body, room.users))
         elif kind == "update":
             if self.state.update_properties(room, body.get("properties")):
                 self._publish_room(room, p.room_message(None, room.id, room.properties))
         elif kind == "delete":
-            self._close_room(room)
+            self._close_room(room, tell=not changed_users.has_full_list(kind, body))
         elif kind == "message" and body.get("data") is not None:
-            self._publish_room(room, {"type": "event", "event": {
-                "target": "room", "type": "message",
-                "message": {"roomid": room.id, "data": body["data"]}}})
+            self._room_message(room, body["data"])
+
+    def _room_message(self, room: Room, data: Any) -> None:
+        """Nextcloud's room `message` as each session may see it: chat comments one event
+        each for `chat-relay` clients, a refresh for the others, display names blanked
+        under `hide-displaynames` (encoded once per kind of receiver)."""
+        texts: dict[tuple[bool, bool], list[tuple[str, bool]]] = {}
+        for s in list(room.sessions.values()):
+            key = (chat.CHAT_RELAY in s.features, s.permissions.hide_displaynames)
+            out = texts.get(key)
+            if out is None:
+                features = (chat.CHAT_RELAY,) if key[0] else ()
+                out = texts[key] = [
+                    (p.encode(e), chat.is_chat_refresh(e))
+                    for e in chat.room_message_events(room.id, data, features, key[1])]
+            link = self._links.get(s.public_id)
+            for text, refresh in out:
+                if refresh and link is not None and link.conn is None and text in link.pending:
+                    continue  # a detached session needs one chat refresh, not many
+                self._send_text(s, text)
 
     def _in_call_changed(
         self, room: Room, changed: list[dict[str, Any]], users: list[dict[str, Any]]
@@ -579,23 +611,73 @@ class Hub:
     def _participants_changed(
         self, room: Room, changed: list[dict[str, Any]], users: list[dict[str, Any]]
     ) -> None:
-        for entry in changed:
-            perms = entry.get("permissions")
-            sid = entry.get("sessionId")
-            if not isinstance(perms, list) or not isinstance(sid, str):
-                continue
-            if not all(isinstance(x, str) for x in perms):
-                continue  # upstream skips an entry with an invalid permission
-            self.state.set_permissions(room, sid, frozenset(perms))
+        for update in permissions.updates_from_changed(changed):
+            self.state.set_permissions(room, update.session_id, update.permissions)
         self._publish_room(room, participants_update(room.id, changed, users))
 
-    def _close_room(self, room: Room) -> None:
-        """The room was deleted: every session leaves it (no `leave` events, as upstream)."""
+    def _close_room(self, room: Room, *, tell: bool = False) -> None:
+        """The room was deleted: every session leaves it (no `leave` events, as upstream);
+        `tell`: each first gets the `roomlist` `disinvite` (reason `deleted`)."""
+        if tell:
+            text = p.encode(changed_users.deleted_event(room.id))
+            for s in list(room.sessions.values()):
+                self._send_text(s, text)
         lefts = self.state.close_room(room)
         self._drop_room_subs(room)
         for left in lefts:
             self._notify_left(left)
             self._send(left.session, p.room_message(None, ""))
+
+    # --- transient data ------------------------------------------------------------------
+
+    def _transient(self, session: Session, body: Any) -> None:
+        """A client's `transient` set/remove; errors are raised for the caller to answer."""
+        request = transient.parse_transient(body)
+        room = session.room
+        if room is None:
+            raise transient.not_in_room()
+        writer = transient.Writer(
+            session.public_id, session.permissions, session.client_type == st.INTERNAL)
+        store = room.transient_store()
+        self.transient_changed(room, store.handle(request, writer, trio.current_time()))
+
+    def transient_changed(self, room: Room, messages: list[dict[str, Any]]) -> None:
+        """After a write to `room.transient` (a client's, or the server's own such as a
+        dial-out call status with `writer=None`): send what it returned to the room and
+        wake the TTL timer earlier if the write set a nearer deadline."""
+        self._send_transient(room, messages)
+        if room.transient is not None:
+            self._transient_armed(room.transient)
+
+    def _send_transient(self, room: Room, messages: list[dict[str, Any]]) -> None:
+        """Transient events go to every listener of the room, the writer included."""
+        for msg in messages:
+            text = p.encode(msg)
+            for s in room.transient_listeners():
+                self._send_text(s, text)
+
+    def _transient_armed(self, store: transient.TransientStore) -> None:
+        deadline = store.next_deadline()
+        wakeup = self._transient_wakeup
+        if deadline is not None and wakeup is not None and deadline < wakeup.deadline:
+            wakeup.deadline = deadline
+
+    def _next_transient_deadline(self) -> float:
+        deadlines = [d for r in self.state.rooms.values() if r.transient is not None
+                     for d in (r.transient.next_deadline(),) if d is not None]
+        return min(deadlines, default=math.inf)
+
+    async def _expire_transient(self) -> None:
+        """One timer for all rooms: sleeps until the earliest TTL, then expires."""
+        while True:
+            with trio.CancelScope(deadline=self._next_transient_deadline()) as wakeup:
+                self._transient_wakeup = wakeup
+                await trio.sleep_forever()
+            self._transient_wakeup = None
+            now = trio.current_time()
+            for room in list(self.state.rooms.values()):
+                if room.transient is not None:
+                    self._send_transient(room, room.transient.expire(now))
 
     def _kick(self, session: Session) -> None:
         """Disinvited from its room: leave it and close the socket (resumable)."""
@@ -612,6 +694,11 @@ class Hub:
         conn.send_text(p.encode(msg))
 
     def _send(self, session: Session, msg: dict[str, Any]) -> None:
+        if session.permissions.hide_displaynames:
+            filtered = permissions.filter_for_session(msg, session.permissions)
+            if filtered is None:
+                return
+            msg = filtered
         self._send_text(session, p.encode(msg))
 
     def _send_text(self, session: Session, text: str) -> None:
@@ -696,6 +783,7 @@ class Hub:
         """Timers and background backend requests, until cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self._expire_transient)
             task_status.started()
             next_ping = trio.current_time() + self.config.room_ping_interval
             try:
@@ -795,8 +883,8 @@ def participants_update(
     """The `participants` `update` event; `permissions` are never sent to clients."""
     update: dict[str, Any] = {"roomid": room_id}
     if changed:
-        update["changed"] = [{k: v for k, v in e.items() if k != "permissions"} for e in changed]
+        update["changed"] = permissions.strip_permissions(changed)
     if users:
-        update["users"] = [{k: v for k, v in e.items() if k != "permissions"} for e in users]
+        update["users"] = permissions.strip_permissions(users)
     return {"type": "event", "event": {"target": "participants", "type": "update",
                                        "update": update}}

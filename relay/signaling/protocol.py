@@ -20,6 +20,11 @@ FEATURES: tuple[str, ...] = (
     "welcome",
     "hello-v2",
     "federation",
+    "audio-video-permissions",
+    "transient-data",
+    "transient-sessiondata",
+    "chat-relay",
+    "changed-users",
 )
 
 HELLO_VERSIONS = ("1.0", "2.0")
@@ -94,7 +99,10 @@ class Message:
 
 @attrs.frozen
 class Other:
-    """A type we accept but do not implement (`internal`, `transient`, unknown types)."""
+    """Any other type (`internal`, `transient`, unknown types), with its object (`body`,
+    the value under the type's key; None if absent) for the hub to read."""
+
+    body: Any = None
 
 
 Payload = Hello | Bye | Room | Message | Other
@@ -160,7 +168,7 @@ def parse_client_message(text: str) -> ClientMessage:
     elif msg_type in ("message", "control"):
         payload = _parse_message(msg_type, _obj(env, msg_type))
     else:
-        payload = Other()
+        payload = Other(env.get(msg_type))
     return ClientMessage(msg_id, msg_type, payload)
 
 

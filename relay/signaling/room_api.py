@@ -12,6 +12,10 @@ raises for anything a client sends. Room ids and Talk session ids are rewritten 
 - `incall` / `participants` / `message` reach the room on `backend.room.<..>`, where the
   hub updates in-call state and permissions and sends the `participants` / `room` events.
 
+Requests without the user lists Talk stops sending once `changed-users` is advertised
+are handled as `relay.signaling.changed_users` describes (`roomlist` updates to the room's
+sessions instead of to user ids).
+
 A request for a room nobody on this node is in is accepted and changes nothing there.
 """
 
@@ -23,10 +27,11 @@ from typing import Any
 
 import attrs
 
+from relay.signaling import changed_users
 from relay.signaling.backend import verify_checksum
 from relay.signaling.config import BackendConfig
 from relay.signaling.hub import Hub
-from relay.signaling.pubsub import session_subject, user_subject
+from relay.signaling.pubsub import room_subject, session_subject, user_subject
 
 HEADER_RANDOM = "spreed-signaling-random"
 HEADER_CHECKSUM = "spreed-signaling-checksum"
@@ -143,6 +148,12 @@ def _send_update(
     _to_users(hub, backend, [u for u in all_ids if u not in skip], msg)
 
 
+def _send_room_update(hub: Hub, backend: BackendConfig, room_id: str, properties: Any) -> None:
+    """`roomlist` `update` to the sessions in the room (`changed-users`: no user lists)."""
+    hub.bus.publish(room_subject(room_id, backend.id), {
+        "type": "message", "message": _roomlist("update", _room_body(room_id, properties))})
+
+
 def _send_disinvite(
     hub: Hub, backend: BackendConfig, room_id: str, reason: str, user_ids: list[str],
     room_session_ids: list[str],
@@ -162,25 +173,37 @@ def _invite(hub: Hub, backend: BackendConfig, room_id: str, req: dict[str, Any])
     users = _strings(req.get("userids"))
     properties = req.get("properties")
     _to_users(hub, backend, users, _roomlist("invite", _room_body(room_id, properties)))
-    _send_update(hub, backend, room_id, users, _strings(req.get("alluserids")), properties)
+    if changed_users.has_full_list("invite", req):
+        _send_update(hub, backend, room_id, users, _strings(req.get("alluserids")), properties)
+    else:
+        _send_room_update(hub, backend, room_id, properties)
 
 
 def _disinvite(hub: Hub, backend: BackendConfig, room_id: str, req: dict[str, Any]) -> None:
     users = _strings(req.get("userids"))
+    full = changed_users.has_full_list("disinvite", req)
+    if not full:  # the room hears the update before anyone is disinvited
+        _send_room_update(hub, backend, room_id, req.get("properties"))
     _send_disinvite(hub, backend, room_id, "disinvited", users, _strings(req.get("sessionids")))
-    _send_update(hub, backend, room_id, users, _strings(req.get("alluserids")),
-                 req.get("properties"))
+    if full:
+        _send_update(hub, backend, room_id, users, _strings(req.get("alluserids")),
+                     req.get("properties"))
 
 
 def _update(hub: Hub, backend: BackendConfig, room_id: str, req: dict[str, Any]) -> None:
     hub.publish_backend_room_event(backend.id, room_id, {"type": "update", "update": req})
-    _send_update(hub, backend, room_id, [], _strings(req.get("userids")),
-                 req.get("properties"))
+    if changed_users.has_full_list("update", req):
+        _send_update(hub, backend, room_id, [], _strings(req.get("userids")),
+                     req.get("properties"))
+    else:
+        _send_room_update(hub, backend, room_id, req.get("properties"))
 
 
 def _delete(hub: Hub, backend: BackendConfig, room_id: str, req: dict[str, Any]) -> None:
+    # Without `userids` the hub tells each session in the room before it leaves.
     hub.publish_backend_room_event(backend.id, room_id, {"type": "delete", "delete": req})
-    _send_disinvite(hub, backend, room_id, "deleted", _strings(req.get("userids")), [])
+    if changed_users.has_full_list("delete", req):
+        _send_disinvite(hub, backend, room_id, "deleted", _strings(req.get("userids")), [])
 
 
 def fixup_user_sessions(hub: Hub, backend_id: str, users: Any) -> list[dict[str, Any]]:
@@ -210,7 +233,9 @@ def _users_changed(kind: str) -> Handler:
         changed = fixup_user_sessions(hub, backend.id, req.get("changed"))
         if not users and not changed:
             return
-        body = {**req, "users": users, "changed": changed}
+        body = {**req, "changed": changed}
+        if changed_users.has_full_list(kind, req):
+            body["users"] = users
         hub.publish_backend_room_event(backend.id, room_id, {"type": kind, kind: body})
 
     return handler

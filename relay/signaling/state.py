@@ -25,6 +25,8 @@ from typing import Any, NamedTuple
 import attrs
 
 from relay.signaling.config import BackendConfig
+from relay.signaling.permissions import UNSET, Permissions
+from relay.signaling.transient import TransientStore
 
 # Session client types (the `clienttype` metric label). Only `client` sessions are created
 # by `hello` today; the others are the kinds upstream also knows.
@@ -58,7 +60,7 @@ class Session:
     client_type: str = CLIENT
     room: Room | None = None
     room_session_id: str = ""  # the Talk session id in `room`
-    permissions: frozenset[str] = frozenset()
+    permissions: Permissions = UNSET  # all but hide-displaynames until Nextcloud sets a list
     expires_at: float | None = None  # set while no socket is attached
     join_deadline: float | None = None  # anonymous sessions must join a room by then
     in_call: int = 0  # Talk's in-call flags
@@ -69,8 +71,8 @@ class Session:
         return bool(self.in_call & IN_CALL)
 
     def may(self, permission: str) -> bool:
-        """Whether Nextcloud granted this session `permission` (e.g. `control`)."""
-        return permission in self.permissions
+        """Whether this session has `permission` (e.g. `control`), see `Permissions`."""
+        return self.permissions.has(permission)
 
     def entry(self) -> dict[str, Any]:
         """This session as an item of a room `join`/`change` event."""
@@ -95,6 +97,9 @@ class Room:
     backend_url: str = ""  # where room-wide backend requests (pings) go
     properties: Any = None  # Nextcloud's room properties, passed on as is
     sessions: dict[str, Session] = attrs.Factory(dict)  # by public id, in join order
+    transient: TransientStore | None = None  # the room's transient data, made on first use
+    # public id -> last user entry Nextcloud sent in `incall.changed` (for `changed-users`)
+    users: dict[str, dict[str, Any]] = attrs.Factory(dict)
 
     @property
     def key(self) -> RoomKey:
@@ -110,6 +115,15 @@ class Room:
             if s.public_id != sender_id and (not call_only or s.is_in_call)
         ]
 
+    def transient_store(self) -> TransientStore:
+        if self.transient is None:
+            self.transient = TransientStore()
+        return self.transient
+
+    def transient_listeners(self) -> list[Session]:
+        """Who hears transient data: every session in the room but virtual ones."""
+        return [s for s in self.sessions.values() if s.client_type != VIRTUAL]
+
 
 @attrs.frozen
 class Left:
@@ -119,6 +133,7 @@ class Left:
     room: Room
     room_session_id: str
     room_empty: bool  # the room is gone from this node
+    transient: list[dict[str, Any]] = attrs.Factory(list)  # its `sd:` entry's removal
 
 
 @attrs.frozen
@@ -308,7 +323,7 @@ class SignalingState:
         room_session_id: str,
         *,
         properties: Any = None,
-        permissions: frozenset[str] | None = None,
+        permissions: Permissions | None = None,
     ) -> Joined:
         """Put a session that is in no room into `room_id` (created if new here)."""
         assert session.room is None, "leave the current room first"
@@ -336,12 +351,15 @@ class SignalingState:
         session.room = None
         room.sessions.pop(session.public_id, None)
         session.in_call = 0
+        room.users.pop(session.public_id, None)
         rsid = session.room_session_id
         self.set_room_session(session, "")
         empty = not room.sessions
         if empty:
             self._forget_room(room)
-        return Left(session, room, rsid, empty)
+        transient = [] if empty or room.transient is None \
+            else room.transient.session_left(session.public_id)
+        return Left(session, room, rsid, empty, transient)
 
     def close_room(self, room: Room) -> list[Left]:
         """The room was deleted: every session is out of it, and it is gone."""
@@ -368,7 +386,7 @@ class SignalingState:
         room.properties = properties
         return True
 
-    def set_permissions(self, room: Room, public_id: str, permissions: frozenset[str]) -> bool:
+    def set_permissions(self, room: Room, public_id: str, permissions: Permissions) -> bool:
         session = room.sessions.get(public_id)
         if session is None:
             return False

@@ -201,6 +201,7 @@ async def test_incall_all_leaves_the_call(server: Server) -> None:
 
 
 async def test_participants_permissions(server: Server) -> None:
+    server.nextcloud.room_permissions["alice"] = ["publish-audio", "publish-video"]
     with trio.fail_after(20):
         a, b = await two_in_room(server)
         # without `control` permission a's control message is ignored
@@ -322,6 +323,7 @@ async def test_delete_makes_everyone_leave(server: Server) -> None:
 
 
 async def test_unknown_room_is_harmless(server: Server) -> None:
+    server.nextcloud.room_permissions["alice"] = ["publish-audio"]
     with trio.fail_after(20):
         a, b = await two_in_room(server)
         for payload in (

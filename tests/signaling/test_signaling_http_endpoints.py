@@ -38,8 +38,10 @@ async def test_welcome_endpoint(server: Any) -> None:
         assert r.text.endswith("\n")
         assert json.loads(r.text) == {"nextcloud-spreed-signaling": "Welcome",
                                       "version": __version__}
-        assert r.headers["x-spreed-signaling-features"] == \
-            "federation, hello-v2, incall-all, join-features, recipient-call, welcome"
+        assert r.headers["x-spreed-signaling-features"] == (
+            "audio-video-permissions, changed-users, chat-relay, federation, hello-v2, "
+            "incall-all, join-features, recipient-call, transient-data, "
+            "transient-sessiondata, welcome")
 
 
 async def test_stats_and_metrics_from_loopback(server: Any) -> None:

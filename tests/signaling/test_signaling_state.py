@@ -6,6 +6,7 @@ import pytest
 
 from relay.signaling import state as st
 from relay.signaling.config import BackendConfig
+from relay.signaling.permissions import Permissions
 from relay.signaling.state import Session, SignalingState
 
 NC1 = BackendConfig("nc1", ("https://one.example/",), b"s1")
@@ -107,11 +108,12 @@ def test_join_reports_who_was_there_and_creation() -> None:
     state = make_state()
     a, b = add(state, "alice"), add(state, "bob")
     first = state.join(a, "r", "talk-a", properties={"name": "R"},
-                       permissions=frozenset({"publish-media"}))
+                       permissions=Permissions.of({"publish-media"}))
     assert first.created and first.others == []
     assert first.room.properties == {"name": "R"}
     assert a.may("publish-media") and not a.may("control")
     second = state.join(b, "r", "talk-b")
+    assert b.may("control") and not b.may("hide-displaynames")  # no list from Nextcloud yet
     assert not second.created and second.room is first.room
     assert second.others == [{"sessionid": a.public_id, "userid": "alice",
                               "roomsessionid": "talk-a"}]
@@ -170,9 +172,11 @@ def test_properties_and_permissions() -> None:
     room = state.join(a, "r", "", properties={"v": 1}).room
     assert not state.update_properties(room, {"v": 1})
     assert state.update_properties(room, {"v": 2}) and room.properties == {"v": 2}
-    assert state.set_permissions(room, a.public_id, frozenset({"control"}))
-    assert a.may("control")
-    assert not state.set_permissions(room, "nobody", frozenset())
+    assert state.set_permissions(room, a.public_id, Permissions.of({"control"}))
+    assert a.may("control") and not a.may("publish-audio")
+    assert state.set_permissions(room, a.public_id, Permissions.of(()))
+    assert not a.may("control")
+    assert not state.set_permissions(room, "nobody", Permissions.of(()))
 
 
 def test_pings_list_talk_sessions_per_room() -> None:

@@ -16,11 +16,16 @@ import trio_websocket
 from relay import __version__
 
 FEATURES = [
+    "audio-video-permissions",
+    "changed-users",
+    "chat-relay",
     "federation",
     "hello-v2",
     "incall-all",
     "join-features",
     "recipient-call",
+    "transient-data",
+    "transient-sessiondata",
     "welcome",
 ]
 
@@ -347,7 +352,9 @@ async def test_resume_after_disconnect_flushes_pending(server: Any) -> None:
 
 
 async def test_control_needs_the_control_permission(server: Any) -> None:
-    server.nextcloud.room_permissions["mod"] = ["publish-media", "control"]
+    # as Talk answers a join: moderators get `control`, others only publishing rights
+    server.nextcloud.room_permissions["mod"] = ["publish-audio", "publish-video", "control"]
+    server.nextcloud.room_permissions["usr"] = ["publish-audio", "publish-video"]
     with trio.fail_after(10):
         mod = await server.client()
         usr = await server.client()

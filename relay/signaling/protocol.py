@@ -13,7 +13,19 @@ from typing import Any
 import attrs
 
 # What we implement and so may advertise (welcome and hello `server.features`).
-FEATURES: tuple[str, ...] = ("incall-all", "join-features", "recipient-call", "welcome")
+FEATURES: tuple[str, ...] = (
+    "incall-all",
+    "join-features",
+    "recipient-call",
+    "welcome",
+    "switchto",
+)
+# Internal clients (SIP bridge, recorder) get the client list with `virtual-sessions`
+# instead of `audio-video-permissions`, as upstream; the welcome lists both.
+INTERNAL_ONLY_FEATURES: tuple[str, ...] = (
+)
+INTERNAL_FEATURES: tuple[str, ...] = tuple(
+    f for f in FEATURES if f != "audio-video-permissions") + INTERNAL_ONLY_FEATURES
 
 HELLO_VERSIONS = ("1.0", "2.0")
 CLIENT_TYPES = ("hello", "bye", "room", "message", "control", "internal", "transient")
@@ -86,7 +98,9 @@ class Message:
 
 @attrs.frozen
 class Other:
-    """A type we accept but do not implement (`internal`, `transient`, unknown types)."""
+    """Any other type (`internal`, `transient`, unknown types) with its body, unchecked."""
+
+    body: Any = None
 
 
 Payload = Hello | Bye | Room | Message | Other
@@ -152,7 +166,7 @@ def parse_client_message(text: str) -> ClientMessage:
     elif msg_type in ("message", "control"):
         payload = _parse_message(msg_type, _obj(env, msg_type))
     else:
-        payload = Other()
+        payload = Other(env.get(msg_type))
     return ClientMessage(msg_id, msg_type, payload)
 
 
@@ -230,11 +244,13 @@ def error_message(
 
 
 def welcome_message(version: str) -> dict[str, Any]:
-    return {"type": "welcome", "welcome": {"version": version, "features": sorted(FEATURES)}}
+    features = sorted({*FEATURES, *INTERNAL_ONLY_FEATURES})
+    return {"type": "welcome", "welcome": {"version": version, "features": features}}
 
 
 def hello_message(
-    msg_id: str | None, session_id: str, resume_id: str, user_id: str, version: str
+    msg_id: str | None, session_id: str, resume_id: str, user_id: str, version: str,
+    features: tuple[str, ...] = FEATURES,
 ) -> dict[str, Any]:
     return _with_id(
         msg_id,
@@ -245,7 +261,7 @@ def hello_message(
                 "sessionid": session_id,
                 "resumeid": resume_id,
                 "userid": user_id,
-                "server": {"version": version, "features": sorted(FEATURES)},
+                "server": {"version": version, "features": sorted(features)},
             },
         },
     )

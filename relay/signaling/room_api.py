@@ -23,6 +23,7 @@ from typing import Any
 
 import attrs
 
+from relay.signaling import switchto
 from relay.signaling.backend import verify_checksum
 from relay.signaling.config import BackendConfig
 from relay.signaling.hub import Hub
@@ -105,7 +106,10 @@ def handle(
     payload = request.get(kind)
     if not isinstance(payload, dict):
         return _text(400, "Could not read body")
-    handler(hub, backend, room_id, payload)
+    try:
+        handler(hub, backend, room_id, payload)
+    except switchto.SwitchToError as exc:
+        return _text(exc.status, exc.message)
     return OK
 
 
@@ -220,6 +224,22 @@ def _message(hub: Hub, backend: BackendConfig, room_id: str, req: dict[str, Any]
     hub.publish_backend_room_event(backend.id, room_id, {"type": "message", "message": req})
 
 
+def _switchto(hub: Hub, backend: BackendConfig, room_id: str, req: dict[str, Any]) -> None:
+    """Ask the listed Talk sessions to move to another room (`event/room/switchto`)."""
+
+    def resolve(rsid: str) -> str | None:
+        session = hub.session_by_room_session(backend.id, rsid)
+        return session.public_id if session is not None else None
+
+    request = switchto.parse_switchto(req, resolve)
+    if not request.targets or hub.state.room(backend.id, room_id) is None:
+        return  # nobody to tell here (upstream: only when the source room is on this node)
+    for public_id, event in request.events():
+        session = hub.state.get(public_id)
+        if session is not None and session.room is not None:  # room events need a room
+            hub.bus.publish(session_subject(public_id), {"type": "message", "message": event})
+
+
 _HANDLERS: dict[str, Handler] = {
     "invite": _invite,
     "disinvite": _disinvite,
@@ -228,4 +248,5 @@ _HANDLERS: dict[str, Handler] = {
     "incall": _users_changed("incall"),
     "participants": _users_changed("participants"),
     "message": _message,
+    "switchto": _switchto,
 }

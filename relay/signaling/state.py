@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import attrs
 
 from relay.signaling.config import BackendConfig
+from relay.signaling.transient import TransientStore
 
 # Session client types (the `clienttype` metric label). Only `client` sessions are created
 # by `hello` today; the others are the kinds upstream also knows.
@@ -77,6 +78,8 @@ class Session:
         e: dict[str, Any] = {"sessionid": self.public_id, "userid": self.user_id}
         if self.user is not None:
             e["user"] = self.user
+        if self.client_type == VIRTUAL:
+            return e  # no Talk session id of its own to show, no features
         if self.room_session_id:
             e["roomsessionid"] = self.room_session_id
         if self.features:
@@ -93,6 +96,7 @@ class Room:
     backend_url: str = ""  # where room-wide backend requests (pings) go
     properties: Any = None  # Nextcloud's room properties, passed on as is
     sessions: dict[str, Session] = attrs.Factory(dict)  # by public id, in join order
+    transient: TransientStore | None = None  # the room's transient data, made on first use
 
     @property
     def key(self) -> RoomKey:
@@ -224,7 +228,7 @@ class SignalingState:
             client_type=client_type,
             last_activity=now,
         )
-        if not user_id:
+        if not user_id and client_type not in (INTERNAL, VIRTUAL):
             session.join_deadline = now + self.join_timeout
             self._timed.add(session)
         self.sessions[session.public_id] = session

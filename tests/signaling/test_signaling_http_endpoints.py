@@ -38,8 +38,13 @@ async def test_welcome_endpoint(server: Any) -> None:
         assert r.text.endswith("\n")
         assert json.loads(r.text) == {"nextcloud-spreed-signaling": "Welcome",
                                       "version": __version__}
-        assert r.headers["x-spreed-signaling-features"] == \
-            "incall-all, join-features, recipient-call, welcome"
+        assert r.headers["x-spreed-signaling-features"].split(", ") == sorted([
+            "incall-all",
+            "join-features",
+            "recipient-call",
+            "welcome",
+            "switchto",
+        ])
 
 
 async def test_stats_and_metrics_from_loopback(server: Any) -> None:

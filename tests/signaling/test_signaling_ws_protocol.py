@@ -15,7 +15,16 @@ import trio_websocket
 
 from relay import __version__
 
-FEATURES = ["incall-all", "join-features", "recipient-call", "welcome"]
+FEATURES = sorted([
+    "incall-all",
+    "join-features",
+    "recipient-call",
+    "welcome",
+    "switchto",
+])
+WELCOME_FEATURES = sorted([
+    *FEATURES,
+])
 
 
 @contextlib.contextmanager
@@ -33,7 +42,7 @@ async def test_welcome_then_hello_shapes(server: Any) -> None:
 
         welcome = json.loads(await ws.get_message())
         assert welcome == {"type": "welcome",
-                           "welcome": {"version": __version__, "features": FEATURES}}
+                           "welcome": {"version": __version__, "features": WELCOME_FEATURES}}
         await ws.send_message(json.dumps({"id": "1", "type": "hello", "hello": {
             "version": "1.0", "auth": {"url": server.nextcloud.url + TALK_PATH,
                                        "params": {"userid": "alice", "ticket": "t"}}}}))

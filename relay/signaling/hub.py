@@ -30,6 +30,7 @@ from relay.signaling import protocol as p
 from relay.signaling import state as st
 from relay.signaling.backend import BackendRequester, Backends
 from relay.signaling.config import BackendConfig, SignalingConfig, canonical_url
+from relay.signaling.internal_hub import InternalClients
 from relay.signaling.metrics import HubGauges, SignalingStats, bump
 from relay.signaling.pubsub import (
     LoopbackBus,
@@ -118,6 +119,7 @@ class Hub:
         self._room_subs: dict[st.RoomKey, _RoomSubs] = {}
         self._nursery: trio.Nursery | None = None
         self.background_failures = 0
+        self.internal = InternalClients(self)  # internal clients, virtual sessions, dial-out
 
     @property
     def sessions(self) -> dict[str, Session]:
@@ -180,8 +182,11 @@ class Hub:
                 conn.close(CLOSE_NORMAL, "")
             elif isinstance(payload, p.Room):
                 await self._room(session, msg.id, payload)
+            elif msg.type == "internal" and isinstance(payload, p.Other):
+                await self.internal.receive(session, msg.id, payload.body)
             elif isinstance(payload, p.Message):
-                if payload.kind == "control" and not session.may("control"):
+                if payload.kind == "control" and not session.may("control") \
+                        and session.client_type != st.INTERNAL:
                     return  # upstream silently ignores control from unprivileged sessions
                 self._route(session, payload)
             # internal / transient / unknown types: accepted and ignored
@@ -195,6 +200,9 @@ class Hub:
     async def _hello(self, conn: Connection, msg_id: str | None, hello: p.Hello) -> None:
         if hello.resume_id:
             self._resume(conn, msg_id, hello.resume_id)
+            return
+        if hello.auth_type == st.INTERNAL:
+            self.internal.hello(conn, msg_id, hello)
             return
         if hello.version != "1.0":
             raise p.SignalingError("invalid_hello_version", "The hello version is not supported")
@@ -305,7 +313,7 @@ class Hub:
         payload = {"type": "room", "room": {
             "version": "1.0", "roomid": req.room_id, "userid": session.user_id,
             "sessionid": req.session_id}}
-        answer = await self.backend.request(session.backend, session.backend_url, payload)
+        answer = await self._join_request(session, payload)
         if not self.state.is_live(session):
             return  # destroyed while Nextcloud answered
         room_answer = _answer(answer, "room", "room_join_failed", "Joining the room failed")
@@ -340,6 +348,13 @@ class Hub:
         self._publish_room(room, p.room_event("join", [session.entry()]))
         if joined.others:
             self._send(session, p.room_event("join", joined.others))
+        self.internal.joined(session, room)
+
+    async def _join_request(self, session: Session, payload: dict[str, Any]) -> Any:
+        """Nextcloud's answer to a join; internal clients join any room without asking."""
+        if session.client_type == st.INTERNAL:
+            return {"type": "room", "room": {}}
+        return await self.backend.request(session.backend, session.backend_url, payload)
 
     def _after_leave(self, left: st.Left, *, notify_backend: bool) -> None:
         """Tell the room (or drop its subscriptions when it is gone) and Nextcloud."""
@@ -349,6 +364,7 @@ class Hub:
             self._publish_room(left.room, p.room_event("leave", [left.session.public_id]))
         if notify_backend:
             self._notify_left(left)
+        self.internal.left(left)
 
     def _drop_room_subs(self, room: Room) -> None:
         subs = self._room_subs.get(room.key)
@@ -358,6 +374,8 @@ class Hub:
 
     def _notify_left(self, left: st.Left) -> None:
         session = left.session
+        if session.client_type in (st.INTERNAL, st.VIRTUAL):
+            return  # Nextcloud never heard of internal sessions; virtual ones: internal_hub
         payload = {"type": "room", "room": {
             "version": "1.0", "roomid": left.room.id, "userid": session.user_id,
             "sessionid": left.room_session_id, "action": "leave"}}
@@ -374,6 +392,11 @@ class Hub:
         sender = p.sender(rec.type, session.public_id, session.user_id)
         if kind == st.DIRECT:
             assert route.target is not None
+            if route.target.client_type == st.VIRTUAL:
+                self.internal.to_virtual(route.target, p.delivered_message(
+                    msg.kind, sender, msg.data,
+                    {"type": "session", "sessionid": route.target.public_id}))
+                return
             self._send(route.target, p.delivered_message(msg.kind, sender, msg.data))
         elif kind == st.SESSION:
             # Maybe another node has it; on the loopback bus nobody does: dropped.
@@ -472,7 +495,8 @@ class Hub:
             sid = entry.get("sessionId", entry.get("sessionid"))
             if flags is not None and isinstance(sid, str):
                 self.set_in_call(room.backend.id, room.id, sid, flags)
-        self._publish_room(room, participants_update(room.id, changed, users))
+        self._publish_room(room, participants_update(
+            room.id, changed, self.internal.users(room, users)))
 
     def _in_call_all(self, room: Room, raw: Any) -> None:
         """`{"incall": N, "all": true}`: every client session joins or leaves the call."""
@@ -505,7 +529,8 @@ class Hub:
             if not all(isinstance(x, str) for x in perms):
                 continue  # upstream skips an entry with an invalid permission
             self.state.set_permissions(room, sid, frozenset(perms))
-        self._publish_room(room, participants_update(room.id, changed, users))
+        self._publish_room(room, participants_update(
+            room.id, changed, self.internal.users(room, users)))
 
     def _close_room(self, room: Room) -> None:
         """The room was deleted: every session leaves it (no `leave` events, as upstream)."""
@@ -514,6 +539,7 @@ class Hub:
         for left in lefts:
             self._notify_left(left)
             self._send(left.session, p.room_message(None, ""))
+        self.internal.room_closed(lefts)
 
     def _kick(self, session: Session) -> None:
         """Disinvited from its room: leave it and close the socket (resumable)."""
@@ -557,6 +583,7 @@ class Hub:
     def _destroy(self, session: Session) -> None:
         if not self.state.is_live(session):
             return
+        self.internal.session_gone(session)
         left = self.state.remove(session)
         if left is not None:
             self._after_leave(left, notify_backend=True)
@@ -584,6 +611,7 @@ class Hub:
         for session in due.join_timed_out:
             self._close_conn(session, "room_join_timeout")
             self._destroy(session)
+        self.internal.expire(now)
 
     def ping_rooms(self) -> None:
         """Tell Nextcloud which Talk sessions are still here (every 10 s per room)."""
@@ -622,6 +650,39 @@ class Hub:
                         self.ping_rooms()
             finally:
                 self._nursery = None
+
+    # --- for relay.signaling.internal_hub ------------------------------------------------
+
+    def attachable(self, conn: Connection) -> bool:
+        """Whether `conn` still waits for its hello to succeed."""
+        return conn in self._waiting
+
+    def attach(self, conn: Connection, session: Session) -> None:
+        """`session` (new) belongs to `conn` from now on."""
+        self._links[session.public_id] = Link(conn, subs=self._subscribe(session))
+        del self._waiting[conn]
+        self._by_conn[conn] = session
+
+    def attached(self, session: Session) -> bool:
+        link = self._links.get(session.public_id)
+        return link is not None and link.conn is not None
+
+    def send(self, session: Session, msg: dict[str, Any]) -> None:
+        self._send(session, msg)
+
+    def send_text(self, session: Session, text: str) -> None:
+        self._send_text(session, text)
+
+    def publish_room(self, room: Room, event: dict[str, Any]) -> None:
+        self._publish_room(room, event)
+
+    def after_leave(self, left: st.Left) -> None:
+        self._after_leave(left, notify_backend=True)
+
+    def start_background(self, fn: Any, *args: Any) -> None:
+        """Run `fn(*args)` in the hub's nursery (dropped when the hub is not running)."""
+        if self._nursery is not None:
+            self._nursery.start_soon(fn, *args)
 
     # --- metrics -------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ FEATURES: tuple[str, ...] = (
 # Internal clients (SIP bridge, recorder) get the client list with `virtual-sessions`
 # instead of `audio-video-permissions`, as upstream; the welcome lists both.
 INTERNAL_ONLY_FEATURES: tuple[str, ...] = (
+    "virtual-sessions",
 )
 INTERNAL_FEATURES: tuple[str, ...] = tuple(
     f for f in FEATURES if f != "audio-video-permissions") + INTERNAL_ONLY_FEATURES

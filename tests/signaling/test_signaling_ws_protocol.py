@@ -24,6 +24,7 @@ FEATURES = sorted([
 ])
 WELCOME_FEATURES = sorted([
     *FEATURES,
+    "virtual-sessions",
 ])
 
 

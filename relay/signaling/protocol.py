@@ -19,6 +19,7 @@ FEATURES: tuple[str, ...] = (
     "recipient-call",
     "welcome",
     "switchto",
+    "dialout",
 )
 # Internal clients (SIP bridge, recorder) get the client list with `virtual-sessions`
 # instead of `audio-video-permissions`, as upstream; the welcome lists both.

@@ -23,7 +23,7 @@ from typing import Any
 
 import attrs
 
-from relay.signaling import switchto
+from relay.signaling import dialout, switchto
 from relay.signaling.backend import verify_checksum
 from relay.signaling.config import BackendConfig
 from relay.signaling.hub import Hub
@@ -80,10 +80,12 @@ def find_backend(hub: Hub, headers: dict[str, str], body: bytes) -> BackendConfi
     return backend if verify_checksum(backend.secret, rnd, body, given) else None
 
 
-def handle(
+async def handle(
     hub: Hub, room_id: str, headers: dict[str, str], body: bytes, has_length: bool
 ) -> Answer:
-    """Answer one `POST /api/v1/room/{room_id}`; `headers` are keyed in lower case."""
+    """Answer one `POST /api/v1/room/{room_id}`; `headers` are keyed in lower case.
+    Only `dialout` waits (for a SIP bridge, up to 45 s per candidate); the server runs
+    every request in its own task, so other requests go on meanwhile."""
     if not has_length:
         return _text(411, "Length required")
     if not headers.get("content-type", "").startswith("application/json"):
@@ -100,6 +102,8 @@ def handle(
     if not isinstance(request, dict) or not isinstance(request.get("type", ""), str):
         return _text(400, "Could not read body")
     kind: str = request.get("type", "")
+    if kind == "dialout":
+        return await _dialout(hub, backend, room_id, headers, request.get(kind))
     handler = _HANDLERS.get(kind)
     if handler is None:
         return _text(400, f"Unsupported request type: {kind}")
@@ -222,6 +226,17 @@ def _users_changed(kind: str) -> Handler:
 
 def _message(hub: Hub, backend: BackendConfig, room_id: str, req: dict[str, Any]) -> None:
     hub.publish_backend_room_event(backend.id, room_id, {"type": "message", "message": req})
+
+
+async def _dialout(
+    hub: Hub, backend: BackendConfig, room_id: str, headers: dict[str, str], req: Any
+) -> Answer:
+    """Ask a SIP bridge (internal client with `start-dialout`) to call a phone number."""
+    try:
+        res = await hub.internal.dialout(backend, room_id, headers.get(HEADER_BACKEND, ""), req)
+    except dialout.UnreadableRequest:
+        return _text(400, "Could not read body")
+    return Answer(res.status, JSON, json.dumps(res.body).encode())
 
 
 def _switchto(hub: Hub, backend: BackendConfig, room_id: str, req: dict[str, Any]) -> None:

@@ -418,7 +418,7 @@ class SignalingServer:
         hdr: dict[str, str] = {}
         for k, v in headers:
             hdr.setdefault(k.lower(), v)
-        answer = room_api.handle(self.hub, room_id, hdr, body, "content-length" in hdr)
+        answer = await room_api.handle(self.hub, room_id, hdr, body, "content-length" in hdr)
         extra = [(b"X-Content-Type-Options", b"nosniff")] if answer.status == 200 else None
         return await self._respond(
             stream, conn, answer.status, answer.body, answer.content_type, extra)

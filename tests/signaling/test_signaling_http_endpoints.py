@@ -44,6 +44,7 @@ async def test_welcome_endpoint(server: Any) -> None:
             "recipient-call",
             "welcome",
             "switchto",
+            "dialout",
         ])
 
 

@@ -21,6 +21,7 @@ FEATURES = sorted([
     "recipient-call",
     "welcome",
     "switchto",
+    "dialout",
 ])
 WELCOME_FEATURES = sorted([
     *FEATURES,

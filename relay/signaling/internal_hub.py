@@ -152,21 +152,23 @@ class InternalClients:
         record = Virtual(virtual, owner, add.session_id, add.options, add.flags)
         owned[add.session_id] = record
         self._virtual[virtual.public_id] = record
+        actor = add.options is not None and add.options.complete
+        error: p.SignalingError | None = None
         try:
             url = await self._backend_url(owner)
             virtual.backend_url = url
             answer = await hub.backend.request(
                 owner.backend, url, i.add_session_request(add, virtual.public_id, in_call))
-            if add.options is not None and add.options.complete \
-                    and isinstance(answer, dict) and answer.get("type") == "error":
-                err = answer.get("error")
-                message = err.get("message") if isinstance(err, dict) else None
-                raise i.add_failed(message if isinstance(message, str) else "")
-        except p.SignalingError as exc:
+        except p.SignalingError:
+            error = i.add_failed("Could not join virtual session." if actor else
+                                 "Could not add virtual session.")
+        else:
+            if actor and isinstance(answer, dict) and answer.get("type") == "error":
+                error = i.add_failed(_error_message(answer))
+        if error is not None:
             self._forget(record)
             hub.state.remove(virtual)
             if hub.state.is_live(owner):
-                error = exc if exc.code == "add_failed" else i.add_failed(exc.message)
                 hub.send(owner, error.to_message(msg_id))
             return
         if not hub.state.is_live(owner) or not hub.state.is_live(virtual) \
@@ -179,6 +181,7 @@ class InternalClients:
         if in_call:
             hub.set_in_call(room.backend.id, room.id, virtual.public_id, in_call)
         hub.publish_room(room, p.room_event("join", [virtual.entry()]))
+        self.publish_users(room)
         if record.flags:
             self._send_flags(room, record)
 
@@ -249,14 +252,14 @@ class InternalClients:
         error: p.SignalingError | None = None
         try:
             answer = await hub.backend.request(virtual.backend, virtual.backend_url, payload)
-        except p.SignalingError as exc:
-            error = i.remove_failed(exc.message)
+        except p.SignalingError:
+            error = i.remove_failed()
         else:
-            err = answer.get("error") if isinstance(answer, dict) \
-                and answer.get("type") == "error" and payload["type"] == "room" else None
-            if isinstance(err, dict) and err.get("code") != "no_such_room":
-                message = err.get("message")
-                error = i.remove_failed(message if isinstance(message, str) else "")
+            if payload["type"] == "room" and isinstance(answer, dict) \
+                    and answer.get("type") == "error":
+                err = answer.get("error")
+                if not isinstance(err, dict) or err.get("code") != "no_such_room":
+                    error = i.remove_failed(_error_message(answer))
         if error is not None and reply and hub.state.is_live(record.owner):
             hub.send(record.owner, error.to_message(reply_to))
 
@@ -278,14 +281,13 @@ class InternalClients:
 
     def joined(self, session: Session, room: Room) -> None:
         """`session` joined `room`: it learns the flags of the virtual sessions there; a
-        joining internal session stops being a dial-out candidate and is announced."""
+        joining internal session stops being a dial-out candidate."""
         for other in room.sessions.values():
             record = self._virtual.get(other.public_id)
             if record is not None and record.flags and other is not session:
                 self._flags_to(session, room, record)
         if session.client_type == INTERNAL:
             self._candidates.pop(session.public_id, None)
-            self.publish_users(room)
 
     def left(self, left: Left) -> None:
         """An internal session left a room that still exists: announce the change."""
@@ -324,10 +326,14 @@ class InternalClients:
         return i.add_internal_sessions(users, internal, virtual, time.time())
 
     def publish_users(self, room: Room) -> None:
-        """A full `participants/update` after an internal or virtual in-call change."""
+        """The room's internal and virtual sessions as a `participants/update` (after a
+        virtual session joined, an internal one left, an in-call change); upstream also
+        lists Talk's last users there, which this server does not keep."""
         from relay.signaling.hub import participants_update
 
-        self.hub.publish_room(room, participants_update(room.id, [], self.users(room, [])))
+        users = self.users(room, [])
+        if users:
+            self.hub.publish_room(room, participants_update(room.id, [], users))
 
     # --- flags -------------------------------------------------------------------------------
 
@@ -421,3 +427,10 @@ class InternalClients:
                 deadline = store.next_deadline()
                 if deadline is not None and deadline <= now:
                     self.to_room(room, store.expire(now))
+
+
+def _error_message(answer: dict[str, Any]) -> str:
+    """The message of a Nextcloud `error` answer ("" when it has none)."""
+    err = answer.get("error")
+    message = err.get("message") if isinstance(err, dict) else None
+    return message if isinstance(message, str) else ""

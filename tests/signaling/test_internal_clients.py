@@ -85,21 +85,19 @@ async def test_internal_session_features_limits_and_joins(
         assert r == {"id": r["id"], "type": "room", "room": {
             "roomid": "room1", "properties": {"name": "Room room1"}}}
         assert len(nextcloud.of_type("room")) == before  # no backend request
-        # the room sees the join, and a participants update with the internal entry
-        msgs = await alice.drain(0.3)
-        joins = [m for m in msgs if _event("room", "join")(m)]
-        assert joins[0]["event"]["join"] == [{
-            "sessionid": bridge.session_id, "userid": "", "features": ["internal-incall"]}]
-        update = next(m for m in msgs if _event("participants", "update")(m))
-        [entry] = update["event"]["update"]["users"]
-        assert isinstance(entry.pop("lastPing"), int)
-        assert entry == {"inCall": 0, "sessionId": bridge.session_id, "internal": True,
-                         "features": ["internal-incall"]}
-        # it reports its own in-call state
+        # the room sees the join
+        assert await alice.recv() == {"type": "event", "event": {
+            "target": "room", "type": "join", "join": [{
+                "sessionid": bridge.session_id, "userid": "",
+                "features": ["internal-incall"]}]}}
+        # it reports its own in-call state: a participants update with its entry
         await bridge.send({"type": "internal", "internal": {
             "type": "incall", "incall": {"incall": 3}}})
         update = await alice.recv_until(_event("participants", "update"))
-        assert update["event"]["update"]["users"][0]["inCall"] == 3
+        [entry] = update["event"]["update"]["users"]
+        assert isinstance(entry.pop("lastPing"), int)
+        assert entry == {"inCall": 3, "sessionId": bridge.session_id, "internal": True,
+                         "features": ["internal-incall"]}
         # Talk's in-call lists get the internal session appended
         r = await post(srv, "room1", {"type": "incall", "incall": {"incall": 1, "changed": [
             {"sessionId": "talk-a", "inCall": 1}], "users": [
@@ -172,6 +170,10 @@ async def test_virtual_session_joins_gets_messages_flags_and_leaves(
         vid = entry["sessionid"]
         assert entry == {"sessionid": vid, "userid": "", "user": user}
         assert vid not in (alice.session_id, bridge.session_id, "sip-1")
+        update = next(m for m in msgs if _event("participants", "update")(m))
+        [ventry] = update["event"]["update"]["users"]
+        assert isinstance(ventry.pop("lastPing"), int)
+        assert ventry == {"inCall": 9, "sessionId": vid, "virtual": True}
         flags = next(m for m in msgs if _event("participants", "flags")(m))
         assert flags["event"]["flags"] == {"roomid": "room1", "sessionid": vid, "flags": 2}
         # Nextcloud heard of it (no actor: a `session` add)
@@ -256,6 +258,7 @@ async def test_virtual_session_with_actor_and_owner_going_away(
                                               "actorId": "att-7", "actorType": "phones"}}}})
         join = await alice.recv_until(_event("room", "join"))
         vid = join["event"]["join"][0]["sessionid"]
+        await alice.drain(0.2)
         [req] = [r for r in nextcloud.of_type("room") if r["room"].get("actorid") == "att-7"]
         assert req["room"] == {"version": "1.0", "roomid": "room1", "userid": "",
                                "sessionid": vid, "actorid": "att-7", "actortype": "phones",

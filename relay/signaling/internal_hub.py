@@ -23,6 +23,7 @@ and what the backend room API awaits for `dialout`:
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ from relay.signaling import internal as i
 from relay.signaling import protocol as p
 from relay.signaling.config import BackendConfig
 from relay.signaling.metrics import bump
+from relay.signaling.pubsub import Subscription, session_subject
 from relay.signaling.state import INTERNAL, VIRTUAL, Left, Room, Session
 from relay.signaling.transient import TransientStore
 
@@ -53,6 +55,7 @@ class Virtual:
     session_id: str  # the id the owner chose in `addsession`
     options: i.ActorOptions | None
     flags: int = 0
+    sub: Subscription | None = None  # its `session.<public id>` subject
 
 
 @attrs.define(eq=False)
@@ -177,6 +180,8 @@ class InternalClients:
             hub.state.remove(virtual)
             return
         hub.state.join(virtual, room.id, virtual.public_id)
+        record.sub = hub.bus.subscribe(session_subject(virtual.public_id),
+                                       functools.partial(self._on_virtual_event, record))
         bump(hub.stats.sessions_total, (owner.backend.id, VIRTUAL))
         if in_call:
             hub.set_in_call(room.backend.id, room.id, virtual.public_id, in_call)
@@ -219,7 +224,24 @@ class InternalClients:
 
     # --- virtual sessions going away ------------------------------------------------------
 
+    def _on_virtual_event(self, record: Virtual, m: dict[str, Any]) -> None:
+        """Something for the virtual session on the bus: a `disinvite` from its room
+        makes the owner hang up; messages go to the owner, re-addressed."""
+        from relay.signaling.hub import is_disinvite
+
+        msg = m.get("message")
+        if not isinstance(msg, dict) or not self.hub.state.is_live(record.owner):
+            return
+        virtual = record.session
+        if is_disinvite(msg, virtual.room):
+            self.hub.send(record.owner, i.hangup_control(record.session_id, virtual.user_id))
+        else:
+            self.to_virtual(virtual, msg)
+
     def _forget(self, record: Virtual) -> None:
+        if record.sub is not None:
+            record.sub.close()
+            record.sub = None
         self._virtual.pop(record.session.public_id, None)
         owned = self._owned.get(record.owner.public_id)
         if owned is not None and owned.get(record.session_id) is record:

@@ -268,6 +268,14 @@ async def test_virtual_session_with_actor_and_owner_going_away(
             {"sessionId": vid, "inCall": 9}], "users": [{"sessionId": vid, "inCall": 9}]}})
         update = await alice.recv_until(_event("participants", "update"))
         assert update["event"]["update"]["changed"] == [{"sessionId": vid, "inCall": 9}]
+        # Talk removes the phone participant: the bridge is told to hang up
+        r = await post(srv, "room1", {"type": "disinvite", "disinvite": {
+            "userids": [], "sessionids": [vid], "alluserids": ["alice"]}})
+        assert r.status_code == 200
+        m = await bridge.recv_until(lambda m: m.get("type") == "control")
+        assert m == {"type": "control", "control": {
+            "sender": None, "recipient": {"type": "session", "sessionid": "sip-2"},
+            "data": {"type": "hangup", "hangup": {"reason": "disinvited"}}}}
         # the bridge's session ends: its virtual session leaves too
         await bridge.request({"type": "bye", "bye": {}})
         leave = await alice.recv_until(_event("room", "leave"))

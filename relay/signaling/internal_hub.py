@@ -377,6 +377,21 @@ class InternalClients:
         return [s for s in self._candidates.values()
                 if s.backend.id == backend.id and s.room is None and self.hub.attached(s)]
 
+    def serverinfo(self, version: str) -> dict[str, Any]:
+        """`GET /api/v1/serverinfo`: version, features and the dial-out clients (no SFU,
+        NATS, GRPC or etcd here)."""
+        info: dict[str, Any] = {"version": version, "features": sorted(p.FEATURES)}
+        dialout = []
+        for s in sorted(self._candidates.values(), key=lambda s: s.public_id):
+            entry: dict[str, Any] = {"sessionid": s.public_id,
+                                     "connected": self.hub.attached(s)}
+            if entry["connected"] and s.features:
+                entry["features"] = list(s.features)
+            dialout.append(entry)
+        if dialout:
+            info["dialout"] = dialout
+        return info
+
     async def dialout(
         self, backend: BackendConfig, room_id: str, header_backend: str, payload: Any
     ) -> d.DialoutResponse:

@@ -172,3 +172,18 @@ async def test_a_bridge_that_ends_its_session_instead_of_answering(
         assert r.status_code == 502
         assert r.json() == {"type": "dialout", "dialout": {"error": {
             "code": "error_notify", "message": "No dialout response received."}}}
+
+
+async def test_serverinfo_lists_the_dialout_clients(make_server: Any, nextcloud: Any) -> None:
+    with trio.fail_after(30):
+        srv, _alice, bridge = await _setup(make_server, nextcloud)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{srv.port}") as c:
+            r = await c.get("/api/v1/serverinfo")
+            assert r.status_code == 200
+            assert r.headers["content-type"] == "application/json; charset=utf-8"
+            info = r.json()
+            assert "dialout" in info["features"] and "switchto" in info["features"]
+            assert info["dialout"] == [{"sessionid": bridge.session_id, "connected": True,
+                                        "features": ["start-dialout"]}]
+            await bridge.join(ROOM)  # no candidate any more
+            assert "dialout" not in (await c.get("/api/v1/serverinfo")).json()

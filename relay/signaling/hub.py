@@ -189,7 +189,7 @@ class Hub:
                         and session.client_type != st.INTERNAL:
                     return  # upstream silently ignores control from unprivileged sessions
                 self._route(session, payload)
-            # internal / transient / unknown types: accepted and ignored
+            # transient / unknown types: accepted and ignored
         except p.SignalingError as exc:
             if self._by_conn.get(conn) is None and conn in self._waiting:
                 self._waiting[conn] = trio.current_time() + self.config.hello_timeout

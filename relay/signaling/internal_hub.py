@@ -380,7 +380,8 @@ class InternalClients:
     def serverinfo(self, version: str) -> dict[str, Any]:
         """`GET /api/v1/serverinfo`: version, features and the dial-out clients (no SFU,
         NATS, GRPC or etcd here)."""
-        info: dict[str, Any] = {"version": version, "features": sorted(p.FEATURES)}
+        features = p.welcome_message(version)["welcome"]["features"]  # as upstream
+        info: dict[str, Any] = {"version": version, "features": features}
         dialout = []
         for s in sorted(self._candidates.values(), key=lambda s: s.public_id):
             entry: dict[str, Any] = {"sessionid": s.public_id,

@@ -135,6 +135,13 @@ async def test_internal_client_controls_and_gets_room_deletion(
         assert m == {"type": "control", "control": {
             "sender": {"type": "session", "sessionid": bridge.session_id},
             "data": {"type": "forceMute"}}}
+        # without internal-incall an internal session counts as in the call with audio
+        r = await post(srv, "room1", {"type": "participants", "participants": {
+            "changed": [], "users": [{"sessionId": "talk-a", "inCall": 0}]}})
+        update = await alice.recv_until(_event("participants", "update"))
+        entry = update["event"]["update"]["users"][1]
+        assert isinstance(entry.pop("lastPing"), int)
+        assert entry == {"inCall": 3, "sessionId": bridge.session_id, "internal": True}
         r = await post(srv, "room1", {"type": "delete", "delete": {"userids": ["alice"]}})
         assert r.status_code == 200
         got = await bridge.drain(0.3)

@@ -287,7 +287,8 @@ class Hub:
         self._by_conn[conn] = session
         bump(self.stats.resume_total, (session.backend.id, session.client_type))
         self._send_conn(conn, p.hello_message(
-            msg_id, session.public_id, session.private_id, session.user_id, self.version))
+            msg_id, session.public_id, session.private_id, session.user_id, self.version,
+            features=self.internal.features_of(session)))
         while link.pending and link.conn is conn:
             conn.send_text(link.pending.popleft())
 

@@ -106,6 +106,10 @@ class InternalClients:
             msg_id, session.public_id, session.private_id, "", hub.version,
             features=p.INTERNAL_FEATURES))
 
+    def features_of(self, session: Session) -> tuple[str, ...]:
+        """The `server.features` a session's hello reply lists (also on resume)."""
+        return p.INTERNAL_FEATURES if session.client_type == INTERNAL else p.FEATURES
+
     # --- `internal` messages -------------------------------------------------------------
 
     async def receive(self, session: Session, msg_id: str | None, body: Any) -> None:

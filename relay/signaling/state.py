@@ -248,8 +248,8 @@ class SignalingState:
     def resume(self, private_id: str, now: float) -> Session | None:
         """The session a `hello` with `resumeid` takes over, or None (no such session)."""
         session = self._by_private.get(private_id)
-        if session is None or session.client_type != CLIENT:
-            return None
+        if session is None or session.client_type not in (CLIENT, INTERNAL):
+            return None  # virtual sessions have no socket to come back on
         session.expires_at = None
         session.last_activity = now
         return session

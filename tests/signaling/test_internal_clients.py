@@ -319,3 +319,24 @@ def test_internal_and_virtual_sessions_have_no_join_deadline() -> None:
             for t in (CLIENT, INTERNAL, VIRTUAL)}
     assert state.due(11.0).join_timed_out == [made[CLIENT]]
     assert state.count("nc1", CLIENT) == 1  # what session limits count
+
+
+async def test_internal_client_resumes_and_keeps_its_virtual_sessions(
+    make_server: Any, nextcloud: Any
+) -> None:
+    with trio.fail_after(30):
+        srv: Server = await make_server(internal_config(nextcloud))
+        alice, bridge = await _bridge_in_room(srv)
+        await bridge.send({"type": "internal", "internal": {"type": "addsession",
+                           "addsession": {"sessionid": "sip-1", "roomid": "room1"}}})
+        join = await alice.recv_until(_event("room", "join"))
+        vid = join["event"]["join"][0]["sessionid"]
+        await bridge.ws.aclose()
+        again = await srv.client()
+        r = await again.request({"type": "hello", "hello": {
+            "version": "1.0", "resumeid": bridge.resume_id}})
+        assert r["type"] == "hello" and r["hello"]["sessionid"] == bridge.session_id
+        assert r["hello"]["server"]["features"] == INTERNAL_FEATURES
+        await alice.message({"type": "session", "sessionid": vid}, {"type": "candidate"})
+        m = await again.recv_until(lambda m: m.get("type") == "message")
+        assert m["message"]["recipient"] == {"type": "session", "sessionid": "sip-1"}

@@ -340,3 +340,30 @@ async def test_internal_client_resumes_and_keeps_its_virtual_sessions(
         await alice.message({"type": "session", "sessionid": vid}, {"type": "candidate"})
         m = await again.recv_until(lambda m: m.get("type") == "message")
         assert m["message"]["recipient"] == {"type": "session", "sessionid": "sip-1"}
+
+
+async def test_malformed_internal_messages_get_invalid_format(
+    make_server: Any, nextcloud: Any
+) -> None:
+    with trio.fail_after(30):
+        srv: Server = await make_server(internal_config(nextcloud))
+        alice, bridge = await _bridge_in_room(srv)
+        bad: list[Any] = [
+            [1, 2],
+            {"type": "addsession", "addsession": {"sessionid": "x"}},
+            {"type": "addsession", "addsession": "x"},
+            {"type": "updatesession", "updatesession": {"sessionid": "x", "roomid": "room1",
+                                                         "flags": -1}},
+            {"type": "incall", "incall": {"incall": "yes"}},
+            {"type": "dialout", "dialout": {"type": "status", "roomid": "room1"}},
+            {"type": 5},
+        ]
+        for body in bad:
+            r = await bridge.request({"type": "internal", "internal": body})
+            assert r["type"] == "error" and r["error"]["code"] == "invalid_format", body
+        await alice.nothing(0.2)
+        # the session is unharmed
+        await bridge.send({"type": "internal", "internal": {"type": "addsession",
+                           "addsession": {"sessionid": "ok", "roomid": "room1"}}})
+        assert (await alice.recv_until(_event("room", "join")))["event"]["join"][0][
+            "userid"] == ""

@@ -6,7 +6,8 @@ Nextcloud, answers `auth` (the `userid` param
 becomes the user; `fail` / `garbage` params give an error / a wrong answer), `room` (the
 room ids `test-invalid-room` / `test-not-a-room` fail; `room_permissions[userid]`, when
 set, is the answer's `permissions`, as Talk sends them) and `ping`. Used by the signaling
-tests and by `signaling_load.py`; loopback only.
+tests and by `signaling_load.py`; loopback only. Virtual sessions: a `room` request naming
+an actor in `fail_actors` fails, `session` requests get Talk's answer to an unknown type.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class MockNextcloud:
     bad_checksums: int = 0
     room_permissions: dict[str, Any] = attrs.Factory(dict)  # user id -> `permissions` value
     delay: float = 0.0
+    fail_actors: set[str] = attrs.Factory(set)  # `room` requests with this actorid fail
     record: bool = True  # keep every accepted request (long load runs turn this off)
     accepted: int = 0
     # hello v2: the public key Talk publishes as `config.signaling.hello-v2-token-key`
@@ -69,6 +71,9 @@ class MockNextcloud:
             if room["roomid"] == "test-invalid-room":
                 return {"type": "error", "error": {"code": "no_such_room",
                                                     "message": "The user is not invited"}}
+            if room.get("actorid") in self.fail_actors:
+                return {"type": "error", "error": {"code": "no_such_user",
+                                                    "message": "Unknown actor"}}
             if room["roomid"] == "test-not-a-room":
                 return {"type": "auth", "auth": {}}
             answer: dict[str, Any] = {"version": "1.0", "roomid": room["roomid"],

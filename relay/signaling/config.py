@@ -12,6 +12,8 @@ server.conf sections map to nested keys, so existing settings carry over::
         connectionsperhost: 8           # [backend] connectionsperhost
         backends:                       # [backend] backends = id1 + [id1] urls/secret/...
           - {id: nc1, urls: ["https://cloud.example.com/"], secret: "...", sessionlimit: 0}
+      clients:
+        internalsecret: "..."           # [clients] internalsecret (internal clients)
       sessions:
         hashkey: "..."                  # [sessions] hashkey/blockkey: accepted, unused
         blockkey: "..."                 # (session ids are random, not encoded)
@@ -57,6 +59,7 @@ class SignalingConfig:
     connections_per_host: int = 8
     hash_key: str = ""
     block_key: str = ""
+    internal_secret: bytes = b""  # [clients] internalsecret; empty = no internal clients
     # Protocol limits and timers (upstream's constants; tests may shorten them).
     max_message_size: int = 64 * 1024
     hello_timeout: float = 2.0
@@ -170,6 +173,9 @@ def parse_signaling(raw: Any, key: str) -> SignalingConfig:
         raise ConfigError(b.key("backends"), "configure backends, or allowall with a secret")
     b.done()
 
+    clients = s.section("clients")
+    internal_secret = clients.get_str("internalsecret")
+    clients.done()
     sess = s.section("sessions")
     hash_key = sess.get_str("hashkey")
     block_key = sess.get_str("blockkey")
@@ -195,4 +201,5 @@ def parse_signaling(raw: Any, key: str) -> SignalingConfig:
         block_key=block_key,
         federation_timeout=float(fed_timeout),
         federation_skip_verify=skip_verify,
+        internal_secret=internal_secret.encode(),
     )

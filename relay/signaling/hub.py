@@ -35,6 +35,7 @@ from relay.signaling.capabilities import CapabilitiesFetcher
 from relay.signaling.config import BackendConfig, SignalingConfig, canonical_url
 from relay.signaling.federation_hub import LOCAL_TYPES, FederationLinks, room_request_actor
 from relay.signaling.hello_v2 import CapabilitiesSource, verify_hello_v2
+from relay.signaling.internal_hub import InternalClients
 from relay.signaling.metrics import HubGauges, SignalingStats, bump
 from relay.signaling.pubsub import (
     LoopbackBus,
@@ -129,6 +130,7 @@ class Hub:
         self._capabilities = capabilities
         self._own_fetcher: CapabilitiesFetcher | None = None
         self.federation = FederationLinks(config, self.state, self._send)
+        self.internal = InternalClients(self)  # internal clients, virtual sessions, dial-out
 
     @property
     def capabilities(self) -> CapabilitiesSource:
@@ -211,13 +213,16 @@ class Hub:
                 conn.close(CLOSE_NORMAL, "")
             elif isinstance(payload, p.Room):
                 await self._room(session, msg.id, payload)
+            elif msg.type == "internal" and isinstance(payload, p.Other):
+                await self.internal.receive(session, msg.id, payload.body)
             elif isinstance(payload, p.Message):
-                if payload.kind == "control" and not session.may("control"):
+                if payload.kind == "control" and not session.may("control") \
+                        and session.client_type != st.INTERNAL:
                     return  # upstream silently ignores control from unprivileged sessions
                 self._route(session, payload)
             elif isinstance(payload, p.Other) and msg.type == "transient":
                 self._transient(session, payload.body)
-            # internal / unknown types: accepted and ignored
+            # unknown types: accepted and ignored
         except p.SignalingError as exc:
             if self._by_conn.get(conn) is None and conn in self._waiting:
                 self._waiting[conn] = trio.current_time() + self.config.hello_timeout
@@ -228,6 +233,9 @@ class Hub:
     async def _hello(self, conn: Connection, msg_id: str | None, hello: p.Hello) -> None:
         if hello.resume_id:
             self._resume(conn, msg_id, hello.resume_id, hello.version)
+            return
+        if hello.auth_type == st.INTERNAL:  # either version: checked by its secret
+            self.internal.hello(conn, msg_id, hello)
             return
         if hello.version == "2.0":
             await self._hello_v2(conn, msg_id, hello)
@@ -353,7 +361,7 @@ class Hub:
         bump(self.stats.resume_total, (session.backend.id, session.client_type))
         self._send_conn(conn, p.hello_message(
             msg_id, session.public_id, session.private_id, session.user_id, self.version,
-            version))
+            version, features=self.internal.features_of(session)))
         while link.pending and link.conn is conn:
             conn.send_text(link.pending.popleft())
 
@@ -392,7 +400,7 @@ class Hub:
         if session.client_type == FEDERATION:
             request.update(room_request_actor(session))
         payload = {"type": "room", "room": request}
-        answer = await self.backend.request(session.backend, session.backend_url, payload)
+        answer = await self._join_request(session, payload)
         if not self.state.is_live(session):
             return  # destroyed while Nextcloud answered
         room_answer = _answer(answer, "room", "room_join_failed", "Joining the room failed")
@@ -428,6 +436,13 @@ class Hub:
         initial = room.transient.initial() if room.transient is not None else None
         if initial is not None:
             self._send(session, initial)
+        self.internal.joined(session, room)
+
+    async def _join_request(self, session: Session, payload: dict[str, Any]) -> Any:
+        """Nextcloud's answer to a join; internal clients join any room without asking."""
+        if session.client_type == st.INTERNAL:
+            return {"type": "room", "room": {}}
+        return await self.backend.request(session.backend, session.backend_url, payload)
 
     def _after_leave(self, left: st.Left, *, notify_backend: bool) -> None:
         """Tell the room (or drop its subscriptions when it is gone) and Nextcloud."""
@@ -438,6 +453,7 @@ class Hub:
             self._send_transient(left.room, left.transient)
         if notify_backend:
             self._notify_left(left)
+        self.internal.left(left)
 
     def _drop_room_subs(self, room: Room) -> None:
         subs = self._room_subs.get(room.key)
@@ -447,6 +463,8 @@ class Hub:
 
     def _notify_left(self, left: st.Left) -> None:
         session = left.session
+        if session.client_type in (st.INTERNAL, st.VIRTUAL):
+            return  # Nextcloud never heard of internal sessions; virtual ones: internal_hub
         payload = {"type": "room", "room": {
             "version": "1.0", "roomid": left.room.id, "userid": session.user_id,
             "sessionid": left.room_session_id, "action": "leave"}}
@@ -463,6 +481,11 @@ class Hub:
         sender = p.sender(rec.type, session.public_id, session.user_id)
         if kind == st.DIRECT:
             assert route.target is not None
+            if route.target.client_type == st.VIRTUAL:
+                self.internal.to_virtual(route.target, p.delivered_message(
+                    msg.kind, sender, msg.data,
+                    {"type": "session", "sessionid": route.target.public_id}))
+                return
             self._send(route.target, p.delivered_message(msg.kind, sender, msg.data))
         elif kind == st.SESSION:
             # Maybe another node has it; on the loopback bus nobody does: dropped.
@@ -586,7 +609,8 @@ class Hub:
             sid = entry.get("sessionId", entry.get("sessionid"))
             if flags is not None and isinstance(sid, str):
                 self.set_in_call(room.backend.id, room.id, sid, flags)
-        self._publish_room(room, participants_update(room.id, changed, users))
+        self._publish_room(room, participants_update(
+            room.id, changed, self.internal.users(room, users)))
 
     def _in_call_all(self, room: Room, raw: Any) -> None:
         """`{"incall": N, "all": true}`: every client session joins or leaves the call."""
@@ -613,7 +637,8 @@ class Hub:
     ) -> None:
         for update in permissions.updates_from_changed(changed):
             self.state.set_permissions(room, update.session_id, update.permissions)
-        self._publish_room(room, participants_update(room.id, changed, users))
+        self._publish_room(room, participants_update(
+            room.id, changed, self.internal.users(room, users)))
 
     def _close_room(self, room: Room, *, tell: bool = False) -> None:
         """The room was deleted: every session leaves it (no `leave` events, as upstream);
@@ -627,6 +652,7 @@ class Hub:
         for left in lefts:
             self._notify_left(left)
             self._send(left.session, p.room_message(None, ""))
+        self.internal.room_closed(lefts)
 
     # --- transient data ------------------------------------------------------------------
 
@@ -727,6 +753,7 @@ class Hub:
         if not self.state.is_live(session):
             return
         self.federation.close(session)
+        self.internal.session_gone(session)
         left = self.state.remove(session)
         if left is not None:
             self._after_leave(left, notify_backend=True)
@@ -796,6 +823,39 @@ class Hub:
             finally:
                 self._nursery = None
                 await self.aclose()
+
+    # --- for relay.signaling.internal_hub ------------------------------------------------
+
+    def attachable(self, conn: Connection) -> bool:
+        """Whether `conn` still waits for its hello to succeed."""
+        return conn in self._waiting
+
+    def attach(self, conn: Connection, session: Session) -> None:
+        """`session` (new) belongs to `conn` from now on."""
+        self._links[session.public_id] = Link(conn, subs=self._subscribe(session))
+        del self._waiting[conn]
+        self._by_conn[conn] = session
+
+    def attached(self, session: Session) -> bool:
+        link = self._links.get(session.public_id)
+        return link is not None and link.conn is not None
+
+    def send(self, session: Session, msg: dict[str, Any]) -> None:
+        self._send(session, msg)
+
+    def send_text(self, session: Session, text: str) -> None:
+        self._send_text(session, text)
+
+    def publish_room(self, room: Room, event: dict[str, Any]) -> None:
+        self._publish_room(room, event)
+
+    def after_leave(self, left: st.Left) -> None:
+        self._after_leave(left, notify_backend=True)
+
+    def start_background(self, fn: Any, *args: Any) -> None:
+        """Run `fn(*args)` in the hub's nursery (dropped when the hub is not running)."""
+        if self._nursery is not None:
+            self._nursery.start_soon(fn, *args)
 
     # --- metrics -------------------------------------------------------------------------
 

@@ -25,7 +25,16 @@ FEATURES: tuple[str, ...] = (
     "transient-sessiondata",
     "chat-relay",
     "changed-users",
+    "switchto",
+    "dialout",
 )
+# Internal clients (SIP bridge, recorder) get the client list with `virtual-sessions`
+# instead of `audio-video-permissions`, as upstream; the welcome lists both.
+INTERNAL_ONLY_FEATURES: tuple[str, ...] = (
+    "virtual-sessions",
+)
+INTERNAL_FEATURES: tuple[str, ...] = tuple(
+    f for f in FEATURES if f != "audio-video-permissions") + INTERNAL_ONLY_FEATURES
 
 HELLO_VERSIONS = ("1.0", "2.0")
 CLIENT_TYPES = ("hello", "bye", "room", "message", "control", "internal", "transient")
@@ -247,12 +256,14 @@ def error_message(
 
 
 def welcome_message(version: str) -> dict[str, Any]:
-    return {"type": "welcome", "welcome": {"version": version, "features": sorted(FEATURES)}}
+    features = sorted({*FEATURES, *INTERNAL_ONLY_FEATURES})
+    return {"type": "welcome", "welcome": {"version": version, "features": features}}
 
 
 def hello_message(
     msg_id: str | None, session_id: str, resume_id: str, user_id: str, version: str,
     hello_version: str = "1.0",
+    features: tuple[str, ...] = FEATURES,
 ) -> dict[str, Any]:
     return _with_id(
         msg_id,
@@ -263,7 +274,7 @@ def hello_message(
                 "sessionid": session_id,
                 "resumeid": resume_id,
                 "userid": user_id,
-                "server": {"version": version, "features": sorted(FEATURES)},
+                "server": {"version": version, "features": sorted(features)},
             },
         },
     )

@@ -27,7 +27,7 @@ from typing import Any
 
 import attrs
 
-from relay.signaling import changed_users
+from relay.signaling import changed_users, dialout, switchto
 from relay.signaling.backend import verify_checksum
 from relay.signaling.config import BackendConfig
 from relay.signaling.hub import Hub
@@ -84,10 +84,12 @@ def find_backend(hub: Hub, headers: dict[str, str], body: bytes) -> BackendConfi
     return backend if verify_checksum(backend.secret, rnd, body, given) else None
 
 
-def handle(
+async def handle(
     hub: Hub, room_id: str, headers: dict[str, str], body: bytes, has_length: bool
 ) -> Answer:
-    """Answer one `POST /api/v1/room/{room_id}`; `headers` are keyed in lower case."""
+    """Answer one `POST /api/v1/room/{room_id}`; `headers` are keyed in lower case.
+    Only `dialout` waits (for a SIP bridge, up to 45 s per candidate); the server runs
+    every request in its own task, so other requests go on meanwhile."""
     if not has_length:
         return _text(411, "Length required")
     if not headers.get("content-type", "").startswith("application/json"):
@@ -104,13 +106,18 @@ def handle(
     if not isinstance(request, dict) or not isinstance(request.get("type", ""), str):
         return _text(400, "Could not read body")
     kind: str = request.get("type", "")
+    if kind == "dialout":
+        return await _dialout(hub, backend, room_id, headers, request.get(kind))
     handler = _HANDLERS.get(kind)
     if handler is None:
         return _text(400, f"Unsupported request type: {kind}")
     payload = request.get(kind)
     if not isinstance(payload, dict):
         return _text(400, "Could not read body")
-    handler(hub, backend, room_id, payload)
+    try:
+        handler(hub, backend, room_id, payload)
+    except switchto.SwitchToError as exc:
+        return _text(exc.status, exc.message)
     return OK
 
 
@@ -245,6 +252,33 @@ def _message(hub: Hub, backend: BackendConfig, room_id: str, req: dict[str, Any]
     hub.publish_backend_room_event(backend.id, room_id, {"type": "message", "message": req})
 
 
+async def _dialout(
+    hub: Hub, backend: BackendConfig, room_id: str, headers: dict[str, str], req: Any
+) -> Answer:
+    """Ask a SIP bridge (internal client with `start-dialout`) to call a phone number."""
+    try:
+        res = await hub.internal.dialout(backend, room_id, headers.get(HEADER_BACKEND, ""), req)
+    except dialout.UnreadableRequest:
+        return _text(400, "Could not read body")
+    return Answer(res.status, JSON, json.dumps(res.body).encode())
+
+
+def _switchto(hub: Hub, backend: BackendConfig, room_id: str, req: dict[str, Any]) -> None:
+    """Ask the listed Talk sessions to move to another room (`event/room/switchto`)."""
+
+    def resolve(rsid: str) -> str | None:
+        session = hub.session_by_room_session(backend.id, rsid)
+        return session.public_id if session is not None else None
+
+    request = switchto.parse_switchto(req, resolve)
+    if not request.targets or hub.state.room(backend.id, room_id) is None:
+        return  # nobody to tell here (upstream: only when the source room is on this node)
+    for public_id, event in request.events():
+        session = hub.state.get(public_id)
+        if session is not None and session.room is not None:  # room events need a room
+            hub.bus.publish(session_subject(public_id), {"type": "message", "message": event})
+
+
 _HANDLERS: dict[str, Handler] = {
     "invite": _invite,
     "disinvite": _disinvite,
@@ -253,4 +287,5 @@ _HANDLERS: dict[str, Handler] = {
     "incall": _users_changed("incall"),
     "participants": _users_changed("participants"),
     "message": _message,
+    "switchto": _switchto,
 }

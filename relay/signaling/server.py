@@ -3,7 +3,8 @@
 Each TCP connection is read by h11 with bounded request sizes and a timeout for slow
 clients. `GET /spreed` with a WebSocket upgrade switches the connection to wsproto; other
 paths are `/api/v1/welcome` (public), `POST /api/v1/room/{roomid}` (Nextcloud, signed;
-see `room_api`), `/api/v1/stats` and `/metrics` (behind the `stats.allowed_ips` gate).
+see `room_api`), `/api/v1/stats`, `/api/v1/serverinfo` and `/metrics` (behind the
+`stats.allowed_ips` gate).
 A WebSocket connection has a reader (frames → hub) and a writer
 (hub's queued messages → frames, plus the RTT ping); the hub never waits for a socket.
 """
@@ -378,7 +379,8 @@ class SignalingServer:
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in req.headers]
         if path.startswith(room_api.ROOM_PATH_PREFIX):
             return await self._room_request(stream, conn, req, path, headers, body)
-        routes = {"/spreed", "/api/v1/welcome", "/api/v1/stats", "/metrics"}
+        routes = {"/spreed", "/api/v1/welcome", "/api/v1/stats", "/metrics",
+                  "/api/v1/serverinfo"}
         if path not in routes:
             return await self._error(stream, conn, 404, "Not Found")
         if method != b"GET":
@@ -392,6 +394,11 @@ class SignalingServer:
         stats_cfg = self.runtime.config.stats
         if not is_allowed(peer, headers, stats_cfg.allowed_ips, stats_cfg.trusted_proxies):
             return await self._error(stream, conn, 403, "Authentication check failed")
+        if path == "/api/v1/serverinfo":
+            info = self.hub.internal.serverinfo(self.runtime.version)
+            return await self._respond(
+                stream, conn, 200, json.dumps(info, indent=2).encode(),
+                b"application/json; charset=utf-8", [(b"X-Content-Type-Options", b"nosniff")])
         if path == "/api/v1/stats":
             stats = json.dumps(self.hub.stats_json()).encode() + b"\n"
             return await self._respond(stream, conn, 200, stats, b"application/json")
@@ -418,7 +425,7 @@ class SignalingServer:
         hdr: dict[str, str] = {}
         for k, v in headers:
             hdr.setdefault(k.lower(), v)
-        answer = room_api.handle(self.hub, room_id, hdr, body, "content-length" in hdr)
+        answer = await room_api.handle(self.hub, room_id, hdr, body, "content-length" in hdr)
         extra = [(b"X-Content-Type-Options", b"nosniff")] if answer.status == 200 else None
         return await self._respond(
             stream, conn, answer.status, answer.body, answer.content_type, extra)

@@ -79,6 +79,8 @@ class Session:
         e: dict[str, Any] = {"sessionid": self.public_id, "userid": self.user_id}
         if self.user is not None:
             e["user"] = self.user
+        if self.client_type == VIRTUAL:
+            return e  # no Talk session id of its own to show, no features
         if self.room_session_id:
             e["roomsessionid"] = self.room_session_id
         if self.features:
@@ -241,7 +243,7 @@ class SignalingState:
             client_type=client_type,
             last_activity=now,
         )
-        if not user_id:
+        if not user_id and client_type not in (INTERNAL, VIRTUAL):
             session.join_deadline = now + self.join_timeout
             self._timed.add(session)
         self.sessions[session.public_id] = session
@@ -261,8 +263,8 @@ class SignalingState:
     def resume(self, private_id: str, now: float) -> Session | None:
         """The session a `hello` with `resumeid` takes over, or None (no such session)."""
         session = self._by_private.get(private_id)
-        if session is None or session.client_type not in (CLIENT, FEDERATION):
-            return None
+        if session is None or session.client_type not in (CLIENT, FEDERATION, INTERNAL):
+            return None  # virtual sessions have no socket to come back on
         session.expires_at = None
         session.last_activity = now
         return session

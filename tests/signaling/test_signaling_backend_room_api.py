@@ -96,7 +96,7 @@ async def test_request_checks(server: Server) -> None:
         assert r.status_code == 400
         r = await post(server, "r1", {"type": "incall", "incall": [1]})
         assert r.status_code == 400
-        r = await post(server, "r1", {"type": "dialout", "dialout": {}})
+        r = await post(server, "r1", {"type": "transient", "transient": {}})
         assert r.status_code == 400 and r.text.startswith("Unsupported request type")
         # method, length, size
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as c:

@@ -38,10 +38,11 @@ async def test_welcome_endpoint(server: Any) -> None:
         assert r.text.endswith("\n")
         assert json.loads(r.text) == {"nextcloud-spreed-signaling": "Welcome",
                                       "version": __version__}
+        # what Talk's Manager::hasRequiredFeatures and its optional list look for, and ours
         assert r.headers["x-spreed-signaling-features"] == (
-            "audio-video-permissions, changed-users, chat-relay, federation, hello-v2, "
-            "incall-all, join-features, recipient-call, transient-data, "
-            "transient-sessiondata, welcome")
+            "audio-video-permissions, changed-users, chat-relay, dialout, federation, "
+            "hello-v2, incall-all, join-features, recipient-call, switchto, "
+            "transient-data, transient-sessiondata, welcome")
 
 
 async def test_stats_and_metrics_from_loopback(server: Any) -> None:

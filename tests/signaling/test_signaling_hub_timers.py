@@ -185,11 +185,15 @@ async def test_call_recipients_only_reach_sessions_in_the_call() -> None:
 async def test_unknown_message_types_are_counted_under_a_fixed_label() -> None:
     hub, _ = make_hub()
     conn, _ = await hello(hub, "a")
-    for t in ("evil-1", "evil-2", "transient", "internal"):
+    for t in ("evil-1", "evil-2", "transient"):
         await hub.receive(conn, json.dumps({"type": t, t: {}}))
     # only the transient message is read (and is missing its type)
     assert conn.take() == [{"type": "error", "error": {
         "code": "invalid_format", "message": "Invalid data format."}}]
+    # a valid internal message from a normal client is ignored
+    await hub.receive(conn, json.dumps({"type": "internal", "internal": {
+        "type": "incall", "incall": {"incall": 1}}}))
+    assert conn.take() == []
     assert hub.stats.server_messages == {"hello": 1, "unknown": 2, "transient": 1,
                                          "internal": 1}
 

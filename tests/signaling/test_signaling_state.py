@@ -48,11 +48,14 @@ def test_resume_by_private_id_clears_expiry() -> None:
     assert state.due(now=500.0) == st.Due([], [])
 
 
-def test_only_client_sessions_resume() -> None:
+def test_sessions_with_a_socket_resume_virtual_ones_do_not() -> None:
     state = make_state()
-    s = state.create(backend=NC1, backend_url=URL, user_id="bot", user=None, features=(),
+    s = state.create(backend=NC1, backend_url=URL, user_id="", user=None, features=(),
                      now=0.0, client_type=st.INTERNAL)
-    assert state.resume(s.private_id, now=1.0) is None
+    v = state.create(backend=NC1, backend_url=URL, user_id="", user=None, features=(),
+                     now=0.0, client_type=st.VIRTUAL)
+    assert state.resume(v.private_id, now=1.0) is None
+    assert state.resume(s.private_id, now=1.0) is s
 
 
 def test_detached_session_expires_at_its_deadline() -> None:

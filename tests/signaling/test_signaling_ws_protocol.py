@@ -19,15 +19,21 @@ FEATURES = [
     "audio-video-permissions",
     "changed-users",
     "chat-relay",
+    "dialout",
     "federation",
     "hello-v2",
     "incall-all",
     "join-features",
     "recipient-call",
+    "switchto",
     "transient-data",
     "transient-sessiondata",
     "welcome",
 ]
+WELCOME_FEATURES = sorted([
+    *FEATURES,
+    "virtual-sessions",
+])
 
 
 @contextlib.contextmanager
@@ -45,7 +51,7 @@ async def test_welcome_then_hello_shapes(server: Any) -> None:
 
         welcome = json.loads(await ws.get_message())
         assert welcome == {"type": "welcome",
-                           "welcome": {"version": __version__, "features": FEATURES}}
+                           "welcome": {"version": __version__, "features": WELCOME_FEATURES}}
         await ws.send_message(json.dumps({"id": "1", "type": "hello", "hello": {
             "version": "1.0", "auth": {"url": server.nextcloud.url + TALK_PATH,
                                        "params": {"userid": "alice", "ticket": "t"}}}}))

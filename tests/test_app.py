@@ -13,7 +13,7 @@ import trio
 
 from benchmarks.turnclient import TurnError
 from relay import app
-from relay.signaling.config import parse_signaling
+from relay.config.signaling import parse_signaling
 from tests.turn.gateway_harness import client, config, listener_address, running
 
 

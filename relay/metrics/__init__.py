@@ -1,1 +1,2 @@
-"""Plain-int statistics, the Prometheus collector that reads them, and the admin HTTP app."""
+"""The Prometheus collector that reads the counters the layers below own, and the
+admin HTTP app."""

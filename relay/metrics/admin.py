@@ -5,7 +5,7 @@ A small ASGI app (no framework) served by hypercorn's Trio worker inside relay's
 - `/metrics` (at `admin.metrics_endpoint`) answers the Prometheus text format 0.0.4 and
   nothing else, whatever the `Accept` header asks: relay's STUNner names pair a gauge `X`
   with a counter `X_total`, which OpenMetrics cannot carry.  It is gated like
-  spreed-signaling's stats endpoints (`relay.metrics.gate`): clients outside
+  spreed-signaling's stats endpoints (`relay.access`): clients outside
   `stats.allowed_ips` get 403.
 - `/live`, `/ready`, `/status` (under `admin.healthcheck_endpoint`) are open to everyone, so
   load balancers and Kubernetes can probe them, and serve no secrets.
@@ -40,10 +40,10 @@ from hypercorn.typing import ConnectionState
 from hypercorn.utils import wrap_app
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
+from relay.access import is_allowed
 from relay.config import Endpoint
 from relay.errors import ConfigError
 from relay.metrics.collector import install_collectors
-from relay.metrics.gate import is_allowed
 from relay.runtime import Runtime
 
 log = logging.getLogger("relay.admin")

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import httpx
 import trio
 
-from relay.signaling.config import BackendConfig, SignalingConfig, canonical_url
+from relay.config.signaling import BackendConfig, SignalingConfig, canonical_url
 from relay.signaling.metrics import SignalingStats
 from relay.signaling.protocol import (
     BACKEND_PATH_V1,

@@ -27,9 +27,9 @@ from typing import Any
 import attrs
 import trio
 
+from relay.config.signaling import SignalingConfig
 from relay.signaling import federation as fed
 from relay.signaling import protocol as p
-from relay.signaling.config import SignalingConfig
 from relay.signaling.federation_link import FederationLink
 from relay.signaling.state import Session, SignalingState
 

@@ -27,12 +27,12 @@ from typing import Any, Protocol
 import attrs
 import trio
 
+from relay.config.signaling import BackendConfig, SignalingConfig, canonical_url
 from relay.signaling import changed_users, chat, permissions, transient
 from relay.signaling import protocol as p
 from relay.signaling import state as st
 from relay.signaling.backend import BackendRequester, Backends
 from relay.signaling.capabilities import CapabilitiesFetcher
-from relay.signaling.config import BackendConfig, SignalingConfig, canonical_url
 from relay.signaling.federation_hub import LOCAL_TYPES, FederationLinks, room_request_actor
 from relay.signaling.hello_v2 import CapabilitiesSource, verify_hello_v2
 from relay.signaling.internal_hub import InternalClients

@@ -32,7 +32,7 @@ from typing import Any
 
 import attrs
 
-from relay.signaling.config import BackendConfig, canonical_url
+from relay.config.signaling import BackendConfig, canonical_url
 from relay.signaling.dialout import DialoutMessage, parse_dialout
 from relay.signaling.protocol import SignalingError
 

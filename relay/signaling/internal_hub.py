@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
+from relay.config.signaling import BackendConfig
 from relay.signaling import dialout as d
 from relay.signaling import internal as i
 from relay.signaling import protocol as p
-from relay.signaling.config import BackendConfig
 from relay.signaling.metrics import bump
 from relay.signaling.pubsub import Subscription, session_subject
 from relay.signaling.state import INTERNAL, VIRTUAL, Left, Room, Session

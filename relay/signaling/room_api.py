@@ -27,9 +27,9 @@ from typing import Any
 
 import attrs
 
+from relay.config.signaling import BackendConfig
 from relay.signaling import changed_users, dialout, switchto
 from relay.signaling.backend import verify_checksum
-from relay.signaling.config import BackendConfig
 from relay.signaling.hub import Hub
 from relay.signaling.pubsub import room_subject, session_subject, user_subject
 

@@ -36,12 +36,12 @@ from wsproto.events import (
 )
 from wsproto.utilities import RemoteProtocolError
 
+from relay.access import is_allowed
+from relay.config.signaling import SignalingConfig
 from relay.errors import ConfigError
-from relay.metrics.gate import is_allowed
 from relay.runtime import Runtime
 from relay.signaling import room_api
 from relay.signaling.backend import BackendClient, BackendRequester
-from relay.signaling.config import SignalingConfig
 from relay.signaling.hub import Hub
 from relay.signaling.metrics import SignalingCollector, SignalingStats
 from relay.signaling.protocol import FEATURES

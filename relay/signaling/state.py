@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 import attrs
 
-from relay.signaling.config import BackendConfig
+from relay.config.signaling import BackendConfig
 from relay.signaling.permissions import UNSET, Permissions
 from relay.signaling.transient import TransientStore
 

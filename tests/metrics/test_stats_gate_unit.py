@@ -6,8 +6,8 @@ import ipaddress
 
 import pytest
 
+from relay.access import is_allowed, real_client_ip
 from relay.config import StatsConfig
-from relay.metrics.gate import is_allowed, real_client_ip
 
 DEFAULT = StatsConfig()
 ip = ipaddress.ip_address

@@ -309,7 +309,7 @@ async def test_internal_messages_from_normal_clients_are_ignored(server: Server)
 
 
 def test_internal_and_virtual_sessions_have_no_join_deadline() -> None:
-    from relay.signaling.config import BackendConfig
+    from relay.config.signaling import BackendConfig
     from relay.signaling.state import CLIENT, INTERNAL, VIRTUAL, SignalingState
 
     state = SignalingState(session_expire=30, join_timeout=10)

@@ -9,8 +9,8 @@ from typing import Any
 import trio
 import trio.testing
 
+from relay.config.signaling import SignalingConfig
 from relay.signaling import dialout
-from relay.signaling.config import SignalingConfig
 from relay.signaling.hub import Hub
 from tests.signaling.internal_clients import INTERNAL_SECRET, internal_params
 from tests.signaling.test_signaling_hub_timers import FakeBackend, FakeConn, hello

@@ -11,8 +11,8 @@ import pytest
 import trio
 
 from relay.config import Config
+from relay.config.signaling import SignalingConfig
 from relay.errors import ConfigError
-from relay.signaling.config import SignalingConfig
 from relay.signaling.hub import Hub
 from tests.signaling.conftest import Client, Server
 from tests.signaling.fake_remote import OTHER_SESSION, ROOM_PROPERTIES, FakeRemote

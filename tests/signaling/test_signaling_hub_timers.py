@@ -9,7 +9,7 @@ import trio
 import trio.testing
 from prometheus_client import CollectorRegistry, generate_latest
 
-from relay.signaling.config import BackendConfig, SignalingConfig
+from relay.config.signaling import BackendConfig, SignalingConfig
 from relay.signaling.hub import Hub
 from relay.signaling.metrics import SignalingCollector
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from relay.config.signaling import BackendConfig
 from relay.signaling import internal as i
-from relay.signaling.config import BackendConfig
 from relay.signaling.dialout import CallStatus, DialoutMessage
 from relay.signaling.protocol import SignalingError
 

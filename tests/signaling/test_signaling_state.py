@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from relay.config.signaling import BackendConfig
 from relay.signaling import state as st
-from relay.signaling.config import BackendConfig
 from relay.signaling.permissions import Permissions
 from relay.signaling.state import Session, SignalingState
 

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from relay.config import Config
+from relay.config.signaling import BackendConfig, SignalingConfig, canonical_url
 from relay.errors import ConfigError
 from relay.signaling import protocol as p
 from relay.signaling.backend import (
@@ -17,7 +18,6 @@ from relay.signaling.backend import (
     parse_ocs,
     verify_checksum,
 )
-from relay.signaling.config import BackendConfig, SignalingConfig, canonical_url
 from relay.signaling.metrics import exponential_buckets_range
 from relay.signaling.pubsub import LoopbackBus, room_subject, session_subject, user_subject
 

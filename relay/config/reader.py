@@ -3,7 +3,7 @@
 `Section` wraps one mapping of the raw (YAML/JSON) tree with its key path, reads typed
 values from it, and refuses keys nobody read, so every mistake becomes a `ConfigError`
 naming the key (``listeners[0].port: 70000 is not a port``).  It is the leaf every config
-parser builds on (`relay.config`, `relay.signaling.config`) and imports nothing of relay's
+parser builds on (`relay.config`, `relay.config.signaling`) and imports nothing of relay's
 but the error type.
 """
 

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from relay.configreader import Section
+from relay.config.reader import Section
 from relay.errors import ConfigError
 
 DEFAULT_LISTEN = "127.0.0.1:8081"

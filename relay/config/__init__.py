@@ -4,7 +4,7 @@ The native schema is STUNner's (`version`, `admin`, `auth`, `listeners`, `cluste
 STUNner user can bring a config file as it is.  relay's extensions live in sections of their
 own: `stats` (access gate of the HTTP endpoints), `turn` (relay ports, quotas, lifetimes,
 relay addresses) and `signaling` (the spreed signaling server, parsed by
-`relay.signaling.config`).
+`relay.config.signaling`).
 
 Everything is validated here, at the edge: a bad value raises `ConfigError` naming the key
 and the reason, e.g. ``listeners[0].port: 70000 is not a port``.  The result is a tree of
@@ -24,9 +24,9 @@ from typing import Any
 import attrs
 import yaml
 
-from relay.configreader import Section
+from relay.config.reader import Section
+from relay.config.signaling import SignalingConfig, parse_signaling
 from relay.errors import ConfigError
-from relay.signaling.config import SignalingConfig, parse_signaling
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

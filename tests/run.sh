@@ -29,5 +29,7 @@ echo "== ruff"
 .venv/bin/ruff check relay tests benchmarks
 echo "== mypy"
 .venv/bin/mypy
+echo "== import layers"
+.venv/bin/lint-imports
 echo "== pytest"
 .venv/bin/python -m pytest -p no:cacheprovider "$@"

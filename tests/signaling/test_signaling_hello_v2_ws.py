@@ -313,3 +313,24 @@ async def test_federation_session_without_actor_fields(server: Server) -> None:
         reply = await again.request({"type": "hello", "hello": {"version": "2.0",
                                                                 "resumeid": rid}})
         assert reply["type"] == "hello" and reply["hello"]["sessionid"] == fed.session_id
+
+
+async def test_one_capabilities_request_serves_hello_v2_and_the_endpoint(
+    server: Server,
+) -> None:
+    """The token key and the `signaling-v3` check come from one cached document: a bare
+    Nextcloud URL in the hello needs both, and Nextcloud is asked once."""
+    key = with_key(server, "RS256")
+    with trio.fail_after(10):
+        a = await server.client()
+        reply = await hello_v2(a, talk_token(key, now=now(), user_id="alice"),
+                               url=server.nextcloud.url)
+        assert reply["type"] == "hello", reply
+        assert (await a.join("room-1", "talk-alice"))["type"] == "room"
+        b = await server.client()
+        assert (await b.hello("bob", url=server.nextcloud.url))["type"] == "hello"
+        assert (await b.join("room-1", "talk-bob"))["type"] == "room"
+    assert server.nextcloud.capabilities_fetches == 1
+    posts = [p for p in server.nextcloud.paths if p.startswith("/ocs/v2.php/apps/spreed/")]
+    assert posts and all(p == "/" + TALK_PATH for p in posts), posts
+    assert [r["type"] for r in server.nextcloud.requests] == ["room", "auth", "room"]

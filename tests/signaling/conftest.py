@@ -18,6 +18,7 @@ from relay.runtime import Runtime
 from relay.signaling.server import serve_signaling
 
 SECRET = "the-shared-secret"
+TALK_PATH = "ocs/v2.php/apps/spreed/api/v3/signaling/backend"  # where Talk points hellos
 OTHER_SECRET = "another-secret"
 
 
@@ -101,8 +102,7 @@ class Client:
 
     async def hello(self, userid: str = "", url: str | None = None,
                     **params: Any) -> dict[str, Any]:
-        url = url if url is not None else (
-            self.nextcloud.url + "ocs/v2.php/apps/spreed/api/v3/signaling/backend")
+        url = url if url is not None else self.nextcloud.url + TALK_PATH
         reply = await self.request({"type": "hello", "hello": {
             "version": "1.0", "auth": {"url": url, "params": {"userid": userid, **params}}}})
         if reply["type"] == "hello":

@@ -10,10 +10,6 @@ through a TCP forwarder, so the test can cut the link's socket like a network fa
 from __future__ import annotations
 
 import functools
-import os
-import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,77 +17,21 @@ from typing import Any
 import attrs
 import httpx
 import trio
-import trio_websocket
 
 from benchmarks.mock_nextcloud import MockNextcloud
-from tests.signaling.conftest import Client
+from tests.signaling.relay_processes import (
+    TALK_PATH,
+    RelayProcess,
+    connect,
+    is_event,
+    join_ids,
+    serve_nextcloud,
+    start_relay,
+    stop_relay,
+)
 from tests.signaling.talk_tokens import generate_talk_key, talk_token
 
-ROOT = Path(__file__).resolve().parents[2]
-TALK_PATH = "ocs/v2.php/apps/spreed/api/v3/signaling/backend"
 LIMIT = 60  # seconds for the whole scenario, process starts included
-READY = re.compile(r"^signaling: ws://127\.0\.0\.1:(\d+)/spreed$", re.MULTILINE)
-
-CONFIG = """\
-version: v1
-admin: {{metrics_endpoint: "", healthcheck_endpoint: "", loglevel: "all:INFO"}}
-auth: {{type: none}}
-signaling:
-  http: {{listen: "127.0.0.1:0"}}
-  backend:
-    backends:
-      - {{id: {id}, urls: ["{url}"], secret: "{secret}"}}
-  federation: {{timeout: 5}}
-"""
-
-
-@attrs.define(eq=False)
-class RelayProcess:
-    proc: trio.Process
-    out: Path
-    port: int = 0
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/spreed"
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
-
-
-async def start_relay(tmp: Path, name: str, nc: MockNextcloud) -> RelayProcess:
-    cfg = tmp / f"{name}.yaml"
-    cfg.write_text(CONFIG.format(id=name, url=nc.url, secret=nc.secret.decode()))
-    out = tmp / f"{name}.log"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env["PYTHONUNBUFFERED"] = "1"
-    with out.open("wb") as sink:
-        proc = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "relay", "-c", str(cfg)],
-            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink,
-        )
-    relay = RelayProcess(proc, out)
-    while True:
-        text = out.read_text(errors="replace")
-        m = READY.search(text)
-        if m is not None and "relay is ready" in text:
-            relay.port = int(m.group(1))
-            return relay
-        if proc.poll() is not None:
-            raise AssertionError(f"relay {name} exited:\n{text}")
-        await trio.sleep(0.05)
-
-
-async def stop_relay(relay: RelayProcess) -> None:
-    if relay.proc.returncode is None:
-        relay.proc.terminate()
-        with trio.move_on_after(10) as scope:
-            await relay.proc.wait()
-        if scope.cancelled_caught:
-            relay.proc.kill()
-            await relay.proc.wait()
 
 
 @attrs.define(eq=False)
@@ -136,31 +76,6 @@ class Forwarder:
         for scope in self._scopes:
             scope.cancel()
         self._scopes.clear()
-
-
-async def serve_nextcloud(nursery: trio.Nursery, nc: MockNextcloud) -> MockNextcloud:
-    listeners = await nursery.start(
-        functools.partial(trio.serve_tcp, nc.handle, 0, host="127.0.0.1"))
-    nc.port = listeners[0].socket.getsockname()[1]
-    return nc
-
-
-async def connect(nursery: trio.Nursery, relay: RelayProcess, nc: MockNextcloud) -> Client:
-    ws = await trio_websocket.connect_websocket_url(nursery, relay.ws_url,
-                                                    message_queue_size=1024)
-    c = Client(ws, nc)
-    welcome = await c.recv()
-    assert welcome["type"] == "welcome"
-    assert {"hello-v2", "federation"} <= set(welcome["welcome"]["features"])
-    return c
-
-
-def is_event(m: dict[str, Any], kind: str) -> bool:
-    return m.get("type") == "event" and m["event"].get("type") == kind
-
-
-def join_ids(m: dict[str, Any]) -> list[str]:
-    return [e["sessionid"] for e in m["event"]["join"]] if is_event(m, "join") else []
 
 
 async def test_a_client_of_one_relay_joins_a_room_on_another(tmp_path: Path) -> None:

@@ -13,7 +13,8 @@ import httpx
 import pytest
 import trio
 
-from tests.signaling.conftest import SECRET, Client, Server
+from tests.signaling.conftest import SECRET, TALK_PATH, Server
+from tests.signaling.talk_clients import hello_v2
 from tests.signaling.talk_tokens import (
     TalkKey,
     encode_token,
@@ -22,8 +23,6 @@ from tests.signaling.talk_tokens import (
     talk_token,
 )
 from tests.signaling.test_signaling_backend_room_api import post
-
-TALK_PATH = "ocs/v2.php/apps/spreed/api/v3/signaling/backend"
 
 
 def now() -> int:
@@ -34,25 +33,6 @@ def with_key(server: Server, alg: str = "ES256") -> TalkKey:
     key = generate_talk_key(alg)
     server.nextcloud.token_key = key.public
     return key
-
-
-async def hello_v2(c: Client, token: Any, *, url: str | None = None,
-                   auth_type: str | None = None, version: str = "2.0",
-                   features: list[str] | None = None) -> dict[str, Any]:
-    auth: dict[str, Any] = {
-        "url": url if url is not None else c.nextcloud.url + TALK_PATH,
-        "params": {} if token is None else {"token": token},
-    }
-    if auth_type is not None:
-        auth["type"] = auth_type
-    hello: dict[str, Any] = {"version": version, "auth": auth}
-    if features is not None:
-        hello["features"] = features
-    reply = await c.request({"type": "hello", "hello": hello})
-    if reply["type"] == "hello":
-        c.session_id = reply["hello"]["sessionid"]
-        c.resume_id = reply["hello"]["resumeid"]
-    return reply
 
 
 def join_entries(msg: dict[str, Any]) -> list[dict[str, Any]]:

@@ -13,15 +13,9 @@ from tests.signaling.conftest import TALK_PATH, Client, Server
 
 
 async def hello(c: Client, userid: str, features: list[str] | None = None) -> dict[str, Any]:
-    """A v1 hello as Talk sends it, announcing client `features`."""
-    url = c.nextcloud.url + "ocs/v2.php/apps/spreed/api/v3/signaling/backend"
-    body: dict[str, Any] = {"version": "1.0", "auth": {"url": url, "params": {"userid": userid}}}
-    if features is not None:
-        body["features"] = features
-    reply = await c.request({"type": "hello", "hello": body})
+    """A v1 hello as Talk sends it, announcing client `features`; it must succeed."""
+    reply = await c.hello(userid, features=features)
     assert reply["type"] == "hello", reply
-    c.session_id = reply["hello"]["sessionid"]
-    c.resume_id = reply["hello"]["resumeid"]
     return reply
 
 
@@ -38,11 +32,7 @@ async def hello_v2(c: Client, token: Any, *, url: str | None = None,
     hello: dict[str, Any] = {"version": version, "auth": auth}
     if features is not None:
         hello["features"] = features
-    reply = await c.request({"type": "hello", "hello": hello})
-    if reply["type"] == "hello":
-        c.session_id = reply["hello"]["sessionid"]
-        c.resume_id = reply["hello"]["resumeid"]
-    return reply
+    return await c.say_hello(hello)
 
 
 async def room_request(
@@ -64,13 +54,16 @@ async def room_request(
 
 
 async def in_room(server: Server, room: str, *users: str,
-                  features: dict[str, list[str]] | None = None) -> list[Client]:
-    """One client per user id, all in `room` (Talk session `talk-<user>`), events drained."""
+                  features: dict[str, list[str]] | None = None,
+                  talk_sessions: list[str] | None = None) -> list[Client]:
+    """One client per user id, all in `room` (Talk session `talk-<user>` unless
+    `talk_sessions` names them), events drained."""
     clients = []
-    for user in users:
+    for i, user in enumerate(users):
         c = await server.client()
         await hello(c, user, (features or {}).get(user))
-        assert (await c.join(room, f"talk-{user}"))["type"] == "room"
+        sid = talk_sessions[i] if talk_sessions is not None else f"talk-{user}"
+        assert (await c.join(room, sid))["type"] == "room"
         clients.append(c)
     for c in clients:
         await c.drain(0.1)

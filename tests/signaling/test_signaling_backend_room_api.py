@@ -9,7 +9,7 @@ import trio
 
 from relay.signaling.backend import checksum
 from tests.signaling.conftest import OTHER_SECRET, SECRET, Client, Server, signaling_config
-from tests.signaling.talk_clients import room_request
+from tests.signaling.talk_clients import in_room, room_request
 
 
 def test_checksum_reference_vector() -> None:
@@ -47,14 +47,7 @@ def _participants(m: dict[str, Any]) -> bool:
 
 
 async def two_in_room(server: Server, room: str = "r1") -> tuple[Client, Client]:
-    a = await server.client()
-    b = await server.client()
-    await a.hello("alice")
-    await b.hello("bob")
-    await a.join(room, "talk-a")
-    await b.join(room, "talk-b")
-    await a.drain(0.1)
-    await b.drain(0.1)
+    a, b = await in_room(server, room, "alice", "bob", talk_sessions=["talk-a", "talk-b"])
     return a, b
 
 

@@ -8,6 +8,8 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,20 @@ import trio_websocket
 from benchmarks.mock_nextcloud import MockNextcloud
 from tests.signaling.conftest import TALK_PATH, Client
 
-__all__ = ["TALK_PATH", "RelayProcess", "connect", "is_event", "join_ids", "serve_nextcloud",
-           "start_relay", "stop_relay"]
+__all__ = [
+    "TALK_PATH",
+    "Federated",
+    "RelayProcess",
+    "Relays",
+    "connect",
+    "federated_pair",
+    "is_event",
+    "join_ids",
+    "relays_for",
+    "serve_nextcloud",
+    "start_relay",
+    "stop_relay",
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 READY = re.compile(r"^signaling: ws://127\.0\.0\.1:(\d+)/spreed$", re.MULTILINE)
@@ -109,3 +123,62 @@ def is_event(m: dict[str, Any], kind: str) -> bool:
 
 def join_ids(m: dict[str, Any]) -> list[str]:
     return [e["sessionid"] for e in m["event"]["join"]] if is_event(m, "join") else []
+
+
+@attrs.define(eq=False)
+class Relays:
+    """Relay processes started for a test, and the nursery their clients live in."""
+
+    nursery: trio.Nursery
+    tmp: Path
+    running: list[RelayProcess] = attrs.Factory(list)
+
+    async def start(self, name: str, nc: MockNextcloud) -> RelayProcess:
+        relay = await start_relay(self.tmp, name, nc)
+        self.running.append(relay)
+        return relay
+
+
+@asynccontextmanager
+async def relays_for(tmp: Path, *nextclouds: MockNextcloud) -> AsyncIterator[Relays]:
+    """Serve the mock Nextclouds on 127.0.0.1; on the way out stop every relay started
+    (even when the test failed), then check each stopped cleanly and logged no traceback."""
+    async with trio.open_nursery() as nursery:
+        for nc in nextclouds:
+            await serve_nextcloud(nursery, nc)
+        relays = Relays(nursery, tmp)
+        try:
+            yield relays
+        finally:
+            with trio.CancelScope(shield=True):
+                for relay in relays.running:
+                    await stop_relay(relay)
+        for relay in relays.running:
+            assert relay.proc.returncode == 0
+            assert "Traceback" not in relay.out.read_text(errors="replace")
+        nursery.cancel_scope.cancel()
+
+
+@attrs.define(eq=False)
+class Federated:
+    """Two Nextclouds, each with its relay: L (local) and R (remote, federation-v2)."""
+
+    relays: Relays
+    local_nc: MockNextcloud
+    remote_nc: MockNextcloud
+    relay_l: RelayProcess
+    relay_r: RelayProcess
+
+
+@asynccontextmanager
+async def federated_pair(tmp: Path, remote_key: str,
+                         local_key: str | None = None) -> AsyncIterator[Federated]:
+    """Relay L for a local Nextcloud and relay R for a remote one that publishes
+    `remote_key` (hello v2) and lists `federation-v2`; `local_key` for L's Nextcloud."""
+    local_nc = MockNextcloud(b"local-secret", token_key=local_key)
+    remote_nc = MockNextcloud(b"remote-secret", features=["signaling-v3", "federation-v2"],
+                              token_key=remote_key)
+    async with relays_for(tmp, local_nc, remote_nc) as relays:
+        relay_l = await relays.start("local", local_nc)
+        relay_r = await relays.start("remote", remote_nc)
+        yield Federated(relays, local_nc, remote_nc, relay_l, relay_r)

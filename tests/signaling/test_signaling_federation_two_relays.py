@@ -23,10 +23,9 @@ from tests.signaling.relay_processes import (
     TALK_PATH,
     RelayProcess,
     connect,
+    federated_pair,
     is_event,
     join_ids,
-    serve_nextcloud,
-    start_relay,
     stop_relay,
 )
 from tests.signaling.talk_tokens import generate_talk_key, talk_token
@@ -80,26 +79,10 @@ class Forwarder:
 
 async def test_a_client_of_one_relay_joins_a_room_on_another(tmp_path: Path) -> None:
     key = generate_talk_key("ES256")
-    local_nc = MockNextcloud(b"local-secret")
-    remote_nc = MockNextcloud(b"remote-secret",
-                              features=["signaling-v3", "federation-v2"],
-                              token_key=key.public)
     with trio.fail_after(LIMIT):
-        async with trio.open_nursery() as nursery:
-            await serve_nextcloud(nursery, local_nc)
-            await serve_nextcloud(nursery, remote_nc)
-            relay_l = await start_relay(tmp_path, "local", local_nc)
-            relay_r = await start_relay(tmp_path, "remote", remote_nc)
-            try:
-                await scenario(nursery, relay_l, relay_r, local_nc, remote_nc, key)
-            finally:
-                with trio.CancelScope(shield=True):
-                    await stop_relay(relay_l)
-                    await stop_relay(relay_r)
-            for relay in (relay_l, relay_r):
-                assert relay.proc.returncode == 0
-                assert "Traceback" not in relay.out.read_text(errors="replace")
-            nursery.cancel_scope.cancel()
+        async with federated_pair(tmp_path, key.public) as pair:
+            await scenario(pair.relays.nursery, pair.relay_l, pair.relay_r, pair.local_nc,
+                           pair.remote_nc, key)
 
 
 async def scenario(nursery: trio.Nursery, relay_l: RelayProcess, relay_r: RelayProcess,
@@ -190,64 +173,47 @@ async def test_the_remote_relay_restarts(tmp_path: Path) -> None:
     """R's process is replaced: L's link gets no resume there, so it creates a new remote
     session with the same token and joins again (`federation_resumed` `resumed:false`)."""
     key = generate_talk_key("EdDSA")
-    local_nc = MockNextcloud(b"local-secret")
-    remote_nc = MockNextcloud(b"remote-secret",
-                              features=["signaling-v3", "federation-v2"],
-                              token_key=key.public)
     with trio.fail_after(LIMIT):
-        async with trio.open_nursery() as nursery:
-            await serve_nextcloud(nursery, local_nc)
-            await serve_nextcloud(nursery, remote_nc)
-            relay_l = await start_relay(tmp_path, "local", local_nc)
-            relay_r = await start_relay(tmp_path, "remote", remote_nc)
-            relays = [relay_l, relay_r]
-            try:
-                link = Forwarder(relay_r.port)
-                await link.start(nursery)
-                alice = await connect(nursery, relay_l, local_nc)
-                await alice.hello("alice")
-                token = talk_token(key, now=int(time.time()), cloud_id="alice@local.example")
-                await alice.send({"id": "j", "type": "room", "room": {
-                    "roomid": "conv-local", "sessionid": "talk-alice", "federation": {
-                        "signaling": f"http://127.0.0.1:{link.port}",
-                        "url": remote_nc.url + TALK_PATH, "roomid": "conv-remote",
-                        "token": token}}})
-                reply = await alice.recv_until(lambda m: m.get("type") in ("room", "error"))
-                assert reply["type"] == "room" and reply["id"] == "j"
-                await alice.recv_until(lambda m: alice.session_id in join_ids(m))
+        async with federated_pair(tmp_path, key.public) as pair:
+            relays, relay_l, relay_r = pair.relays, pair.relay_l, pair.relay_r
+            local_nc, remote_nc = pair.local_nc, pair.remote_nc
+            link = Forwarder(relay_r.port)
+            await link.start(relays.nursery)
+            alice = await connect(relays.nursery, relay_l, local_nc)
+            await alice.hello("alice")
+            token = talk_token(key, now=int(time.time()), cloud_id="alice@local.example")
+            await alice.send({"id": "j", "type": "room", "room": {
+                "roomid": "conv-local", "sessionid": "talk-alice", "federation": {
+                    "signaling": f"http://127.0.0.1:{link.port}",
+                    "url": remote_nc.url + TALK_PATH, "roomid": "conv-remote",
+                    "token": token}}})
+            reply = await alice.recv_until(lambda m: m.get("type") in ("room", "error"))
+            assert reply["type"] == "room" and reply["id"] == "j"
+            await alice.recv_until(lambda m: alice.session_id in join_ids(m))
 
-                # The new R process takes over the address (as behind a load balancer),
-                # then the old one stops, taking its sessions with it.
-                relay_r2 = await start_relay(tmp_path, "remote2", remote_nc)
-                relays.append(relay_r2)
-                link.target = relay_r2.port
-                await stop_relay(relay_r)
-                ev = await alice.recv_until(lambda m: m.get("type") == "event")
-                assert is_event(ev, "federation_interrupted")
-                ev = await alice.recv_until(lambda m: is_event(m, "federation_resumed"))
-                assert ev["event"]["resumed"] is False
-                # Joined again: a new room answer (no id) and fresh join events.
-                again = await alice.recv_until(lambda m: m.get("type") == "room")
-                assert "id" not in again and again["room"]["roomid"] == "conv-local"
-                await alice.recv_until(lambda m: alice.session_id in join_ids(m))
+            # The new R process takes over the address (as behind a load balancer),
+            # then the old one stops, taking its sessions with it.
+            relay_r2 = await relays.start("remote2", remote_nc)
+            link.target = relay_r2.port
+            await stop_relay(relay_r)
+            ev = await alice.recv_until(lambda m: m.get("type") == "event")
+            assert is_event(ev, "federation_interrupted")
+            ev = await alice.recv_until(lambda m: is_event(m, "federation_resumed"))
+            assert ev["event"]["resumed"] is False
+            # Joined again: a new room answer (no id) and fresh join events.
+            again = await alice.recv_until(lambda m: m.get("type") == "room")
+            assert "id" not in again and again["room"]["roomid"] == "conv-local"
+            await alice.recv_until(lambda m: alice.session_id in join_ids(m))
 
-                bob = await connect(nursery, relay_r2, remote_nc)
-                await bob.hello("bob")
-                await bob.join("conv-remote", "talk-bob")
-                seen = await bob.recv_until(lambda m: any(
-                    e.get("federated") for e in (m.get("event", {}).get("join") or [])))
-                (entry,) = [e for e in seen["event"]["join"] if e.get("federated")]
-                assert entry["userid"] == "alice@local.example"
-                await bob.message({"type": "session", "sessionid": entry["sessionid"]},
-                                  {"hello": "again"})
-                got = await alice.recv_until(lambda m: m.get("type") == "message")
-                assert got["message"]["data"] == {"hello": "again"}
-                assert got["message"]["sender"]["sessionid"] == bob.session_id
-            finally:
-                with trio.CancelScope(shield=True):
-                    for relay in relays:
-                        await stop_relay(relay)
-            for relay in relays:
-                assert relay.proc.returncode == 0
-                assert "Traceback" not in relay.out.read_text(errors="replace")
-            nursery.cancel_scope.cancel()
+            bob = await connect(relays.nursery, relay_r2, remote_nc)
+            await bob.hello("bob")
+            await bob.join("conv-remote", "talk-bob")
+            seen = await bob.recv_until(lambda m: any(
+                e.get("federated") for e in (m.get("event", {}).get("join") or [])))
+            (entry,) = [e for e in seen["event"]["join"] if e.get("federated")]
+            assert entry["userid"] == "alice@local.example"
+            await bob.message({"type": "session", "sessionid": entry["sessionid"]},
+                              {"hello": "again"})
+            got = await alice.recv_until(lambda m: m.get("type") == "message")
+            assert got["message"]["data"] == {"hello": "again"}
+            assert got["message"]["sender"]["sessionid"] == bob.session_id

@@ -22,11 +22,9 @@ from tests.signaling.conftest import TALK_PATH, Client
 from tests.signaling.relay_processes import (
     RelayProcess,
     connect,
+    federated_pair,
     is_event,
     join_ids,
-    serve_nextcloud,
-    start_relay,
-    stop_relay,
 )
 from tests.signaling.talk_clients import hello_v2, room_request
 from tests.signaling.talk_tokens import generate_talk_key, talk_token
@@ -85,28 +83,12 @@ async def join(c: Client, room: str, talk_session: str) -> None:
 
 
 async def test_talk_client_end_to_end(tmp_path: Path) -> None:
-    rsa, eddsa, ecdsa = generate_talk_key("RS256"), generate_talk_key("EdDSA"), \
-        generate_talk_key("ES256")
-    local_nc = MockNextcloud(b"local-secret", token_key=rsa.public)
-    remote_nc = MockNextcloud(b"remote-secret", features=["signaling-v3", "federation-v2"],
-                              token_key=ecdsa.public)
+    keys = {alg: generate_talk_key(alg) for alg in ("RS256", "EdDSA", "ES256")}
     with trio.fail_after(LIMIT):
-        async with trio.open_nursery() as nursery:
-            await serve_nextcloud(nursery, local_nc)
-            await serve_nextcloud(nursery, remote_nc)
-            relay_l = await start_relay(tmp_path, "local", local_nc)
-            relay_r = await start_relay(tmp_path, "remote", remote_nc)
-            try:
-                await scenario(nursery, relay_l, relay_r, local_nc, remote_nc,
-                               {"RS256": rsa, "EdDSA": eddsa, "ES256": ecdsa})
-            finally:
-                with trio.CancelScope(shield=True):
-                    await stop_relay(relay_l)
-                    await stop_relay(relay_r)
-            for relay in (relay_l, relay_r):
-                assert relay.proc.returncode == 0
-                assert "Traceback" not in relay.out.read_text(errors="replace")
-            nursery.cancel_scope.cancel()
+        async with federated_pair(tmp_path, keys["ES256"].public,
+                                  local_key=keys["RS256"].public) as pair:
+            await scenario(pair.relays.nursery, pair.relay_l, pair.relay_r, pair.local_nc,
+                           pair.remote_nc, keys)
 
 
 async def scenario(nursery: trio.Nursery, relay_l: RelayProcess, relay_r: RelayProcess,

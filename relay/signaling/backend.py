@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import logging
 import secrets
 import string
 from typing import Any, Protocol
@@ -23,19 +22,10 @@ import trio
 
 from relay.config.signaling import BackendConfig, SignalingConfig, canonical_url
 from relay.signaling.metrics import SignalingStats
-from relay.signaling.protocol import (
-    BACKEND_PATH_V1,
-    BACKEND_PATH_V3,
-    CAPABILITIES_PATH,
-    FEATURES,
-    SignalingError,
-)
-
-log = logging.getLogger("relay.signaling.backend")
+from relay.signaling.protocol import FEATURES, SignalingError
 
 COMPAT_BACKEND_ID = "compat"
 _RANDOM_ALPHABET = string.ascii_letters + string.digits
-CAPABILITIES_CACHE_SECONDS = 60.0
 
 
 def random_string(n: int = 64) -> str:
@@ -130,12 +120,12 @@ class BackendRequester(Protocol):
     async def request(self, backend: BackendConfig, url: str, payload: dict[str, Any]) -> Any:
         """POST `payload` signed for `backend` to `url`; the OCS data or BackendError."""
 
-    async def signaling_url(self, backend: BackendConfig, base_url: str) -> str:
-        """The backend endpoint under a Nextcloud base URL (v3 if it says so)."""
-
 
 class BackendClient:
-    """httpx on Trio, one pool, a concurrency limit per host."""
+    """httpx on Trio, one pool, a concurrency limit per host.
+
+    Only the signed POSTs: Nextcloud's capabilities (which endpoint version, hello v2 keys)
+    are read through the hub's one `CapabilitiesFetcher` and its cache."""
 
     def __init__(
         self,
@@ -151,7 +141,6 @@ class BackendClient:
         self.per_host = connections_per_host
         self.user_agent = user_agent
         self._limits: dict[str, trio.Semaphore] = {}
-        self._caps: dict[str, tuple[float, frozenset[str]]] = {}
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
@@ -169,18 +158,12 @@ class BackendClient:
             sem = self._limits[host] = trio.Semaphore(self.per_host)
         return host, sem
 
-    async def _post_or_get(
-        self, backend: BackendConfig, method: str, url: str, body: bytes | None
-    ) -> httpx.Response:
+    async def _post(self, backend: BackendConfig, url: str, body: bytes) -> httpx.Response:
         host, sem = self._slot(url)
         async with sem:
             pool = self.stats.pool_connections
             pool[host] = pool.get(host, 0) + 1
             try:
-                if body is None:
-                    headers = {"OCS-APIRequest": "true", "Accept": "application/json",
-                               "User-Agent": self.user_agent}
-                    return await self._http.get(url, headers=headers)
                 headers = signed_headers(backend.secret, body, self.user_agent)
                 return await self._http.post(url, content=body, headers=headers)
             finally:
@@ -192,7 +175,7 @@ class BackendClient:
         error: str | None = None
         try:
             try:
-                resp = await self._post_or_get(backend, "POST", url, body)
+                resp = await self._post(backend, url, body)
             except httpx.TimeoutException:
                 error = "timeout"
                 raise BackendError("timeout", f"backend request to {url} timed out") from None
@@ -209,25 +192,3 @@ class BackendClient:
             raise
         finally:
             self.stats.backend_request_done(backend.id, trio.current_time() - start, error)
-
-    async def signaling_url(self, backend: BackendConfig, base_url: str) -> str:
-        features = await self._capabilities(backend, base_url)
-        return base_url + (BACKEND_PATH_V3 if "signaling-v3" in features else BACKEND_PATH_V1)
-
-    async def _capabilities(self, backend: BackendConfig, base_url: str) -> frozenset[str]:
-        now = trio.current_time()
-        cached = self._caps.get(base_url)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        features: frozenset[str] = frozenset()
-        try:
-            resp = await self._post_or_get(backend, "GET", base_url + CAPABILITIES_PATH, None)
-            if resp.status_code == 200:
-                data = parse_ocs(resp.headers.get("content-type", ""), resp.content)
-                spreed = data.get("capabilities", {}).get("spreed", {})
-                raw = spreed.get("features", []) if isinstance(spreed, dict) else []
-                features = frozenset(f for f in raw if isinstance(f, str))
-        except (httpx.HTTPError, httpx.InvalidURL, BackendError, AttributeError) as exc:
-            log.info("capabilities of %s unavailable: %s", base_url, exc)
-        self._caps[base_url] = (now + CAPABILITIES_CACHE_SECONDS, features)
-        return features

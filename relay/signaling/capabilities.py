@@ -33,6 +33,7 @@ import httpx
 import trio
 
 from relay.signaling.backend import BackendError
+from relay.signaling.protocol import BACKEND_PATH_V1, BACKEND_PATH_V3
 
 log = logging.getLogger("relay.signaling.capabilities")
 
@@ -125,6 +126,13 @@ class Capabilities:
         `only-trusted-servers`); Talk fills it only for logged-in users, so the signaling
         server's anonymous fetch sees the defaults. What counts is feature `federation-v2`."""
         return self.config_group(GROUP_FEDERATION) or {}
+
+
+def backend_endpoint(base_url: str, caps: Capabilities | None) -> str:
+    """The signaling backend endpoint under a Nextcloud base URL: `api/v3` when Talk
+    lists `signaling-v3`, else `api/v1` (also when its capabilities are unavailable)."""
+    v3 = caps is not None and caps.has_feature(FEATURE_SIGNALING_V3)
+    return base_url + (BACKEND_PATH_V3 if v3 else BACKEND_PATH_V1)
 
 
 @attrs.frozen

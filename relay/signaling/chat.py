@@ -48,25 +48,25 @@ class _Unreadable(Exception):
     pass
 
 
+def _optional(obj: dict[str, Any], key: str, kind: type) -> Any:
+    """`obj[key]` if absent/null or of `kind`; _Unreadable otherwise."""
+    value = obj.get(key)
+    if value is not None and not isinstance(value, kind):
+        raise _Unreadable
+    return value
+
+
 def _read(data: Any) -> _Chat | None:
     """The chat payload as upstream's typed decoder sees it; None = not a chat payload.
     Raises _Unreadable where upstream's decoder fails (the message then passes as is)."""
     if not isinstance(data, dict):
         raise _Unreadable
-    kind = data.get("type")
-    if kind is not None and not isinstance(kind, str):
-        raise _Unreadable
-    chat = data.get("chat")
-    if chat is not None and not isinstance(chat, dict):
-        raise _Unreadable
+    kind = _optional(data, "type", str)
+    chat = _optional(data, "chat", dict)
     if chat is None:
         return None
-    refresh = chat.get("refresh")
-    if refresh is not None and not isinstance(refresh, bool):
-        raise _Unreadable
-    comments = chat.get("comments")
-    if comments is not None and not isinstance(comments, list):
-        raise _Unreadable
+    refresh = _optional(chat, "refresh", bool)
+    comments = _optional(chat, "comments", list)
     if kind != "chat":
         return None
     return _Chat(kind, bool(refresh), chat.get("comment"), tuple(comments or ()))

@@ -32,7 +32,7 @@ from relay.signaling import changed_users, chat, permissions, transient
 from relay.signaling import protocol as p
 from relay.signaling import state as st
 from relay.signaling.backend import BackendRequester, Backends
-from relay.signaling.capabilities import CapabilitiesFetcher
+from relay.signaling.capabilities import CapabilitiesError, CapabilitiesFetcher, backend_endpoint
 from relay.signaling.federation_hub import LOCAL_TYPES, FederationLinks, room_request_actor
 from relay.signaling.hello_v2 import CapabilitiesSource, verify_hello_v2
 from relay.signaling.internal_hub import InternalClients
@@ -139,6 +139,16 @@ class Hub:
                 user_agent=f"relay/{self.version}", timeout=self.config.backend_timeout)
             self._capabilities = self._own_fetcher
         return self._capabilities
+
+    async def backend_endpoint(self, base_url: str) -> str:
+        """The backend endpoint under a Nextcloud base URL, from the one capabilities
+        cache (the same lookup that gives hello v2 its key)."""
+        try:
+            caps = (await self.capabilities.get(base_url)).capabilities
+        except CapabilitiesError as exc:
+            log.info("capabilities of %s unavailable: %s", base_url, exc.message)
+            caps = None
+        return backend_endpoint(base_url, caps)
 
     async def aclose(self) -> None:
         """End the federation links and close the capabilities fetcher (bounded)."""
@@ -251,7 +261,7 @@ class Hub:
         self._busy.add(conn)
         try:
             if not url:
-                url = await self.backend.signaling_url(backend, target.base_url)
+                url = await self.backend_endpoint(target.base_url)
             answer = await self.backend.request(
                 backend, url, {"type": "auth", "auth": {"version": "1.0", "params": hello.params}}
             )
@@ -282,7 +292,7 @@ class Hub:
                 self.capabilities, target.base_url, token,
                 federation=hello.auth_type == FEDERATION)
             if not url:
-                url = await self.backend.signaling_url(backend, target.base_url)
+                url = await self.backend_endpoint(target.base_url)
         finally:
             self._busy.discard(conn)
         if conn not in self._waiting:

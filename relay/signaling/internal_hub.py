@@ -222,7 +222,7 @@ class InternalClients:
             base = self._base_urls.get(owner.public_id, "")
             if not base and owner.backend.urls:
                 base = owner.backend.urls[0]
-            owner.backend_url = await self.hub.backend.signaling_url(owner.backend, base)
+            owner.backend_url = await self.hub.backend_endpoint(base)
         return owner.backend_url
 
     # --- virtual sessions going away ------------------------------------------------------

@@ -47,7 +47,6 @@ RECIPIENT_TYPES = ("session", "user", "room", "call")
 SPREED_PATH_MARK = "ocs/v2.php/apps/spreed/"
 BACKEND_PATH_V1 = "ocs/v2.php/apps/spreed/api/v1/signaling/backend"
 BACKEND_PATH_V3 = "ocs/v2.php/apps/spreed/api/v3/signaling/backend"
-CAPABILITIES_PATH = "ocs/v2.php/cloud/capabilities"
 
 
 class SignalingError(Exception):

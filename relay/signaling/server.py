@@ -19,6 +19,7 @@ import math
 import os
 import time
 from collections import deque
+from email.utils import formatdate
 from urllib.parse import unquote
 
 import h11
@@ -441,6 +442,8 @@ class SignalingServer:
     ) -> bool:
         headers = [
             *self.common_headers,
+            # Talk's admin check compares Date with its own clock (TIME_OUT_OF_SYNC)
+            (b"Date", formatdate(usegmt=True).encode()),
             (b"Content-Type", content_type),
             (b"Content-Length", str(len(body)).encode()),
             *(extra or []),

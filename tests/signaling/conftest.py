@@ -18,6 +18,7 @@ from relay.runtime import Runtime
 from relay.signaling.server import serve_signaling
 
 SECRET = "the-shared-secret"
+TALK_PATH = "ocs/v2.php/apps/spreed/api/v3/signaling/backend"  # where Talk points hellos
 OTHER_SECRET = "another-secret"
 
 
@@ -99,16 +100,23 @@ class Client:
         reply = await self.recv_until(lambda m: m.get("id") == mid)
         return reply
 
-    async def hello(self, userid: str = "", url: str | None = None,
-                    **params: Any) -> dict[str, Any]:
-        url = url if url is not None else (
-            self.nextcloud.url + "ocs/v2.php/apps/spreed/api/v3/signaling/backend")
-        reply = await self.request({"type": "hello", "hello": {
-            "version": "1.0", "auth": {"url": url, "params": {"userid": userid, **params}}}})
+    async def say_hello(self, hello: dict[str, Any]) -> dict[str, Any]:
+        """Send a `hello` body; on success remember the session and resume ids."""
+        reply = await self.request({"type": "hello", "hello": hello})
         if reply["type"] == "hello":
             self.session_id = reply["hello"]["sessionid"]
             self.resume_id = reply["hello"]["resumeid"]
         return reply
+
+    async def hello(self, userid: str = "", url: str | None = None,
+                    features: list[str] | None = None, **params: Any) -> dict[str, Any]:
+        """A v1 hello as Talk sends it, for `userid` (the mock Nextcloud's auth param)."""
+        url = url if url is not None else self.nextcloud.url + TALK_PATH
+        hello: dict[str, Any] = {"version": "1.0", "auth": {
+            "url": url, "params": {"userid": userid, **params}}}
+        if features is not None:
+            hello["features"] = features
+        return await self.say_hello(hello)
 
     async def join(self, roomid: str, room_session: str = "") -> dict[str, Any]:
         return await self.request({"type": "room", "room": {

@@ -33,8 +33,4 @@ async def internal_hello(c: Client, params: dict[str, Any] | None = None,
         "type": "internal", "params": params or internal_params(c.nextcloud.url)}}
     if features is not None:
         hello["features"] = features
-    reply = await c.request({"type": "hello", "hello": hello})
-    if reply["type"] == "hello":
-        c.session_id = reply["hello"]["sessionid"]
-        c.resume_id = reply["hello"]["resumeid"]
-    return reply
+    return await c.say_hello(hello)

@@ -4,6 +4,8 @@ against a tiny Talk-shaped Nextcloud on 127.0.0.1."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -217,23 +219,31 @@ def fetcher(clock: Clock | None = None, timeout: float = 5.0) -> CapabilitiesFet
     return CapabilitiesFetcher(user_agent="relay-test/1", timeout=timeout, **kwargs)
 
 
+@asynccontextmanager
+async def fetching(mock: MockNextcloud, clock: Clock | None = None,
+                   request_timeout: float = 5.0) -> AsyncIterator[CapabilitiesFetcher]:
+    """`mock` served on 127.0.0.1 and a fetcher for it, closed on the way out."""
+    async with running_nextcloud(mock):
+        f = fetcher(clock, request_timeout)
+        try:
+            yield f
+        finally:
+            await f.aclose()
+
+
 async def test_fetch_sends_ocs_headers_and_caches() -> None:
     clock = Clock()
     mock = MockNextcloud(body=capabilities_body(KEY), cache_control="max-age=300")
     with trio.fail_after(10):
-        async with running_nextcloud(mock):
-            f = fetcher(clock)
-            try:
-                got = await f.get(mock.base_url)
-                assert not got.cached and got.capabilities.hello_v2_token_key == KEY.public
-                clock.now += 299
-                assert (await f.get(mock.base_url)).cached
-                assert len(mock.requests) == 1
-                clock.now += 1
-                await f.get(mock.base_url)
-                assert len(mock.requests) == 2
-            finally:
-                await f.aclose()
+        async with fetching(mock, clock) as f:
+            got = await f.get(mock.base_url)
+            assert not got.cached and got.capabilities.hello_v2_token_key == KEY.public
+            clock.now += 299
+            assert (await f.get(mock.base_url)).cached
+            assert len(mock.requests) == 1
+            clock.now += 1
+            await f.get(mock.base_url)
+            assert len(mock.requests) == 2
     headers = mock.requests[0]
     assert headers["accept"] == "application/json"
     assert headers["ocs-apirequest"] == "true"
@@ -245,14 +255,10 @@ async def test_etag_revalidation_keeps_document() -> None:
     clock = Clock()
     mock = MockNextcloud(body=capabilities_body(KEY), etag='"caps-1"')
     with trio.fail_after(10):
-        async with running_nextcloud(mock):
-            f = fetcher(clock)
-            try:
-                first = await f.get(mock.base_url)
-                clock.now += MIN_CACHE_SECONDS
-                again = await f.get(mock.base_url)
-            finally:
-                await f.aclose()
+        async with fetching(mock, clock) as f:
+            first = await f.get(mock.base_url)
+            clock.now += MIN_CACHE_SECONDS
+            again = await f.get(mock.base_url)
     assert mock.requests[1]["if-none-match"] == '"caps-1"'
     assert again.cached and again.capabilities == first.capabilities
 
@@ -262,19 +268,15 @@ async def test_invalidate_refetches_and_sees_a_new_key() -> None:
     mock = MockNextcloud(body=capabilities_body(KEY), cache_control="max-age=3600")
     new = generate_talk_key("EdDSA")
     with trio.fail_after(10):
-        async with running_nextcloud(mock):
-            f = fetcher(clock)
-            try:
-                await f.get(mock.base_url)
-                mock.body = capabilities_body(new)
-                claims = await verify_hello_v2(
-                    f, mock.base_url, talk_token(new, now=1_790_000_000, user_id="eve"),
-                    wall_clock=lambda: 1_790_000_000,
-                )
-                assert claims.user_id == "eve"
-                assert not f.invalidate(mock.base_url)  # within the minute
-            finally:
-                await f.aclose()
+        async with fetching(mock, clock) as f:
+            await f.get(mock.base_url)
+            mock.body = capabilities_body(new)
+            claims = await verify_hello_v2(
+                f, mock.base_url, talk_token(new, now=1_790_000_000, user_id="eve"),
+                wall_clock=lambda: 1_790_000_000,
+            )
+            assert claims.user_id == "eve"
+            assert not f.invalidate(mock.base_url)  # within the minute
     assert len(mock.requests) == 2
 
 
@@ -282,18 +284,14 @@ async def test_concurrent_lookups_share_one_request() -> None:
     mock = MockNextcloud(body=capabilities_body(KEY), gate=trio.Event())
     results = []
     with trio.fail_after(10):
-        async with running_nextcloud(mock):
-            f = fetcher()
-            try:
-                async with trio.open_nursery() as nursery:
-                    for _ in range(5):
-                        nursery.start_soon(lambda: _collect(f, mock.base_url, results))
-                    await mock.request_seen.wait()
-                    await trio.testing.wait_all_tasks_blocked(0.05)
-                    assert mock.gate is not None
-                    mock.gate.set()
-            finally:
-                await f.aclose()
+        async with fetching(mock) as f:
+            async with trio.open_nursery() as nursery:
+                for _ in range(5):
+                    nursery.start_soon(lambda: _collect(f, mock.base_url, results))
+                await mock.request_seen.wait()
+                await trio.testing.wait_all_tasks_blocked(0.05)
+                assert mock.gate is not None
+                mock.gate.set()
     assert len(mock.requests) == 1
     assert len(results) == 5
     assert {r.capabilities.hello_v2_token_key for r in results} == {KEY.public}
@@ -307,26 +305,22 @@ async def test_cancelled_fetch_lets_a_waiter_fetch() -> None:
     mock = MockNextcloud(body=capabilities_body(KEY), gate=trio.Event())
     results: list = []
     with trio.fail_after(10):
-        async with running_nextcloud(mock):
-            f = fetcher()
-            try:
-                async with trio.open_nursery() as nursery:
-                    first = trio.CancelScope()
+        async with fetching(mock) as f:
+            async with trio.open_nursery() as nursery:
+                first = trio.CancelScope()
 
-                    async def cancelled_lookup() -> None:
-                        with first:
-                            await f.get(mock.base_url)
+                async def cancelled_lookup() -> None:
+                    with first:
+                        await f.get(mock.base_url)
 
-                    nursery.start_soon(cancelled_lookup)
-                    await mock.request_seen.wait()
-                    nursery.start_soon(lambda: _collect(f, mock.base_url, results))
-                    await trio.testing.wait_all_tasks_blocked(0.05)
-                    first.cancel()
-                    await trio.testing.wait_all_tasks_blocked(0.05)
-                    assert mock.gate is not None
-                    mock.gate.set()
-            finally:
-                await f.aclose()
+                nursery.start_soon(cancelled_lookup)
+                await mock.request_seen.wait()
+                nursery.start_soon(lambda: _collect(f, mock.base_url, results))
+                await trio.testing.wait_all_tasks_blocked(0.05)
+                first.cancel()
+                await trio.testing.wait_all_tasks_blocked(0.05)
+                assert mock.gate is not None
+                mock.gate.set()
     assert len(results) == 1 and results[0].capabilities.hello_v2_token_key == KEY.public
 
 
@@ -344,31 +338,23 @@ async def test_bad_answer_is_a_typed_error_and_cached(
     clock = Clock()
     mock = MockNextcloud(body=body, status=status, content_type=content_type)
     with trio.fail_after(10):
-        async with running_nextcloud(mock):
-            f = fetcher(clock)
-            try:
-                with pytest.raises(CapabilitiesError) as info:
-                    await f.get(mock.base_url)
-                assert info.value.error_label == label
-                with pytest.raises(CapabilitiesError) as again:
-                    await f.get(mock.base_url)
-                assert again.value.cached
-                assert len(mock.requests) == 1
-            finally:
-                await f.aclose()
+        async with fetching(mock, clock) as f:
+            with pytest.raises(CapabilitiesError) as info:
+                await f.get(mock.base_url)
+            assert info.value.error_label == label
+            with pytest.raises(CapabilitiesError) as again:
+                await f.get(mock.base_url)
+            assert again.value.cached
+            assert len(mock.requests) == 1
 
 
 @pytest.mark.parametrize("chunked", [False, True])
 async def test_oversized_answer_is_refused(chunked: bool) -> None:
     mock = MockNextcloud(body=b" " * (1 << 20) + capabilities_body(KEY), chunked=chunked)
     with trio.fail_after(10):
-        async with running_nextcloud(mock):
-            f = fetcher()
-            try:
-                with pytest.raises(CapabilitiesError) as info:
-                    await f.get(mock.base_url)
-            finally:
-                await f.aclose()
+        async with fetching(mock) as f:
+            with pytest.raises(CapabilitiesError) as info:
+                await f.get(mock.base_url)
     assert info.value.error_label == "response_too_large"
     assert mock.requests
 
@@ -376,12 +362,8 @@ async def test_oversized_answer_is_refused(chunked: bool) -> None:
 async def test_chunked_answer_is_read() -> None:
     mock = MockNextcloud(body=capabilities_body(KEY), chunked=True)
     with trio.fail_after(10):
-        async with running_nextcloud(mock):
-            f = fetcher()
-            try:
-                got = await f.get(mock.base_url)
-            finally:
-                await f.aclose()
+        async with fetching(mock) as f:
+            got = await f.get(mock.base_url)
     assert got.capabilities.hello_v2_token_key == KEY.public
 
 
@@ -403,13 +385,9 @@ async def test_unreachable_nextcloud_is_a_typed_error_retried_next_time() -> Non
 async def test_slow_nextcloud_times_out() -> None:
     mock = MockNextcloud(body=capabilities_body(KEY), gate=trio.Event())
     with trio.fail_after(10):
-        async with running_nextcloud(mock):
-            f = fetcher(timeout=0.2)
-            try:
-                with pytest.raises(CapabilitiesError) as info:
-                    await f.get(mock.base_url)
-            finally:
-                await f.aclose()
+        async with fetching(mock, request_timeout=0.2) as f:
+            with pytest.raises(CapabilitiesError) as info:
+                await f.get(mock.base_url)
     assert info.value.error_label == "timeout"
 
 

@@ -14,6 +14,7 @@ from tests.signaling.internal_clients import (
     internal_hello,
     internal_params,
 )
+from tests.signaling.talk_clients import in_room
 from tests.signaling.test_signaling_backend_room_api import post
 
 INTERNAL_FEATURES = sorted(
@@ -293,13 +294,8 @@ async def test_virtual_session_with_actor_and_owner_going_away(
 
 async def test_internal_messages_from_normal_clients_are_ignored(server: Server) -> None:
     with trio.fail_after(20):
-        alice = await server.client()
-        await alice.hello("alice")
-        await alice.join("room1", "talk-a")
-        bob = await server.client()
-        await bob.hello("bob")
-        await bob.join("room1", "talk-b")
-        await alice.drain(0.2)
+        alice, bob = await in_room(server, "room1", "alice", "bob",
+                                   talk_sessions=["talk-a", "talk-b"])
         await bob.send({"type": "internal", "internal": {"type": "addsession", "addsession": {
             "sessionid": "v", "roomid": "room1"}}})
         await alice.nothing(0.3)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import httpx
 import trio
 
-from relay.signaling.backend import checksum, random_string
+from relay.signaling.backend import checksum
 from tests.signaling.conftest import OTHER_SECRET, SECRET, Client, Server, signaling_config
+from tests.signaling.talk_clients import in_room, room_request
 
 
 def test_checksum_reference_vector() -> None:
@@ -23,16 +23,9 @@ async def post(
     server: Server, room: str, payload: Any, *, secret: str = SECRET,
     backend: str | None = "", headers: dict[str, Any] | None = None, raw: bytes | None = None,
 ) -> httpx.Response:
-    body = raw if raw is not None else json.dumps(payload).encode()
-    rnd = random_string(64)
-    hdrs: dict[str, Any] = {"Content-Type": "application/json",
-            "Spreed-Signaling-Random": rnd,
-            "Spreed-Signaling-Checksum": checksum(secret.encode(), rnd, body)}
-    if backend is not None:
-        hdrs["Spreed-Signaling-Backend"] = backend or server.nextcloud.url
-    hdrs.update(headers or {})
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as c:
-        return await c.post(f"/api/v1/room/{room}", content=body, headers=hdrs)
+    return await room_request(
+        f"http://127.0.0.1:{server.port}", room, payload, secret=secret,
+        backend=server.nextcloud.url if backend == "" else backend, headers=headers, raw=raw)
 
 
 async def _raw(port: int, data: bytes) -> bytes:
@@ -54,14 +47,7 @@ def _participants(m: dict[str, Any]) -> bool:
 
 
 async def two_in_room(server: Server, room: str = "r1") -> tuple[Client, Client]:
-    a = await server.client()
-    b = await server.client()
-    await a.hello("alice")
-    await b.hello("bob")
-    await a.join(room, "talk-a")
-    await b.join(room, "talk-b")
-    await a.drain(0.1)
-    await b.drain(0.1)
+    a, b = await in_room(server, room, "alice", "bob", talk_sessions=["talk-a", "talk-b"])
     return a, b
 
 

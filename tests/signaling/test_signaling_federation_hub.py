@@ -16,6 +16,7 @@ from relay.errors import ConfigError
 from relay.signaling.hub import Hub
 from tests.signaling.conftest import Client, Server
 from tests.signaling.fake_remote import OTHER_SESSION, ROOM_PROPERTIES, FakeRemote
+from tests.signaling.talk_clients import in_room
 from tests.signaling.test_signaling_hub_timers import FakeBackend, hello
 
 REMOTE_NC = "https://remote.example/ocs/v2.php/apps/spreed/api/v3/signaling/backend"
@@ -117,13 +118,8 @@ async def test_local_join_leaves_the_federated_room(server: Server, remote: Fake
 
 async def test_a_bad_federated_join_keeps_the_local_room(server: Server) -> None:
     with trio.fail_after(10):
-        a = await server.client()
-        await a.hello("alice")
-        await a.join("room-1", "talk-a")
-        b = await server.client()
-        await b.hello("bob")
-        await b.join("room-1", "talk-b")
-        await a.drain(0.1)
+        a, b = await in_room(server, "room-1", "alice", "bob",
+                             talk_sessions=["talk-a", "talk-b"])
         await fed_join(b, {"signaling": "http://127.0.0.1:1/", "url": REMOTE_NC}, mid="x")
         err = await b.recv_until(lambda m: m.get("id") == "x")
         assert err["error"]["code"] == "invalid_format"

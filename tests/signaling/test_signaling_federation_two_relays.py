@@ -10,10 +10,6 @@ through a TCP forwarder, so the test can cut the link's socket like a network fa
 from __future__ import annotations
 
 import functools
-import os
-import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,77 +17,20 @@ from typing import Any
 import attrs
 import httpx
 import trio
-import trio_websocket
 
 from benchmarks.mock_nextcloud import MockNextcloud
-from tests.signaling.conftest import Client
+from tests.signaling.relay_processes import (
+    TALK_PATH,
+    RelayProcess,
+    connect,
+    federated_pair,
+    is_event,
+    join_ids,
+    stop_relay,
+)
 from tests.signaling.talk_tokens import generate_talk_key, talk_token
 
-ROOT = Path(__file__).resolve().parents[2]
-TALK_PATH = "ocs/v2.php/apps/spreed/api/v3/signaling/backend"
 LIMIT = 60  # seconds for the whole scenario, process starts included
-READY = re.compile(r"^signaling: ws://127\.0\.0\.1:(\d+)/spreed$", re.MULTILINE)
-
-CONFIG = """\
-version: v1
-admin: {{metrics_endpoint: "", healthcheck_endpoint: "", loglevel: "all:INFO"}}
-auth: {{type: none}}
-signaling:
-  http: {{listen: "127.0.0.1:0"}}
-  backend:
-    backends:
-      - {{id: {id}, urls: ["{url}"], secret: "{secret}"}}
-  federation: {{timeout: 5}}
-"""
-
-
-@attrs.define(eq=False)
-class RelayProcess:
-    proc: trio.Process
-    out: Path
-    port: int = 0
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/spreed"
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
-
-
-async def start_relay(tmp: Path, name: str, nc: MockNextcloud) -> RelayProcess:
-    cfg = tmp / f"{name}.yaml"
-    cfg.write_text(CONFIG.format(id=name, url=nc.url, secret=nc.secret.decode()))
-    out = tmp / f"{name}.log"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env["PYTHONUNBUFFERED"] = "1"
-    with out.open("wb") as sink:
-        proc = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "relay", "-c", str(cfg)],
-            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink,
-        )
-    relay = RelayProcess(proc, out)
-    while True:
-        text = out.read_text(errors="replace")
-        m = READY.search(text)
-        if m is not None and "relay is ready" in text:
-            relay.port = int(m.group(1))
-            return relay
-        if proc.poll() is not None:
-            raise AssertionError(f"relay {name} exited:\n{text}")
-        await trio.sleep(0.05)
-
-
-async def stop_relay(relay: RelayProcess) -> None:
-    if relay.proc.returncode is None:
-        relay.proc.terminate()
-        with trio.move_on_after(10) as scope:
-            await relay.proc.wait()
-        if scope.cancelled_caught:
-            relay.proc.kill()
-            await relay.proc.wait()
 
 
 @attrs.define(eq=False)
@@ -138,53 +77,12 @@ class Forwarder:
         self._scopes.clear()
 
 
-async def serve_nextcloud(nursery: trio.Nursery, nc: MockNextcloud) -> MockNextcloud:
-    listeners = await nursery.start(
-        functools.partial(trio.serve_tcp, nc.handle, 0, host="127.0.0.1"))
-    nc.port = listeners[0].socket.getsockname()[1]
-    return nc
-
-
-async def connect(nursery: trio.Nursery, relay: RelayProcess, nc: MockNextcloud) -> Client:
-    ws = await trio_websocket.connect_websocket_url(nursery, relay.ws_url,
-                                                    message_queue_size=1024)
-    c = Client(ws, nc)
-    welcome = await c.recv()
-    assert welcome["type"] == "welcome"
-    assert {"hello-v2", "federation"} <= set(welcome["welcome"]["features"])
-    return c
-
-
-def is_event(m: dict[str, Any], kind: str) -> bool:
-    return m.get("type") == "event" and m["event"].get("type") == kind
-
-
-def join_ids(m: dict[str, Any]) -> list[str]:
-    return [e["sessionid"] for e in m["event"]["join"]] if is_event(m, "join") else []
-
-
 async def test_a_client_of_one_relay_joins_a_room_on_another(tmp_path: Path) -> None:
     key = generate_talk_key("ES256")
-    local_nc = MockNextcloud(b"local-secret")
-    remote_nc = MockNextcloud(b"remote-secret",
-                              features=["signaling-v3", "federation-v2"],
-                              token_key=key.public)
     with trio.fail_after(LIMIT):
-        async with trio.open_nursery() as nursery:
-            await serve_nextcloud(nursery, local_nc)
-            await serve_nextcloud(nursery, remote_nc)
-            relay_l = await start_relay(tmp_path, "local", local_nc)
-            relay_r = await start_relay(tmp_path, "remote", remote_nc)
-            try:
-                await scenario(nursery, relay_l, relay_r, local_nc, remote_nc, key)
-            finally:
-                with trio.CancelScope(shield=True):
-                    await stop_relay(relay_l)
-                    await stop_relay(relay_r)
-            for relay in (relay_l, relay_r):
-                assert relay.proc.returncode == 0
-                assert "Traceback" not in relay.out.read_text(errors="replace")
-            nursery.cancel_scope.cancel()
+        async with federated_pair(tmp_path, key.public) as pair:
+            await scenario(pair.relays.nursery, pair.relay_l, pair.relay_r, pair.local_nc,
+                           pair.remote_nc, key)
 
 
 async def scenario(nursery: trio.Nursery, relay_l: RelayProcess, relay_r: RelayProcess,
@@ -275,64 +173,47 @@ async def test_the_remote_relay_restarts(tmp_path: Path) -> None:
     """R's process is replaced: L's link gets no resume there, so it creates a new remote
     session with the same token and joins again (`federation_resumed` `resumed:false`)."""
     key = generate_talk_key("EdDSA")
-    local_nc = MockNextcloud(b"local-secret")
-    remote_nc = MockNextcloud(b"remote-secret",
-                              features=["signaling-v3", "federation-v2"],
-                              token_key=key.public)
     with trio.fail_after(LIMIT):
-        async with trio.open_nursery() as nursery:
-            await serve_nextcloud(nursery, local_nc)
-            await serve_nextcloud(nursery, remote_nc)
-            relay_l = await start_relay(tmp_path, "local", local_nc)
-            relay_r = await start_relay(tmp_path, "remote", remote_nc)
-            relays = [relay_l, relay_r]
-            try:
-                link = Forwarder(relay_r.port)
-                await link.start(nursery)
-                alice = await connect(nursery, relay_l, local_nc)
-                await alice.hello("alice")
-                token = talk_token(key, now=int(time.time()), cloud_id="alice@local.example")
-                await alice.send({"id": "j", "type": "room", "room": {
-                    "roomid": "conv-local", "sessionid": "talk-alice", "federation": {
-                        "signaling": f"http://127.0.0.1:{link.port}",
-                        "url": remote_nc.url + TALK_PATH, "roomid": "conv-remote",
-                        "token": token}}})
-                reply = await alice.recv_until(lambda m: m.get("type") in ("room", "error"))
-                assert reply["type"] == "room" and reply["id"] == "j"
-                await alice.recv_until(lambda m: alice.session_id in join_ids(m))
+        async with federated_pair(tmp_path, key.public) as pair:
+            relays, relay_l, relay_r = pair.relays, pair.relay_l, pair.relay_r
+            local_nc, remote_nc = pair.local_nc, pair.remote_nc
+            link = Forwarder(relay_r.port)
+            await link.start(relays.nursery)
+            alice = await connect(relays.nursery, relay_l, local_nc)
+            await alice.hello("alice")
+            token = talk_token(key, now=int(time.time()), cloud_id="alice@local.example")
+            await alice.send({"id": "j", "type": "room", "room": {
+                "roomid": "conv-local", "sessionid": "talk-alice", "federation": {
+                    "signaling": f"http://127.0.0.1:{link.port}",
+                    "url": remote_nc.url + TALK_PATH, "roomid": "conv-remote",
+                    "token": token}}})
+            reply = await alice.recv_until(lambda m: m.get("type") in ("room", "error"))
+            assert reply["type"] == "room" and reply["id"] == "j"
+            await alice.recv_until(lambda m: alice.session_id in join_ids(m))
 
-                # The new R process takes over the address (as behind a load balancer),
-                # then the old one stops, taking its sessions with it.
-                relay_r2 = await start_relay(tmp_path, "remote2", remote_nc)
-                relays.append(relay_r2)
-                link.target = relay_r2.port
-                await stop_relay(relay_r)
-                ev = await alice.recv_until(lambda m: m.get("type") == "event")
-                assert is_event(ev, "federation_interrupted")
-                ev = await alice.recv_until(lambda m: is_event(m, "federation_resumed"))
-                assert ev["event"]["resumed"] is False
-                # Joined again: a new room answer (no id) and fresh join events.
-                again = await alice.recv_until(lambda m: m.get("type") == "room")
-                assert "id" not in again and again["room"]["roomid"] == "conv-local"
-                await alice.recv_until(lambda m: alice.session_id in join_ids(m))
+            # The new R process takes over the address (as behind a load balancer),
+            # then the old one stops, taking its sessions with it.
+            relay_r2 = await relays.start("remote2", remote_nc)
+            link.target = relay_r2.port
+            await stop_relay(relay_r)
+            ev = await alice.recv_until(lambda m: m.get("type") == "event")
+            assert is_event(ev, "federation_interrupted")
+            ev = await alice.recv_until(lambda m: is_event(m, "federation_resumed"))
+            assert ev["event"]["resumed"] is False
+            # Joined again: a new room answer (no id) and fresh join events.
+            again = await alice.recv_until(lambda m: m.get("type") == "room")
+            assert "id" not in again and again["room"]["roomid"] == "conv-local"
+            await alice.recv_until(lambda m: alice.session_id in join_ids(m))
 
-                bob = await connect(nursery, relay_r2, remote_nc)
-                await bob.hello("bob")
-                await bob.join("conv-remote", "talk-bob")
-                seen = await bob.recv_until(lambda m: any(
-                    e.get("federated") for e in (m.get("event", {}).get("join") or [])))
-                (entry,) = [e for e in seen["event"]["join"] if e.get("federated")]
-                assert entry["userid"] == "alice@local.example"
-                await bob.message({"type": "session", "sessionid": entry["sessionid"]},
-                                  {"hello": "again"})
-                got = await alice.recv_until(lambda m: m.get("type") == "message")
-                assert got["message"]["data"] == {"hello": "again"}
-                assert got["message"]["sender"]["sessionid"] == bob.session_id
-            finally:
-                with trio.CancelScope(shield=True):
-                    for relay in relays:
-                        await stop_relay(relay)
-            for relay in relays:
-                assert relay.proc.returncode == 0
-                assert "Traceback" not in relay.out.read_text(errors="replace")
-            nursery.cancel_scope.cancel()
+            bob = await connect(relays.nursery, relay_r2, remote_nc)
+            await bob.hello("bob")
+            await bob.join("conv-remote", "talk-bob")
+            seen = await bob.recv_until(lambda m: any(
+                e.get("federated") for e in (m.get("event", {}).get("join") or [])))
+            (entry,) = [e for e in seen["event"]["join"] if e.get("federated")]
+            assert entry["userid"] == "alice@local.example"
+            await bob.message({"type": "session", "sessionid": entry["sessionid"]},
+                              {"hello": "again"})
+            got = await alice.recv_until(lambda m: m.get("type") == "message")
+            assert got["message"]["data"] == {"hello": "again"}
+            assert got["message"]["sender"]["sessionid"] == bob.session_id

@@ -13,7 +13,8 @@ import httpx
 import pytest
 import trio
 
-from tests.signaling.conftest import SECRET, Client, Server
+from tests.signaling.conftest import SECRET, TALK_PATH, Server
+from tests.signaling.talk_clients import hello_v2
 from tests.signaling.talk_tokens import (
     TalkKey,
     encode_token,
@@ -22,8 +23,6 @@ from tests.signaling.talk_tokens import (
     talk_token,
 )
 from tests.signaling.test_signaling_backend_room_api import post
-
-TALK_PATH = "ocs/v2.php/apps/spreed/api/v3/signaling/backend"
 
 
 def now() -> int:
@@ -34,25 +33,6 @@ def with_key(server: Server, alg: str = "ES256") -> TalkKey:
     key = generate_talk_key(alg)
     server.nextcloud.token_key = key.public
     return key
-
-
-async def hello_v2(c: Client, token: Any, *, url: str | None = None,
-                   auth_type: str | None = None, version: str = "2.0",
-                   features: list[str] | None = None) -> dict[str, Any]:
-    auth: dict[str, Any] = {
-        "url": url if url is not None else c.nextcloud.url + TALK_PATH,
-        "params": {} if token is None else {"token": token},
-    }
-    if auth_type is not None:
-        auth["type"] = auth_type
-    hello: dict[str, Any] = {"version": version, "auth": auth}
-    if features is not None:
-        hello["features"] = features
-    reply = await c.request({"type": "hello", "hello": hello})
-    if reply["type"] == "hello":
-        c.session_id = reply["hello"]["sessionid"]
-        c.resume_id = reply["hello"]["resumeid"]
-    return reply
 
 
 def join_entries(msg: dict[str, Any]) -> list[dict[str, Any]]:
@@ -313,3 +293,24 @@ async def test_federation_session_without_actor_fields(server: Server) -> None:
         reply = await again.request({"type": "hello", "hello": {"version": "2.0",
                                                                 "resumeid": rid}})
         assert reply["type"] == "hello" and reply["hello"]["sessionid"] == fed.session_id
+
+
+async def test_one_capabilities_request_serves_hello_v2_and_the_endpoint(
+    server: Server,
+) -> None:
+    """The token key and the `signaling-v3` check come from one cached document: a bare
+    Nextcloud URL in the hello needs both, and Nextcloud is asked once."""
+    key = with_key(server, "RS256")
+    with trio.fail_after(10):
+        a = await server.client()
+        reply = await hello_v2(a, talk_token(key, now=now(), user_id="alice"),
+                               url=server.nextcloud.url)
+        assert reply["type"] == "hello", reply
+        assert (await a.join("room-1", "talk-alice"))["type"] == "room"
+        b = await server.client()
+        assert (await b.hello("bob", url=server.nextcloud.url))["type"] == "hello"
+        assert (await b.join("room-1", "talk-bob"))["type"] == "room"
+    assert server.nextcloud.capabilities_fetches == 1
+    posts = [p for p in server.nextcloud.paths if p.startswith("/ocs/v2.php/apps/spreed/")]
+    assert posts and all(p == "/" + TALK_PATH for p in posts), posts
+    assert [r["type"] for r in server.nextcloud.requests] == ["room", "auth", "room"]

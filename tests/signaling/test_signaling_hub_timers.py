@@ -45,9 +45,6 @@ class FakeBackend:
                                              "properties": {"p": 1}}}
         return {}
 
-    async def signaling_url(self, backend: BackendConfig, base_url: str) -> str:
-        return base_url + "ocs/v2.php/apps/spreed/api/v1/signaling/backend"
-
 
 URL = "https://cloud.example.com/ocs/v2.php/apps/spreed/api/v3/signaling/backend"
 

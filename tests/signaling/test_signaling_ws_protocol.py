@@ -14,6 +14,7 @@ import trio
 import trio_websocket
 
 from relay import __version__
+from tests.signaling.conftest import TALK_PATH
 
 FEATURES = [
     "audio-video-permissions",
@@ -42,7 +43,6 @@ def socket_closed_port() -> Iterator[int]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         yield s.getsockname()[1]
-TALK_PATH = "ocs/v2.php/apps/spreed/api/v3/signaling/backend"
 
 
 async def test_welcome_then_hello_shapes(server: Any) -> None:

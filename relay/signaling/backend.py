@@ -199,6 +199,8 @@ class BackendClient:
             except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 error = "unknown"
                 raise BackendError("unknown", f"backend request failed: {exc}") from None
+            log.debug("backend %s: POST %s (%s) -> %d", backend.id, url,
+                      payload.get("type"), resp.status_code)
             try:
                 return parse_ocs(resp.headers.get("content-type", ""), resp.content)
             except BackendError as exc:

@@ -131,7 +131,7 @@ async def test_a_delayed_client_does_not_slow_others(
     hub = make_hub()
     slow = IpConn("198.51.100.9")
     hub.connect(slow)
-    for i in range(8):  # the next failure waits 25.6 s
+    for _ in range(8):  # the next failure waits 25.6 s
         hub.throttler.failed("198.51.100.9", HELLO_RESUME, trio.current_time())
     order: list[str] = []
     async with trio.open_nursery() as nursery:

@@ -934,6 +934,14 @@ class Hub:
         link = self._links.get(session.public_id)
         return link is not None and link.conn is not None
 
+    def client_of(self, session: Session) -> tuple[str, str]:
+        """(address, User-Agent) of the socket a session is attached to ("" if unknown)."""
+        link = self._links.get(session.public_id)
+        conn = link.conn if link is not None else None
+        if conn is None:
+            return "", ""
+        return client_ip(conn), str(getattr(conn, "user_agent", "") or "")
+
     def send(self, session: Session, msg: dict[str, Any]) -> None:
         self._send(session, msg)
 

@@ -87,6 +87,7 @@ class WsConnection:
         self.config = config
         self.stats = hub.stats
         self.remote_ip = ""  # the client's address (trusted proxies' headers applied)
+        self.user_agent = ""  # of the upgrade request
         self._fd = stream.socket.fileno()
         self._queue: deque[bytes] = deque()
         self._queued = 0
@@ -549,6 +550,7 @@ class SignalingServer:
         ws = WsProto(ConnectionType.SERVER, extensions=None, trailing_data=bytes(trailing))
         client = WsConnection(stream, ws, self.hub, self.config)
         client.remote_ip = self._client_ip(peer, headers)
+        client.user_agent = hdr.get("user-agent", "")
         await client.run()
         return False
 

@@ -47,7 +47,7 @@ def client_key(ip: str) -> str:
     if isinstance(addr, ipaddress.IPv6Address):
         if addr.ipv4_mapped is not None:
             return str(addr.ipv4_mapped)
-        return str(ipaddress.IPv6Network((addr, 64), strict=False).network_address)
+        return str(ipaddress.IPv6Address(int(addr) >> 64 << 64))
     return str(addr)
 
 

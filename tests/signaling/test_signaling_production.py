@@ -312,3 +312,21 @@ def test_nextcloud_requests_are_not_logged_at_info() -> None:
         root.setLevel(saved[0])
         logging.getLogger("httpx").setLevel(saved[1])
         logging.getLogger("httpcore").setLevel(saved[2])
+
+
+async def test_throttle_metrics_show_up_with_traffic(server: Server) -> None:
+    from tests.signaling.conftest import OTHER_SECRET
+    from tests.signaling.test_signaling_backend_room_api import post
+    with trio.fail_after(10):
+        c = await server.client()
+        await c.send({"id": "r", "type": "hello", "hello": {"version": "1.0",
+                                                           "resumeid": "not-a-session"}})
+        assert (await c.recv())["error"]["code"] == "no_such_session"
+        r = await post(server, "r1", {"type": "message", "message": {"data": {}}},
+                       secret=OTHER_SECRET)
+        assert r.status_code == 403
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as h:
+            text = (await h.get("/metrics")).text
+        assert 'signaling_throttle_delayed_total{action="HelloResume",delay="100"} 1.0' in text
+        assert 'signaling_throttle_delayed_total{action="BackendRoomAuth",delay="100"} 1.0' \
+            in text

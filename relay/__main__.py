@@ -74,6 +74,10 @@ def setup_logging(loglevel: str) -> None:
         stream=sys.stderr,
     )
     logging.getLogger().setLevel(root_level)
+    # httpx logs every request (Nextcloud's room pings every 10 s) at INFO; relay's
+    # backend client logs its requests at DEBUG instead.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(root_level, logging.WARNING))
     for name, lvl in per_logger.items():
         logging.getLogger(name).setLevel(lvl)
 

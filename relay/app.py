@@ -25,6 +25,7 @@ them.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
@@ -40,6 +41,7 @@ from relay.net.gateway import Gateway, serve_gateway
 from relay.net.probe import run_probe
 from relay.runtime import Runtime
 from relay.signaling.server import serve_signaling
+from relay.signaling.turn_credentials import TurnServers, own_uris
 from relay.turn.stats import TurnStats
 
 log = logging.getLogger("relay")
@@ -84,6 +86,7 @@ async def run(
         registry=CollectorRegistry(auto_describe=True),
     )
     http: dict[str, tuple[str, int]] = {}
+    turn_servers = TurnServers()  # relay's own TURN URIs for /turn/credentials
     admin = config.admin.metrics_endpoint is not None or (
         config.admin.healthcheck_endpoint is not None)
     try:
@@ -91,9 +94,12 @@ async def run(
             if admin:
                 http.update(await nursery.start(serve_admin, runtime))
             if config.signaling is not None:
-                http["signaling"] = await nursery.start(serve_signaling, runtime)
+                http["signaling"] = await nursery.start(
+                    functools.partial(serve_signaling, runtime, turn_servers=turn_servers))
             if config.listeners:
-                await nursery.start(_serve_listeners, runtime, frozenset(http.values()))
+                gateway = await nursery.start(
+                    _serve_listeners, runtime, frozenset(http.values()))
+                turn_servers.uris = tuple(own_uris(_turn_uri_parts(config, gateway)))
             if admin:  # readiness is served: keep it honest about the media path
                 await nursery.start(run_probe, health)
             health.started = True
@@ -117,6 +123,19 @@ async def _serve_listeners(
             task_status.started(gateway)
     finally:
         runtime.health.mark_unbound()
+
+
+def _turn_uri_parts(config: Config, gateway: Gateway) -> list[tuple[str, str, int]]:
+    """(protocol, host, port) of each TURN listener as clients reach it: the public
+    address/port when set, else the bound one; wildcard addresses name no host: left out."""
+    out = []
+    for lis in config.listeners:
+        host = lis.public_address or lis.address
+        port = lis.public_port or gateway.bound_ports.get(lis.name, 0)
+        if host in ("", "0.0.0.0", "::") or not port:
+            continue
+        out.append((lis.protocol, host, port))
+    return out
 
 
 def describe(running: Running) -> list[str]:

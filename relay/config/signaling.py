@@ -20,6 +20,15 @@ server.conf sections map to nested keys, so existing settings carry over::
       federation:
         timeout: 10                     # [federation] timeout, seconds (dial + handshake)
         skipverify: false               # [federation] skipverify (remote TLS certificates)
+      turn:                             # [turn]: GET /turn/credentials (TURN REST API)
+        apikey: "..."                   # [turn] apikey
+        secret: "..."                   # [turn] secret (relay's own ephemeral auth secret
+                                        #   makes the credentials work at relay's gateway)
+        servers: []                     # [turn] servers; empty: relay's own TURN listeners
+      geoip:
+        url: /var/lib/GeoLite2-Country.mmdb  # [geoip] url (a local file or file:// URL)
+      geoip-overrides:                  # [geoip-overrides] IP or CIDR -> country code
+        "192.168.0.0/24": DE
 
 The gate of `/api/v1/stats` and `/metrics` is the shared `stats.allowed_ips` /
 `stats.trusted_proxies`.
@@ -32,6 +41,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from relay.config.geoip import GeoNetwork, parse_geoip, parse_geoip_overrides
 from relay.config.reader import Section
 from relay.errors import ConfigError
 
@@ -46,6 +56,16 @@ class BackendConfig:
     urls: tuple[str, ...]  # canonical base URLs, each ending in "/"
     secret: bytes
     session_limit: int = 0  # 0 = unlimited
+
+
+@attrs.frozen
+class TurnRestConfig:
+    """`[turn]`: the TURN REST API key and shared secret, and the URIs to hand out (empty:
+    relay's own TURN listeners)."""
+
+    apikey: str
+    secret: bytes
+    servers: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -71,6 +91,9 @@ class SignalingConfig:
     max_pending: int = 512  # messages queued for a session while its socket is gone
     federation_timeout: float = 10.0  # [federation] timeout
     federation_skip_verify: bool = False  # [federation] skipverify
+    turn: TurnRestConfig | None = None  # [turn]; None: /turn/credentials answers 404
+    geoip_file: str = ""  # [geoip] url as a local path; "" = no database
+    geoip_overrides: tuple[tuple[GeoNetwork, str], ...] = ()  # [geoip-overrides]
 
     @property
     def listen_display(self) -> str:
@@ -188,6 +211,9 @@ def parse_signaling(raw: Any, key: str) -> SignalingConfig:
             fed.key("timeout"), f"{fed_timeout!r} is not a number of seconds in (0, 600]")
     skip_verify = fed.get_bool("skipverify", False)
     fed.done()
+    turn = _parse_turn_rest(s.section("turn"))
+    geoip_file = parse_geoip(s.section("geoip"))
+    overrides = parse_geoip_overrides(s.get("geoip-overrides"), s.key("geoip-overrides"))
     s.done()
     return SignalingConfig(
         host=host,
@@ -202,4 +228,34 @@ def parse_signaling(raw: Any, key: str) -> SignalingConfig:
         federation_timeout=float(fed_timeout),
         federation_skip_verify=skip_verify,
         internal_secret=internal_secret.encode(),
+        turn=turn,
+        geoip_file=geoip_file,
+        geoip_overrides=overrides,
     )
+
+
+def _parse_turn_rest(t: Section) -> TurnRestConfig | None:
+    apikey = t.get_str("apikey")
+    secret = t.get_str("secret")
+    raw = t.get("servers", [])
+    items = raw.split(",") if isinstance(raw, str) else raw
+    if not isinstance(items, list):
+        raise ConfigError(t.key("servers"), "must be a list of turn:/turns: URIs")
+    servers: list[str] = []
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise ConfigError(f"{t.key('servers')}[{i}]", "must be a string")
+        uri = item.strip()
+        if not uri:
+            continue
+        if not uri.startswith(("turn:", "turns:")):
+            raise ConfigError(f"{t.key('servers')}[{i}]", f"{uri!r} is not a turn: or turns: URI")
+        servers.append(uri)
+    t.done()
+    if not apikey and not secret and not servers:
+        return None
+    if not apikey:
+        raise ConfigError(t.key("apikey"), "the TURN REST API needs an API key")
+    if not secret:
+        raise ConfigError(t.key("secret"), "the TURN REST API needs the shared TURN secret")
+    return TurnRestConfig(apikey, secret.encode(), tuple(servers))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import string
 from typing import Any, Protocol
@@ -26,6 +27,7 @@ from relay.signaling.protocol import FEATURES, SignalingError
 
 COMPAT_BACKEND_ID = "compat"
 _RANDOM_ALPHABET = string.ascii_letters + string.digits
+log = logging.getLogger("relay.signaling.backend")
 
 
 def random_string(n: int = 64) -> str:
@@ -182,6 +184,8 @@ class BackendClient:
             except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 error = "unknown"
                 raise BackendError("unknown", f"backend request failed: {exc}") from None
+            log.debug("backend %s: POST %s (%s) -> %d", backend.id, url,
+                      payload.get("type"), resp.status_code)
             try:
                 return parse_ocs(resp.headers.get("content-type", ""), resp.content)
             except BackendError as exc:

@@ -17,23 +17,27 @@ upstream does.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import math
+import time
 from collections import deque
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import attrs
 import trio
 
 from relay.config.signaling import BackendConfig, SignalingConfig, canonical_url
-from relay.signaling import changed_users, chat, permissions, transient
+from relay.signaling import changed_users, chat, permissions, room_ping, transient
 from relay.signaling import protocol as p
 from relay.signaling import state as st
 from relay.signaling.backend import BackendRequester, Backends
 from relay.signaling.capabilities import CapabilitiesError, CapabilitiesFetcher, backend_endpoint
 from relay.signaling.federation_hub import LOCAL_TYPES, FederationLinks, room_request_actor
+from relay.signaling.geoip import GeoIP, is_valid_country
 from relay.signaling.hello_v2 import CapabilitiesSource, verify_hello_v2
 from relay.signaling.internal_hub import InternalClients
 from relay.signaling.metrics import HubGauges, SignalingStats, bump
@@ -46,10 +50,17 @@ from relay.signaling.pubsub import (
     user_subject,
 )
 from relay.signaling.state import CLIENT, FEDERATION, Room, Session, SignalingState
+from relay.signaling.throttle import HELLO_INTERNAL, HELLO_RESUME, RecentIds, Throttler
 
 log = logging.getLogger("relay.signaling.hub")
 
 CLOSE_NORMAL = 1000
+THROTTLE_CLEANUP_INTERVAL = 60.0
+
+
+def client_ip(conn: Connection) -> str:
+    """The client's address as the server saw it (its `remote_ip`; "" for test doubles)."""
+    return str(getattr(conn, "remote_ip", "") or "")
 
 
 class Connection(Protocol):
@@ -74,6 +85,8 @@ class Link:
 class _RoomSubs:
     room: Subscription  # `room.<..>`: messages and events for the members
     backend: Subscription  # `backend.room.<..>`: Nextcloud's room requests
+    # request type -> `received` stamp of the newest applied room-API request of that type
+    last_requests: dict[str, int] = attrs.Factory(dict)
 
     def close(self) -> None:
         self.room.close()
@@ -108,6 +121,7 @@ class Hub:
         version: str = "",
         bus: LoopbackBus | None = None,
         capabilities: CapabilitiesSource | None = None,
+        geoip: GeoIP | None = None,
     ) -> None:
         self.config = config
         self.backend = backend
@@ -131,6 +145,9 @@ class Hub:
         self._own_fetcher: CapabilitiesFetcher | None = None
         self.federation = FederationLinks(config, self.state, self._send)
         self.internal = InternalClients(self)  # internal clients, virtual sessions, dial-out
+        self.throttler = Throttler(self.stats.throttle_delayed, self.stats.throttle_bruteforce)
+        self._ended = RecentIds()  # resume ids of sessions that ended (not throttled)
+        self.geoip = geoip if geoip is not None else GeoIP(config.geoip_overrides)
 
     @property
     def capabilities(self) -> CapabilitiesSource:
@@ -242,10 +259,25 @@ class Hub:
 
     async def _hello(self, conn: Connection, msg_id: str | None, hello: p.Hello) -> None:
         if hello.resume_id:
-            self._resume(conn, msg_id, hello.resume_id, hello.version)
+            with self._throttled(conn, HELLO_RESUME) as failed:
+                try:
+                    self._resume(conn, msg_id, hello.resume_id, hello.version)
+                except p.SignalingError as exc:
+                    if exc.code == "no_such_session" and hello.resume_id not in self._ended:
+                        failed.append(exc)
+                    else:
+                        raise
+            await self._after_throttle(conn, HELLO_RESUME, failed)
             return
         if hello.auth_type == st.INTERNAL:  # either version: checked by its secret
-            self.internal.hello(conn, msg_id, hello)
+            with self._throttled(conn, HELLO_INTERNAL) as failed:
+                try:
+                    self.internal.hello(conn, msg_id, hello)
+                except p.SignalingError as exc:
+                    if exc.code != "invalid_token":
+                        raise
+                    failed.append(exc)
+            await self._after_throttle(conn, HELLO_INTERNAL, failed)
             return
         if hello.version == "2.0":
             await self._hello_v2(conn, msg_id, hello)
@@ -274,6 +306,32 @@ class Hub:
         if not isinstance(user_id, str):
             raise p.SignalingError("auth_failed", "The backend answered an invalid user id")
         self._register(conn, msg_id, hello, backend, url, user_id, auth.get("user"))
+
+    @contextlib.contextmanager
+    def _throttled(self, conn: Connection, action: str) -> Iterator[list[p.SignalingError]]:
+        """Refuse a blocked client (`too_many_requests`); the body appends the error of a
+        failed attempt to the list instead of raising it, for `_after_throttle`."""
+        if self.throttler.check(client_ip(conn), action, trio.current_time()):
+            log.info("bruteforce detected on %s from %s", action, client_ip(conn))
+            raise p.SignalingError("too_many_requests", "Too many requests.")
+        yield []
+
+    async def _after_throttle(
+        self, conn: Connection, action: str, failed: list[p.SignalingError]
+    ) -> None:
+        """A failed attempt: record it, sleep its delay (in this client's own task, nobody
+        else waits), then answer it."""
+        if not failed:
+            return
+        delay = self.throttler.failed(client_ip(conn), action, trio.current_time())
+        log.debug("failed attempt on %s from %s, throttling by %.1f s",
+                  action, client_ip(conn), delay)
+        self._busy.add(conn)  # the hello timer waits for the answer
+        try:
+            await trio.sleep(delay)
+        finally:
+            self._busy.discard(conn)
+        raise failed[0]
 
     async def _hello_v2(self, conn: Connection, msg_id: str | None, hello: p.Hello) -> None:
         """JWT hello (Talk's `hello-v2`), also for a remote server's `federation` link."""
@@ -325,6 +383,9 @@ class Hub:
         del self._waiting[conn]
         self._by_conn[conn] = session
         bump(self.stats.sessions_total, (backend.id, client_type))
+        country = self.geoip.lookup(client_ip(conn)) if self.geoip.enabled else ""
+        if is_valid_country(country):
+            bump(self.stats.countries, country)
         self._send_conn(conn, p.hello_message(
             msg_id, session.public_id, session.private_id, user_id, self.version,
             hello.version))
@@ -565,7 +626,11 @@ class Hub:
     def publish_backend_room_event(
         self, backend_id: str, room_id: str, event: dict[str, Any]
     ) -> int:
-        """Hand a Nextcloud room request (`{"type": T, T: {...}}`) to the room's listeners."""
+        """Hand a Nextcloud room request (`{"type": T, T: {...}}`) to the room's listeners,
+        stamped with when it was received (`received`, wall-clock ns as upstream, since the
+        stamp orders requests across nodes; a stamp already there is kept)."""
+        if "received" not in event:
+            event = {**event, "received": time.time_ns()}
         return self.bus.publish(backend_room_subject(room_id, backend_id), event)
 
     def _on_backend_room_request(self, room: Room, m: dict[str, Any]) -> None:
@@ -573,6 +638,15 @@ class Hub:
         body = m.get(kind) if isinstance(kind, str) else None
         if not isinstance(body, dict) or self.state.room(room.backend.id, room.id) is not room:
             return
+        subs = self._room_subs.get(room.key)
+        received = m.get("received")
+        if subs is not None and isinstance(kind, str) and isinstance(received, int):
+            # as upstream: a request older than the last applied one of its type is stale
+            last = subs.last_requests.get(kind)
+            if last is not None and last > received:
+                log.debug("ignoring an old %s request for room %s", kind, room.id)
+                return
+            subs.last_requests[kind] = received
         if kind == "incall":
             if body.get("all") is True:
                 self._in_call_all(room, body.get("incall"))
@@ -764,6 +838,7 @@ class Hub:
             return
         self.federation.close(session)
         self.internal.session_gone(session)
+        self._ended.add(session.private_id)
         left = self.state.remove(session)
         if left is not None:
             self._after_leave(left, notify_backend=True)
@@ -793,12 +868,17 @@ class Hub:
             self._destroy(session)
 
     def ping_rooms(self) -> None:
-        """Tell Nextcloud which Talk sessions are still here (every 10 s per room)."""
+        """Tell Nextcloud which Talk sessions are still here (every 10 s): per backend
+        URL, batched by its `session-ping-limit` capability (`relay.signaling.room_ping`)."""
+        by_url: dict[str, tuple[BackendConfig, list[tuple[str, room_ping.Entries]]]] = {}
         for ping in self.state.pings():
             room = ping.room
-            payload = {"type": "ping", "ping": {
-                "version": "1.0", "roomid": room.id, "entries": ping.entries}}
-            self._background(room.backend, room.backend_url, payload)
+            if room.backend_url:
+                by_url.setdefault(room.backend_url, (room.backend, []))[1].append(
+                    (room.id, ping.entries))
+        for url, (backend, rooms) in by_url.items():
+            if self._nursery is not None:
+                self._nursery.start_soon(self._ping_backend, backend, url, rooms)
         for session, payload in self.federation.pings():
             self._background(session.backend, session.backend_url, payload)
 
@@ -806,6 +886,16 @@ class Hub:
         if self._nursery is None or not url:
             return
         self._nursery.start_soon(self._quiet_request, backend, url, payload)
+
+    async def _ping_backend(
+        self, backend: BackendConfig, url: str, rooms: list[tuple[str, room_ping.Entries]]
+    ) -> None:
+        try:
+            limit = (await self.capabilities.get(url)).capabilities.session_ping_limit
+        except CapabilitiesError:
+            limit = None
+        for payload in room_ping.ping_requests(rooms, limit):
+            await self._quiet_request(backend, url, payload)
 
     async def _quiet_request(
         self, backend: BackendConfig, url: str, payload: dict[str, Any]
@@ -823,10 +913,14 @@ class Hub:
             nursery.start_soon(self._expire_transient)
             task_status.started()
             next_ping = trio.current_time() + self.config.room_ping_interval
+            next_cleanup = trio.current_time() + THROTTLE_CLEANUP_INTERVAL
             try:
                 while True:
                     await trio.sleep(1.0)
                     self.housekeeping()
+                    if trio.current_time() >= next_cleanup:
+                        next_cleanup += THROTTLE_CLEANUP_INTERVAL
+                        self.throttler.cleanup(trio.current_time())
                     if trio.current_time() >= next_ping:
                         next_ping += self.config.room_ping_interval
                         self.ping_rooms()
@@ -849,6 +943,14 @@ class Hub:
     def attached(self, session: Session) -> bool:
         link = self._links.get(session.public_id)
         return link is not None and link.conn is not None
+
+    def client_of(self, session: Session) -> tuple[str, str]:
+        """(address, User-Agent) of the socket a session is attached to ("" if unknown)."""
+        link = self._links.get(session.public_id)
+        conn = link.conn if link is not None else None
+        if conn is None:
+            return "", ""
+        return client_ip(conn), str(getattr(conn, "user_agent", "") or "")
 
     def send(self, session: Session, msg: dict[str, Any]) -> None:
         self._send(session, msg)

@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("relay.signaling.internal")
 
+LOOPBACK_NATS = "nats://loopback"
+
 
 @attrs.define(eq=False)
 class Virtual:
@@ -389,11 +391,22 @@ class InternalClients:
         for s in sorted(self._candidates.values(), key=lambda s: s.public_id):
             entry: dict[str, Any] = {"sessionid": s.public_id,
                                      "connected": self.hub.attached(s)}
-            if entry["connected"] and s.features:
-                entry["features"] = list(s.features)
+            if entry["connected"]:
+                address, user_agent = self.hub.client_of(s)
+                if address:
+                    entry["address"] = address
+                if user_agent:  # "software/version ...": the version as upstream reads it
+                    entry["useragent"] = user_agent
+                    _, slash, rest = user_agent.partition("/")
+                    if slash and rest.split(" ", 1)[0]:
+                        entry["version"] = rest.split(" ", 1)[0]
+                if s.features:
+                    entry["features"] = list(s.features)
             dialout.append(entry)
         if dialout:
             info["dialout"] = dialout
+        # the in-process bus is upstream's loopback NATS client, always connected
+        info["nats"] = {"urls": [LOOPBACK_NATS], "connected": True, "serverurl": LOOPBACK_NATS}
         return info
 
     async def dialout(

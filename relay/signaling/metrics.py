@@ -1,8 +1,8 @@
 """Signaling counters as plain ints, exposed by a Collector at scrape time.
 
 Names, types and labels are spreed-signaling's. As in its Go client, a labelled family with
-no series yet is not exposed at all (no HELP/TYPE lines). MCU, proxy, GRPC, throttle and
-GeoIP families are not registered: those parts do not exist here.
+no series yet is not exposed at all (no HELP/TYPE lines). MCU, proxy and GRPC families are
+not registered: those parts do not exist here.
 """
 
 from __future__ import annotations
@@ -51,6 +51,9 @@ class SignalingStats:
     messages_out: int = 0
     call_sessions_total: dict[tuple[str, str], int] = attrs.Factory(dict)
     call_rooms_total: dict[str, int] = attrs.Factory(dict)
+    throttle_delayed: dict[tuple[str, str], int] = attrs.Factory(dict)  # (action, delay ms)
+    throttle_bruteforce: dict[str, int] = attrs.Factory(dict)  # action
+    countries: dict[str, int] = attrs.Factory(dict)  # ISO country code
     # relay's own diagnostics (not exported): dropped slow-consumer queues, pending overflow
     slow_clients_closed: int = 0
     pending_dropped: int = 0
@@ -142,6 +145,13 @@ class SignalingCollector(Collector):
                     ["backend", "clienttype"], st.call_sessions_total),
             counter("signaling_call_rooms_total", "The total number of rooms with calls",
                     ["backend"], st.call_rooms_total),
+            counter("signaling_throttle_delayed_total", "The total number of delayed requests",
+                    ["action", "delay"], st.throttle_delayed),
+            counter("signaling_throttle_bruteforce_total",
+                    "The total number of rejected bruteforce requests",
+                    ["action"], st.throttle_bruteforce),
+            counter("signaling_client_countries_total",
+                    "The total number of connections by country", ["country"], st.countries),
             counter("signaling_client_bytes_total",
                     "The total number of bytes sent to or received by clients",
                     ["direction"], _nonzero(incoming=st.bytes_in, outgoing=st.bytes_out)),

@@ -26,12 +26,14 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+import trio
 
 from relay.config.signaling import BackendConfig
 from relay.signaling import changed_users, dialout, switchto
 from relay.signaling.backend import verify_checksum
 from relay.signaling.hub import Hub
 from relay.signaling.pubsub import room_subject, session_subject, user_subject
+from relay.signaling.throttle import BACKEND_ROOM_AUTH
 
 HEADER_RANDOM = "spreed-signaling-random"
 HEADER_CHECKSUM = "spreed-signaling-checksum"
@@ -60,6 +62,7 @@ def _text(status: int, message: str) -> Answer:
 
 AUTH_FAILED = _text(403, "Authentication check failed")
 OK = Answer(200, JSON, b"{}")
+TOO_MANY_REQUESTS = _text(429, "Too many requests")
 
 
 def find_backend(hub: Hub, headers: dict[str, str], body: bytes) -> BackendConfig | None:
@@ -85,19 +88,26 @@ def find_backend(hub: Hub, headers: dict[str, str], body: bytes) -> BackendConfi
 
 
 async def handle(
-    hub: Hub, room_id: str, headers: dict[str, str], body: bytes, has_length: bool
+    hub: Hub, room_id: str, headers: dict[str, str], body: bytes, has_length: bool,
+    client_ip: str = "",
 ) -> Answer:
     """Answer one `POST /api/v1/room/{room_id}`; `headers` are keyed in lower case.
     Only `dialout` waits (for a SIP bridge, up to 45 s per candidate); the server runs
-    every request in its own task, so other requests go on meanwhile."""
+    every request in its own task, so other requests go on meanwhile. A signed request
+    with an unknown backend or a bad checksum is a failed `BackendRoomAuth` attempt of
+    `client_ip`: answered after the throttle's delay (slept in this request's task), and
+    with 429 once the client is blocked."""
     if not has_length:
         return _text(411, "Length required")
     if not headers.get("content-type", "").startswith("application/json"):
         return _text(400, "Unsupported Content-Type")
     if not headers.get(HEADER_RANDOM) or not headers.get(HEADER_CHECKSUM):
         return AUTH_FAILED
+    if hub.throttler.check(client_ip, BACKEND_ROOM_AUTH, trio.current_time()):
+        return TOO_MANY_REQUESTS
     backend = find_backend(hub, headers, body)
     if backend is None:
+        await trio.sleep(hub.throttler.failed(client_ip, BACKEND_ROOM_AUTH, trio.current_time()))
         return AUTH_FAILED
     try:
         request = json.loads(body)

@@ -12,14 +12,15 @@ A WebSocket connection has a reader (frames → hub) and a writer
 from __future__ import annotations
 
 import base64
+import email.utils
 import hashlib
+import http
 import json
 import logging
 import math
 import os
 import time
 from collections import deque
-from email.utils import formatdate
 from urllib.parse import unquote
 
 import h11
@@ -37,15 +38,17 @@ from wsproto.events import (
 )
 from wsproto.utilities import RemoteProtocolError
 
-from relay.access import is_allowed
+from relay.access import is_allowed, real_client_ip
 from relay.config.signaling import SignalingConfig
 from relay.errors import ConfigError
 from relay.runtime import Runtime
-from relay.signaling import room_api
+from relay.signaling import room_api, turn_credentials
 from relay.signaling.backend import BackendClient, BackendRequester
+from relay.signaling.geoip import GeoIP
 from relay.signaling.hub import Hub
 from relay.signaling.metrics import SignalingCollector, SignalingStats
 from relay.signaling.protocol import FEATURES
+from relay.signaling.turn_credentials import TurnServers
 
 log = logging.getLogger("relay.signaling")
 
@@ -83,6 +86,8 @@ class WsConnection:
         self.hub = hub
         self.config = config
         self.stats = hub.stats
+        self.remote_ip = ""  # the client's address (trusted proxies' headers applied)
+        self.user_agent = ""  # of the upgrade request
         self._fd = stream.socket.fileno()
         self._queue: deque[bytes] = deque()
         self._queued = 0
@@ -299,10 +304,14 @@ class WsConnection:
 class SignalingServer:
     """The HTTP front: routes requests, upgrades `/spreed`, serves the hub."""
 
-    def __init__(self, runtime: Runtime, hub: Hub) -> None:
+    def __init__(
+        self, runtime: Runtime, hub: Hub, turn_servers: TurnServers | None = None
+    ) -> None:
         self.runtime = runtime
         self.hub = hub
+        self.turn_servers = turn_servers  # relay's own TURN URIs, once the gateway is bound
         self.config = signaling_config(runtime)
+        self._head: set[h11.Connection] = set()  # connections answering a HEAD request
         self.common_headers = [
             (b"Server", f"relay/{runtime.version}".encode()),
             (b"X-Spreed-Signaling-Features", ", ".join(sorted(FEATURES)).encode()),
@@ -360,8 +369,13 @@ class SignalingServer:
                 if partial:
                     await self._timeout(stream, conn)
                 return
-            if not await self._route(stream, conn, peer, request, b"".join(body)):
-                return
+            if request.method == b"HEAD":
+                self._head.add(conn)
+            try:
+                if not await self._route(stream, conn, peer, request, b"".join(body)):
+                    return
+            finally:
+                self._head.discard(conn)
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                 return
             conn.start_next_cycle()
@@ -379,15 +393,21 @@ class SignalingServer:
         method = req.method
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in req.headers]
         if path.startswith(room_api.ROOM_PATH_PREFIX):
-            return await self._room_request(stream, conn, req, path, headers, body)
+            return await self._room_request(stream, conn, req, path, headers, body, peer)
         routes = {"/spreed", "/api/v1/welcome", "/api/v1/stats", "/metrics",
-                  "/api/v1/serverinfo"}
+                  "/api/v1/serverinfo", "/turn/credentials"}
         if path not in routes:
             return await self._error(stream, conn, 404, "Not Found")
-        if method != b"GET":
-            return await self._error(stream, conn, 405, "Method Not Allowed", [(b"Allow", b"GET")])
+        if method not in (b"GET", b"HEAD"):
+            return await self._error(
+                stream, conn, 405, "Method Not Allowed", [(b"Allow", b"GET, HEAD")])
         if path == "/spreed":
-            return await self._upgrade(stream, conn, req, headers)
+            return await self._upgrade(stream, conn, req, headers, peer)
+        if path == "/turn/credentials":
+            query = req.target.partition(b"?")[2].decode("latin-1")
+            cred = turn_credentials.handle(
+                query, self.config.turn, self.turn_servers, time.time())
+            return await self._respond(stream, conn, cred.status, cred.body, cred.content_type)
         if path == "/api/v1/welcome":
             welcome = json.dumps({"nextcloud-spreed-signaling": "Welcome",
                                   "version": self.runtime.version}) + "\n"
@@ -415,6 +435,7 @@ class SignalingServer:
         path: str,
         headers: list[tuple[str, str]],
         body: bytes,
+        peer: str,
     ) -> bool:
         """`POST /api/v1/room/{roomid}`: Nextcloud's signed room requests."""
         room_id = unquote(path[len(room_api.ROOM_PATH_PREFIX):])
@@ -426,7 +447,8 @@ class SignalingServer:
         hdr: dict[str, str] = {}
         for k, v in headers:
             hdr.setdefault(k.lower(), v)
-        answer = await room_api.handle(self.hub, room_id, hdr, body, "content-length" in hdr)
+        answer = await room_api.handle(self.hub, room_id, hdr, body, "content-length" in hdr,
+                                       self._client_ip(peer, headers))
         extra = [(b"X-Content-Type-Options", b"nosniff")] if answer.status == 200 else None
         return await self._respond(
             stream, conn, answer.status, answer.body, answer.content_type, extra)
@@ -443,7 +465,7 @@ class SignalingServer:
         headers = [
             *self.common_headers,
             # Talk's admin check compares Date with its own clock (TIME_OUT_OF_SYNC)
-            (b"Date", formatdate(usegmt=True).encode()),
+            (b"Date", _http_date()),
             (b"Content-Type", content_type),
             (b"Content-Length", str(len(body)).encode()),
             *(extra or []),
@@ -451,8 +473,10 @@ class SignalingServer:
         keep = conn.their_state is h11.DONE
         if not keep:
             headers.append((b"Connection", b"close"))
-        data = conn.send(h11.Response(status_code=status, headers=headers)) or b""
-        data += conn.send(h11.Data(data=body)) or b""
+        data = conn.send(h11.Response(
+            status_code=status, headers=headers, reason=_reason(status))) or b""
+        if conn not in self._head:  # HEAD: the headers of the GET answer, no body
+            data += conn.send(h11.Data(data=body)) or b""
         data += conn.send(h11.EndOfMessage()) or b""
         with trio.move_on_after(WRITE_TIMEOUT):
             await stream.send_all(data)
@@ -483,6 +507,7 @@ class SignalingServer:
             return
         body = b"Request Timeout\n"
         head = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
+        head += b"Date: " + _http_date() + b"\r\n"
         head += b"Content-Type: text/plain; charset=utf-8\r\n"
         head += b"Content-Length: %d\r\n\r\n" % len(body)
         with trio.move_on_after(WRITE_TIMEOUT):
@@ -494,6 +519,7 @@ class SignalingServer:
         conn: h11.Connection,
         req: h11.Request,
         headers: list[tuple[str, str]],
+        peer: str,
     ) -> bool:
         hdr: dict[str, str] = {}
         for k, v in headers:
@@ -515,15 +541,35 @@ class SignalingServer:
             (b"Connection", b"Upgrade"),
             (b"Sec-WebSocket-Accept", accept),
             *self.common_headers,
-        ])) or b""
+            (b"Date", _http_date()),
+        ], reason=b"Switching Protocols")) or b""
         with trio.move_on_after(WRITE_TIMEOUT) as timer:
             await stream.send_all(data)
         if timer.cancelled_caught:
             return False
         trailing, _closed = conn.trailing_data
         ws = WsProto(ConnectionType.SERVER, extensions=None, trailing_data=bytes(trailing))
-        await WsConnection(stream, ws, self.hub, self.config).run()
+        client = WsConnection(stream, ws, self.hub, self.config)
+        client.remote_ip = self._client_ip(peer, headers)
+        client.user_agent = hdr.get("user-agent", "")
+        await client.run()
         return False
+
+    def _client_ip(self, peer: str, headers: list[tuple[str, str]]) -> str:
+        """The client's IP for throttling and GeoIP (upstream's `GetRealUserIP`)."""
+        ip = real_client_ip(peer, headers, self.runtime.config.stats.trusted_proxies)
+        return str(ip) if ip is not None else peer
+
+
+def _http_date() -> bytes:
+    return email.utils.formatdate(usegmt=True).encode()
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return http.HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
 
 
 def _declared_length(req: h11.Request) -> int:
@@ -562,7 +608,11 @@ def build(
             connections_per_host=cfg.connections_per_host,
             user_agent=f"relay/{runtime.version}",
         )
-    hub = Hub(cfg, backend, stats, version=runtime.version)
+    try:
+        geoip = GeoIP(cfg.geoip_overrides, cfg.geoip_file)
+    except (OSError, ValueError, RuntimeError) as exc:  # not an .mmdb: InvalidDatabaseError
+        raise ConfigError("signaling.geoip.url", f"cannot read the database: {exc}") from None
+    hub = Hub(cfg, backend, stats, version=runtime.version, geoip=geoip)
     runtime.registry.register(SignalingCollector(stats, hub.gauges))
     return hub, client
 
@@ -570,13 +620,16 @@ def build(
 async def serve_signaling(
     runtime: Runtime,
     *,
+    turn_servers: TurnServers | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Bind `signaling.http.listen`, report (host, bound port), serve until cancelled."""
+    """Bind `signaling.http.listen`, report (host, bound port), serve until cancelled.
+    `turn_servers`: relay's own TURN URIs for `/turn/credentials` (filled by the app once
+    the gateway is bound; used when `signaling.turn.servers` is empty)."""
     cfg = signaling_config(runtime)
     hub, client = build(runtime)
     listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.host)
-    server = SignalingServer(runtime, hub)
+    server = SignalingServer(runtime, hub, turn_servers)
     port = listeners[0].socket.getsockname()[1]
     try:
         async with trio.open_nursery() as nursery:

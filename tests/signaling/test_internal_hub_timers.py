@@ -13,7 +13,12 @@ from relay.config.signaling import SignalingConfig
 from relay.signaling import dialout
 from relay.signaling.hub import Hub
 from tests.signaling.internal_clients import INTERNAL_SECRET, internal_params
-from tests.signaling.test_signaling_hub_timers import FakeBackend, FakeConn, hello
+from tests.signaling.test_signaling_hub_timers import (
+    FakeBackend,
+    FakeConn,
+    NoCapabilities,
+    hello,
+)
 
 NC = "https://cloud.example.com/"
 
@@ -21,7 +26,7 @@ NC = "https://cloud.example.com/"
 def make_hub() -> Hub:
     cfg = SignalingConfig(allow_all=True, secret=b"s",
                           internal_secret=INTERNAL_SECRET.encode())
-    return Hub(cfg, FakeBackend(), version="test")
+    return Hub(cfg, FakeBackend(), version="test", capabilities=NoCapabilities())
 
 
 async def bridge(hub: Hub) -> tuple[FakeConn, str]:

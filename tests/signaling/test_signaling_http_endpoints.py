@@ -100,7 +100,7 @@ async def test_http_errors(server: Any) -> None:
         assert (await _get(server, "/nope")).status_code == 404
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as c:
             r = await c.post("/api/v1/welcome", content=b"{}")
-            assert r.status_code == 405 and r.headers["allow"] == "GET"
+            assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
         r = await _get(server, "/spreed")  # not an upgrade
         assert r.status_code == 400
         out = await _raw(server.port, b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X: " + b"a" * 20000)

@@ -10,6 +10,7 @@ import trio.testing
 from prometheus_client import CollectorRegistry, generate_latest
 
 from relay.config.signaling import BackendConfig, SignalingConfig
+from relay.signaling.capabilities import CapabilitiesError
 from relay.signaling.hub import Hub
 from relay.signaling.metrics import SignalingCollector
 
@@ -49,10 +50,20 @@ class FakeBackend:
 URL = "https://cloud.example.com/ocs/v2.php/apps/spreed/api/v3/signaling/backend"
 
 
+class NoCapabilities:
+    """A capabilities source that knows nothing (no request leaves the test)."""
+
+    async def get(self, url: str) -> Any:
+        raise CapabilitiesError("invalid_url", "no capabilities in this test")
+
+    def invalidate(self, url: str) -> bool:
+        return False
+
+
 def make_hub() -> tuple[Hub, FakeBackend]:
     cfg = SignalingConfig(allow_all=True, secret=b"s")
     backend = FakeBackend()
-    return Hub(cfg, backend, version="test"), backend
+    return Hub(cfg, backend, version="test", capabilities=NoCapabilities()), backend
 
 
 async def hello(hub: Hub, userid: str = "") -> tuple[FakeConn, dict[str, Any]]:

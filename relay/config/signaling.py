@@ -5,6 +5,7 @@ server.conf sections map to nested keys, so existing settings carry over::
     signaling:
       http:
         listen: "127.0.0.1:8081"        # [http] listen
+        max_connections_per_ip: 1000    # ours: connections one source IP may hold at once
       backend:
         allowall: false                 # [backend] allowall
         secret: "..."                   # [backend] secret (allowall mode)
@@ -71,6 +72,7 @@ class SignalingConfig:
     max_pending: int = 512  # messages queued for a session while its socket is gone
     federation_timeout: float = 10.0  # [federation] timeout
     federation_skip_verify: bool = False  # [federation] skipverify
+    max_connections_per_ip: int = 1000  # http.max_connections_per_ip; 0 = no cap
 
     @property
     def listen_display(self) -> str:
@@ -152,6 +154,7 @@ def parse_signaling(raw: Any, key: str) -> SignalingConfig:
     else:
         s.get("listen")
         host, port = _parse_listen(listen or DEFAULT_LISTEN, http.key("listen"))
+    per_ip = http.get_int("max_connections_per_ip", d.max_connections_per_ip, min=0)
     http.done()
 
     b = s.section("backend")
@@ -202,4 +205,5 @@ def parse_signaling(raw: Any, key: str) -> SignalingConfig:
         federation_timeout=float(fed_timeout),
         federation_skip_verify=skip_verify,
         internal_secret=internal_secret.encode(),
+        max_connections_per_ip=per_ip,
     )

@@ -12,6 +12,7 @@ A WebSocket connection has a reader (frames → hub) and a writer
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import logging
@@ -39,6 +40,7 @@ from wsproto.utilities import RemoteProtocolError
 from relay.access import is_allowed
 from relay.config.signaling import SignalingConfig
 from relay.errors import ConfigError
+from relay.fdlimit import serve_accepts
 from relay.runtime import Runtime
 from relay.signaling import room_api
 from relay.signaling.backend import BackendClient, BackendRequester
@@ -578,7 +580,9 @@ async def serve_signaling(
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(hub.run)
-            await nursery.start(trio.serve_listeners, server.handle, listeners)
+            await nursery.start(functools.partial(
+                serve_accepts, [lis.socket for lis in listeners], server.handle,
+                where="signaling_accept", per_ip=cfg.max_connections_per_ip))
             log.info("signaling: ws://%s/spreed", f"{cfg.host}:{port}")
             task_status.started((cfg.host, port))
     finally:

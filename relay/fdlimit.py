@@ -170,14 +170,16 @@ async def serve_accepts(
     *,
     where: str,
     per_ip: int = 0,
+    exempt: Callable[[str], bool] | None = None,
     guard: FdGuard = GUARD,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept on every listening socket until cancelled; each connection is served by
     `handler(stream)` in its own task.  A connection is closed at once, unserved, when its
     descriptor lies in the reserve or its source IP already holds `per_ip` connections
-    (0: no cap); EMFILE and the like on accept wait `ACCEPT_BACKOFF` and retry, counted and
-    logged by the guard."""
+    (0: no cap; `exempt(ip)` True: no cap for that IP, e.g. a trusted reverse proxy that
+    carries everyone's connections); EMFILE and the like on accept wait `ACCEPT_BACKOFF`
+    and retry, counted and logged by the guard."""
     active: dict[str, int] = {}  # source IP -> connections served now
 
     async def serve(sock: trio.socket.SocketType, ip: str) -> None:
@@ -208,7 +210,7 @@ async def serve_accepts(
                 continue
             ip = str(addr[0])
             n = active.get(ip, 0)
-            if per_ip and n >= per_ip:
+            if per_ip and n >= per_ip and not (exempt is not None and exempt(ip)):
                 _refuse(sock)
                 guard.capped[where] += 1
                 continue

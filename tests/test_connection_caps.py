@@ -53,14 +53,37 @@ async def _check_cap(target: tuple[str, int], where: str, cap: int) -> None:
 
 
 async def test_turn_tcp_and_signaling_cap_connections_per_source_ip() -> None:
-    sig = Config.from_mapping({"version": "v1", "auth": {"type": "none"}, "signaling": {
-        "http": {"listen": "127.0.0.1:0", "max_connections_per_ip": 2},
-        "backend": {"allowall": True, "secret": "x"}}}).signaling
+    sig = Config.from_mapping({
+        "version": "v1", "auth": {"type": "none"},
+        "signaling": {"http": {"listen": "127.0.0.1:0", "max_connections_per_ip": 2},
+                      "backend": {"allowall": True, "secret": "x"}},
+        "stats": {"trusted_proxies": []}})
     cfg = attrs.evolve(config(listeners=TCP, turn={"max_connections_per_ip": 3}),
-                       signaling=sig)
+                       signaling=sig.signaling, stats=sig.stats)
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             running = await nursery.start(app.run, cfg)
             await _check_cap(listener_address(running, "tcp"), "turn_accept", 3)
             await _check_cap(running.http["signaling"], "signaling_accept", 2)
             nursery.cancel_scope.cancel()
+
+
+async def test_a_trusted_proxy_is_not_capped_on_the_signaling_listener() -> None:
+    # Behind a reverse proxy every client arrives from the proxy's address.
+    cfg = Config.from_mapping({
+        "version": "v1", "auth": {"type": "none"},
+        "signaling": {"http": {"listen": "127.0.0.1:0", "max_connections_per_ip": 2},
+                      "backend": {"allowall": True, "secret": "x"}},
+        "stats": {"trusted_proxies": ["127.0.0.1/32"]}})
+    before = GUARD.capped["signaling_accept"]
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            running = await nursery.start(app.run, cfg)
+            streams = [await _open(running.http["signaling"]) for _ in range(5)]
+            for s in streams:
+                assert not await _closed(s, 0.3)
+            for s in streams:
+                if s is not None:
+                    await s.aclose()
+            nursery.cancel_scope.cancel()
+    assert GUARD.capped["signaling_accept"] == before

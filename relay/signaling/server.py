@@ -37,7 +37,7 @@ from wsproto.events import (
 )
 from wsproto.utilities import RemoteProtocolError
 
-from relay.access import is_allowed
+from relay.access import is_allowed, is_trusted_proxy
 from relay.config.signaling import SignalingConfig
 from relay.errors import ConfigError
 from relay.fdlimit import serve_accepts
@@ -582,7 +582,10 @@ async def serve_signaling(
             await nursery.start(hub.run)
             await nursery.start(functools.partial(
                 serve_accepts, [lis.socket for lis in listeners], server.handle,
-                where="signaling_accept", per_ip=cfg.max_connections_per_ip))
+                where="signaling_accept", per_ip=cfg.max_connections_per_ip,
+                exempt=functools.partial(
+                    is_trusted_proxy,
+                    trusted_proxies=runtime.config.stats.trusted_proxies)))
             log.info("signaling: ws://%s/spreed", f"{cfg.host}:{port}")
             task_status.started((cfg.host, port))
     finally:

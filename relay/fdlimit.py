@@ -15,10 +15,11 @@ the table below it is full: the check is one comparison.  EMFILE, ENFILE and ENO
 `socket()`, `accept()` or `bind()` are refused the same way.  Each refusal is counted
 (`relay_fd_exhausted_total{where}`) and logged at most once per second.
 
-`serve_accepts` is the accept loop of the TURN-TCP/TLS and signaling listeners (in place of
-`trio.serve_listeners`, which logs a traceback every 0.1 s while accept fails with EMFILE):
-it refuses as above and caps the connections one source IP holds at once
-(`relay_connections_refused_total{where, reason}`).
+`serve_accepts` is the accept loop of the TURN-TCP/TLS, signaling and admin listeners (in
+place of `trio.serve_listeners`, which logs a traceback every 0.1 s while accept fails with
+EMFILE): it refuses as above (the admin listener may use the reserve) and caps the
+connections one source IP holds at once (`relay_connections_refused_total{where, reason}`).
+`RateLimitedAcceptLog` quiets any other accept loop built on `trio.serve_listeners`.
 """
 
 from __future__ import annotations
@@ -171,6 +172,7 @@ async def serve_accepts(
     where: str,
     per_ip: int = 0,
     exempt: Callable[[str], bool] | None = None,
+    reserved: bool = False,
     guard: FdGuard = GUARD,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -179,7 +181,8 @@ async def serve_accepts(
     descriptor lies in the reserve or its source IP already holds `per_ip` connections
     (0: no cap; `exempt(ip)` True: no cap for that IP, e.g. a trusted reverse proxy that
     carries everyone's connections); EMFILE and the like on accept wait `ACCEPT_BACKOFF`
-    and retry, counted and logged by the guard."""
+    and retry, counted and logged by the guard.  `reserved`: this listener may use the
+    reserve (the admin endpoints, which the reserve is kept for)."""
     active: dict[str, int] = {}  # source IP -> connections served now
 
     async def serve(sock: trio.socket.SocketType, ip: str) -> None:
@@ -204,7 +207,7 @@ async def serve_accepts(
                 if exc.errno in _ACCEPT_TRANSIENT:
                     continue
                 raise
-            if guard.in_reserve(sock.fileno()):
+            if not reserved and guard.in_reserve(sock.fileno()):
                 _refuse(sock)
                 guard.refused(where, "headroom reached")
                 continue

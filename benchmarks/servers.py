@@ -140,8 +140,10 @@ def coturn_command(host: str, port: int, min_port: int, max_port: int, *,
     ]
 
 
-def relay_config_yaml(host: str, port: int, min_port: int, max_port: int) -> str:
-    """A StunnerConfig v1 equivalent to coturn_command()."""
+def relay_config_yaml(host: str, port: int, min_port: int, max_port: int,
+                      guard: bool = False) -> str:
+    """A StunnerConfig v1 equivalent to coturn_command(); `guard`: keep relay's default
+    401/438 reflection guard instead of turning it off."""
     peers = "::1/128" if ":" in host else "127.0.0.1/32"
     return (
         "version: v1\n"
@@ -155,8 +157,8 @@ def relay_config_yaml(host: str, port: int, min_port: int, max_port: int) -> str
         # allocation from one IP, so relay's limit is off here as well.
         # turnutils_uclient (an RFC 5766 client) picks channel numbers up to 0x7FFF, which
         # RFC 8656 refuses; coturn accepts them, so relay does here too.
-        f"turn: {{min_port: {min_port}, max_port: {max_port}, unauthorized_ratelimit: 0, "
-        "rfc5766_channels: true}\n"
+        f"turn: {{min_port: {min_port}, max_port: {max_port}, "
+        f"{'' if guard else 'unauthorized_ratelimit: 0, '}rfc5766_channels: true}}\n"
     )
 
 
@@ -197,7 +199,8 @@ def run_coturn(host: str = "127.0.0.1", port: int | None = None, *,
 @contextlib.contextmanager
 def run_relay(host: str = "127.0.0.1", port: int | None = None, *,
               port_range: tuple[int, int] | None = None, python: str | None = None,
-              ready_timeout: float = 20.0, root: str | None = None) -> Iterator[ServerProcess]:
+              ready_timeout: float = 20.0, root: str | None = None,
+              guard: bool = False) -> Iterator[ServerProcess]:
     """Run relay (``python -m relay -c CONFIG``) on loopback for the ``with`` block; from the
     source tree ``root`` (default: this checkout), e.g. a ``git worktree`` of another
     commit for an A/B comparison."""
@@ -207,7 +210,7 @@ def run_relay(host: str = "127.0.0.1", port: int | None = None, *,
     with tempfile.TemporaryDirectory(prefix="relay-bench-relay-") as tmp:
         cfg = os.path.join(tmp, "relay.yaml")
         with open(cfg, "w") as fh:
-            fh.write(relay_config_yaml(host, port, lo, hi))
+            fh.write(relay_config_yaml(host, port, lo, hi, guard))
         cmd = [python or sys.executable, "-m", "relay", "-c", cfg]
         env = dict(os.environ)
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")

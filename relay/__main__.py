@@ -10,7 +10,7 @@ import sys
 
 import trio
 
-from relay import __version__
+from relay import __version__, fdlimit
 from relay.config import (
     DEFAULT_CONFIG_YAML,
     DEMO_PASSWORD,
@@ -123,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{len(config.clusters)} cluster(s), auth {config.auth.type}")
         return 0
     setup_logging(config.admin.loglevel)
+    soft, raised, hard = fdlimit.raise_nofile_limit()
+    logging.getLogger("relay").info(
+        "file descriptors: soft limit %d -> %d (hard limit %d), %d kept in reserve",
+        soft, raised, hard, fdlimit.GUARD.reserve)
     # Long-lived state (allocations, sessions) would make frequent full GC passes costly;
     # young-generation collections every 50k allocations keep pauses off the media path.
     gc.set_threshold(50_000, 50, 1000)

@@ -30,6 +30,12 @@ def _in(ip: IPAddress, nets: Iterable[IPNetwork]) -> bool:
     return any(ip.version == n.version and ip in n for n in nets)
 
 
+def is_trusted_proxy(peer: str, trusted_proxies: Iterable[IPNetwork]) -> bool:
+    """True when the socket peer is one of the trusted proxies."""
+    ip = _parse_ip(peer)
+    return ip is not None and _in(ip, trusted_proxies)
+
+
 def real_client_ip(
     peer: str,
     headers: Iterable[tuple[str, str]],

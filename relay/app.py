@@ -35,6 +35,7 @@ import trio
 from prometheus_client import CollectorRegistry
 
 from relay.config import Config
+from relay.fdlimit import quiet_foreign_accept_loops
 from relay.health import HealthState
 from relay.metrics.admin import serve_admin
 from relay.net.gateway import Gateway, serve_gateway
@@ -87,6 +88,7 @@ async def run(
     )
     http: dict[str, tuple[str, int]] = {}
     turn_servers = TurnServers()  # relay's own TURN URIs for /turn/credentials
+    quiet_foreign_accept_loops()  # hypercorn's accept loop: EMFILE counted, not a traceback
     admin = config.admin.metrics_endpoint is not None or (
         config.admin.healthcheck_endpoint is not None)
     try:

@@ -162,7 +162,13 @@ class TurnConfig:
     max_permissions: int = 1024  # per allocation (coturn's cap)
     max_channels: int = 1024  # per allocation
     software: str = "relay"
-    unauthorized_ratelimit: int = 10  # 401 answers per source IP per second; 0 = unlimited
+    # 401/438 answers to UDP sources without an allocation: a token bucket per source IP,
+    # refilled at `unauthorized_ratelimit` per second (0 = unlimited) and holding
+    # `unauthorized_burst` (200 clients behind one NAT start at once).
+    unauthorized_ratelimit: int = 50
+    unauthorized_burst: int = 400
+    # TURN-TCP/TLS connections one source IP may hold at once (0 = no cap)
+    max_connections_per_ip: int = 500
     udp_receive_buffer: int = 4 * 1024 * 1024
     # RFC 5766 let clients pick channels up to 0x7FFF (coturn's turnutils_uclient does);
     # RFC 8656 narrowed them to 0x4000-0x4FFF, our default.
@@ -511,6 +517,9 @@ def _parse_turn(raw: Any, key: str) -> TurnConfig:
         max_channels=s.get_int("max_channels", d.max_channels, min=1, max=0x1000),
         software=s.get_str("software", d.software),
         unauthorized_ratelimit=s.get_int("unauthorized_ratelimit", d.unauthorized_ratelimit, min=0),
+        unauthorized_burst=s.get_int("unauthorized_burst", d.unauthorized_burst, min=1),
+        max_connections_per_ip=s.get_int("max_connections_per_ip", d.max_connections_per_ip,
+                                         min=0),
         udp_receive_buffer=s.get_int("udp_receive_buffer", d.udp_receive_buffer, min=0),
         rfc5766_channels=s.get_bool("rfc5766_channels", d.rfc5766_channels),
     )

@@ -5,6 +5,7 @@ server.conf sections map to nested keys, so existing settings carry over::
     signaling:
       http:
         listen: "127.0.0.1:8081"        # [http] listen
+        max_connections_per_ip: 1000    # ours: connections one source IP may hold at once
       backend:
         allowall: false                 # [backend] allowall
         secret: "..."                   # [backend] secret (allowall mode)
@@ -94,6 +95,7 @@ class SignalingConfig:
     turn: TurnRestConfig | None = None  # [turn]; None: /turn/credentials answers 404
     geoip_file: str = ""  # [geoip] url as a local path; "" = no database
     geoip_overrides: tuple[tuple[GeoNetwork, str], ...] = ()  # [geoip-overrides]
+    max_connections_per_ip: int = 1000  # http.max_connections_per_ip; 0 = no cap
 
     @property
     def listen_display(self) -> str:
@@ -175,6 +177,7 @@ def parse_signaling(raw: Any, key: str) -> SignalingConfig:
     else:
         s.get("listen")
         host, port = _parse_listen(listen or DEFAULT_LISTEN, http.key("listen"))
+    per_ip = http.get_int("max_connections_per_ip", d.max_connections_per_ip, min=0)
     http.done()
 
     b = s.section("backend")
@@ -231,6 +234,7 @@ def parse_signaling(raw: Any, key: str) -> SignalingConfig:
         turn=turn,
         geoip_file=geoip_file,
         geoip_overrides=overrides,
+        max_connections_per_ip=per_ip,
     )
 
 

@@ -22,6 +22,7 @@ that feeds it.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import socket
@@ -43,6 +44,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 from relay.access import is_allowed
 from relay.config import Endpoint
 from relay.errors import ConfigError
+from relay.fdlimit import serve_accepts
 from relay.metrics.collector import install_collectors
 from relay.runtime import Runtime
 
@@ -427,9 +429,11 @@ async def _serve_socket(
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)
         await lifespan.wait_for_startup()
-        listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        listener = trio.socket.from_stdlib_socket(sock)
         async with trio.open_nursery() as conn_nursery:
-            await conn_nursery.start(trio.serve_listeners, handle, [listener])
+            # Our accept loop: EMFILE backs off, counted, one log line a second at most.
+            await conn_nursery.start(functools.partial(
+                serve_accepts, [listener], handle, where="admin_accept", reserved=True))
             task_status.started()
             try:
                 await trio.sleep_forever()

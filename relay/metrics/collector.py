@@ -33,6 +33,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from relay.config import Config
+from relay.fdlimit import GUARD
 from relay.health import HealthState
 from relay.histogram import Histogram
 from relay.turn.stats import ConnectionStats, TurnStats
@@ -68,6 +69,8 @@ RELAY_FAMILIES: dict[str, str] = {
     "relay_turn_channels_active": "gauge",
     "relay_turn_allocation_lifetime_seconds": "histogram",
     "relay_turn_request_duration_seconds": "histogram",
+    "relay_fd_exhausted_total": "counter",
+    "relay_connections_refused_total": "counter",
 }
 TURN_FAMILIES: dict[str, str] = {**STUNNER_FAMILIES, **RELAY_FAMILIES}
 
@@ -222,6 +225,16 @@ class TurnCollector:
             "relay_turn_request_duration_seconds",
             "Time to handle a STUN/TURN request in seconds.",
         )
+        fd_exhausted = _counter(
+            "relay_fd_exhausted_total",
+            "Sockets, connections or relay ports refused for want of file descriptors.",
+            ["where"],
+        )
+        capped = _counter(
+            "relay_connections_refused_total",
+            "Connections closed at accept because their source IP held too many.",
+            ["where", "reason"],
+        )
         if with_samples:
             for (method, result), n in sorted(st.requests.items()):
                 requests.add_metric([method, result], n)
@@ -241,6 +254,10 @@ class TurnCollector:
                 ready.add_metric([], 1 if self.health.ready() else 0)
             _histogram(lifetime, st.allocation_lifetime)
             _histogram(latency, st.request_latency)
+            for where, n in GUARD.exhausted.items():
+                fd_exhausted.add_metric([where], n)
+            for where, n in GUARD.capped.items():
+                capped.add_metric([where, "per_ip_cap"], n)
         yield requests
         yield auth
         yield refusals
@@ -254,6 +271,8 @@ class TurnCollector:
             yield ready
         yield lifetime
         yield latency
+        yield fd_exhausted
+        yield capped
 
 
 def _histogram(family: HistogramMetricFamily, h: Histogram) -> None:

@@ -38,6 +38,7 @@ import attrs
 import trio
 
 from relay.config import Config, ListenerConfig
+from relay.fdlimit import FD_ERRNOS, GUARD, serve_accepts
 from relay.net.forward import forward_channel_data, forward_send_indication
 from relay.net.stream import StreamConnection, serve_connection, tls_context
 from relay.stun.fastpath import data_indication
@@ -88,7 +89,19 @@ class RelayPorts:
         self.used[family].discard(port)
 
     def _bind(self, family: int, bind_ip: str, port: int) -> socket.socket | None:
-        sock = socket.socket(_AF[family], socket.SOCK_DGRAM)
+        """A bound relay socket; None when the port is taken.  OSError (EMFILE) when no
+        descriptor is left outside the reserve (`relay.fdlimit`): counted, and the Allocate
+        gets its 508."""
+        try:
+            sock = socket.socket(_AF[family], socket.SOCK_DGRAM)
+        except OSError as exc:
+            if exc.errno in FD_ERRNOS:
+                GUARD.refused("relay_socket", exc.strerror)
+            raise
+        if GUARD.in_reserve(sock.fileno()):
+            sock.close()
+            GUARD.refused("relay_socket", "headroom reached")
+            raise OSError(errno.EMFILE, "file descriptors reserved")
         try:
             if family == FAMILY_V6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -99,6 +112,8 @@ class RelayPorts:
             sock.close()
             if exc.errno in (errno.EADDRINUSE, errno.EACCES):
                 return None
+            if exc.errno in FD_ERRNOS:
+                GUARD.refused("relay_socket", exc.strerror)
             raise
         return sock
 
@@ -388,7 +403,8 @@ class Gateway:
         """Accept TURN-TCP / TURN-TLS connections, each served in its own task."""
         sock, ctx = self.stream_sockets[name]
         handler = functools.partial(serve_connection, self, self.server.listeners[name], ctx)
-        await trio.serve_listeners(handler, [trio.SocketListener(sock)])
+        await serve_accepts([sock], handler, where="turn_accept",
+                            per_ip=self.config.turn.max_connections_per_ip)
 
     # -- StreamHost: what the stream connections call -------------------------------------
 

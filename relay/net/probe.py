@@ -26,6 +26,7 @@ import socket
 
 import trio
 
+from relay.fdlimit import GUARD, is_fd_exhaustion
 from relay.health import HealthState, ListenerStatus
 from relay.stun import (
     Message,
@@ -93,7 +94,13 @@ async def probe_once(target: tuple[str, int], wait: float) -> bool:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     tid = os.urandom(12)
     request = binding_request(tid)
-    with trio.socket.socket(family, socket.SOCK_DGRAM) as sock:
+    try:
+        sock = trio.socket.socket(family, socket.SOCK_DGRAM)
+    except OSError as exc:  # out of descriptors: this round fails, the probe goes on
+        if is_fd_exhaustion(exc):
+            GUARD.refused("probe", exc.strerror)
+        return False
+    with sock:
         try:
             # connect(): an ephemeral source port, and the kernel drops other senders.
             await sock.connect((host, port))

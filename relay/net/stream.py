@@ -22,8 +22,10 @@ Each connection runs in its own nursery:
 
 Lifecycle: the connection owns its allocation (closing the connection deletes it); deleting
 the allocation (Refresh 0, expiry) leaves the connection open.  A connection without an
-allocation is closed `IDLE_TIMEOUT` seconds after its last complete message (or its start),
-so a client that sends nothing, or a frame a byte at a time, does not hold it; a TLS
+allocation is closed `IDLE_TIMEOUT` seconds after its start (or its allocation's end, or
+its last request that made progress: a success answer to anything but a Binding), so a
+client that sends nothing, a frame a byte at a time, ChannelData or Send indications
+without an allocation, Bindings or unauthenticated requests does not hold it; a TLS
 handshake must finish within `HANDSHAKE_TIMEOUT`.
 """
 
@@ -52,6 +54,9 @@ SEND_QUEUE_LIMIT = 1 << 20  # bytes queued towards a client before peer data is 
 RECV_CHUNK = 65536
 _SEND_INDICATION = b"\x00\x16"
 _PADS = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
+# STUN message type bits (RFC 8489 §5): class and method masks, and the values tested for
+_CLASS_MASK, _SUCCESS = 0x0110, 0x0100
+_METHOD_MASK, _BINDING = 0x3EEF, 0x0001
 
 
 def tls_context(cert: str, key: str) -> ssl.SSLContext:
@@ -168,23 +173,26 @@ class StreamConnection:
                 return
             if not data:
                 return  # EOF
-            framed = 0
+            progress = False
             try:
                 for frame in framer.feed(data):
                     size = len(frame)
                     traffic.rx_packets += 1
                     traffic.rx_bytes += size
-                    self._message(frame, size)
-                    framed += 1
+                    if self._message(frame, size):
+                        progress = True
             except FramingError as exc:
                 drops["malformed"] += 1
                 log.debug("connection %s on %s: %s, closing", self.client, lis.name, exc)
                 return
-            if framed and self.alloc is None:
+            if progress and self.alloc is None:
                 self.idle.deadline = trio.current_time() + IDLE_TIMEOUT
             await trio.lowlevel.checkpoint()
 
-    def _message(self, frame: memoryview, n: int) -> None:
+    def _message(self, frame: memoryview, n: int) -> bool:
+        """Handle one frame; True when it made progress (a success answer to a request
+        other than Binding): only that, or an allocation, keeps the connection from its
+        idle timeout."""
         host = self.host
         lis = self.lis
         drops = host.stats.drops
@@ -194,14 +202,14 @@ class StreamConnection:
                 drops["no_allocation"] += 1
             else:
                 forward_channel_data(alloc, frame, n, drops)
-            return
+            return False
         if frame[0:2] == _SEND_INDICATION:
             alloc = lis.allocations.get(self.client)
             if alloc is None:
                 drops["no_allocation"] += 1
             else:
                 forward_send_indication(alloc, frame, n, host.policy, drops)
-            return
+            return False
         t0 = time.perf_counter()
         reply = host.answer(lis, self.client, bytes(frame))
         if reply is not None:
@@ -212,6 +220,10 @@ class StreamConnection:
             except BlockingIOError:
                 drops["send_buffer_full"] += 1
         host.stats.request_latency.observe(time.perf_counter() - t0)
+        if reply is None or len(reply) < 2:
+            return False
+        kind = reply[0] << 8 | reply[1]
+        return kind & _CLASS_MASK == _SUCCESS and kind & _METHOD_MASK != _BINDING
 
 
 async def serve_connection(host: StreamHost, lis: ListenerState, ctx: ssl.SSLContext | None,

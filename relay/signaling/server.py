@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import functools
 import hashlib
 import http
 import json
@@ -38,9 +39,10 @@ from wsproto.events import (
 )
 from wsproto.utilities import RemoteProtocolError
 
-from relay.access import is_allowed, real_client_ip
+from relay.access import is_allowed, is_trusted_proxy, real_client_ip
 from relay.config.signaling import SignalingConfig
 from relay.errors import ConfigError
+from relay.fdlimit import serve_accepts
 from relay.runtime import Runtime
 from relay.signaling import room_api, turn_credentials
 from relay.signaling.backend import BackendClient, BackendRequester
@@ -634,7 +636,12 @@ async def serve_signaling(
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(hub.run)
-            await nursery.start(trio.serve_listeners, server.handle, listeners)
+            await nursery.start(functools.partial(
+                serve_accepts, [lis.socket for lis in listeners], server.handle,
+                where="signaling_accept", per_ip=cfg.max_connections_per_ip,
+                exempt=functools.partial(
+                    is_trusted_proxy,
+                    trusted_proxies=runtime.config.stats.trusted_proxies)))
             log.info("signaling: ws://%s/spreed", f"{cfg.host}:{port}")
             task_status.started((cfg.host, port))
     finally:

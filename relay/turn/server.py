@@ -71,6 +71,7 @@ from relay.turn.allocation import (
 from relay.turn.auth import Authenticator, AuthRefused
 from relay.turn.effects import AllocationCreated, AllocationDeleted, Effect, Outcome
 from relay.turn.policy import PeerPolicy
+from relay.turn.ratelimit import ChallengeLimiter
 from relay.turn.stats import ConnectionStats, TurnStats
 
 FAMILY_V4 = 1
@@ -161,9 +162,10 @@ class TurnServer:
         self.software = Software(config.turn.software) if config.turn.software else None
         # (listener, token) -> reservation: a token is good on its listener only
         self.reservations: dict[tuple[str, bytes], Reservation] = {}
-        # 401 rate limit: one window per second, counts per source IP.
-        self._rl_window = -1
-        self._rl_counts: dict[str, int] = {}
+        # The 401/438 reflection guard: a token bucket per source IP (None: unlimited).
+        rate = config.turn.unauthorized_ratelimit
+        self.challenge_limiter = (
+            ChallengeLimiter(rate, config.turn.unauthorized_burst) if rate > 0 else None)
         self._effects: list[Effect] = []  # of the message being handled
 
     def add_listener(self, name: str, families: frozenset[int],
@@ -219,8 +221,10 @@ class TurnServer:
             if not self.auth.turn_enabled:
                 raise _Reply(403, "TURN is disabled (auth type none)")
             try:
-                username, user_id, key = self._authenticate(msg, client, wall,
-                                                            lis.transport == "udp")
+                # Guarded: UDP sources that hold no allocation (see relay.turn.ratelimit).
+                username, user_id, key = self._authenticate(
+                    msg, client, wall,
+                    lis.transport == "udp" and client not in lis.allocations)
             except _Challenge as ch:
                 self.stats.count_request(method_name, str(ch.code))
                 return ch.reply
@@ -303,21 +307,15 @@ class TurnServer:
 
     def _challenge(self, msg: Message, client: Address, now: float, limited: bool,
                    code: int) -> _Challenge:
-        """The challenge; rate limited per source IP when `limited` (UDP: against spoofed
-        floods; a TCP/TLS client completed a handshake and never retransmits, so silence
-        would stall it)."""
+        """The challenge; rate limited per source IP when `limited` (UDP without an
+        allocation: against spoofed floods; a TCP/TLS client completed a handshake and never
+        retransmits, so silence would stall it; a 5-tuple holding an allocation must get its
+        438 to refresh)."""
         ip = client[0]
-        limit = self.turn.unauthorized_ratelimit
-        if limit > 0 and limited:
-            window = int(now)
-            if window != self._rl_window:
-                self._rl_window = window
-                self._rl_counts.clear()
-            n = self._rl_counts.get(ip, 0)
-            if n >= limit:
-                self.stats.drops["ratelimited"] += 1
-                return _Challenge(code, None)
-            self._rl_counts[ip] = n + 1
+        limiter = self.challenge_limiter
+        if limited and limiter is not None and not limiter.allow(ip, now):
+            self.stats.drops["ratelimited"] += 1
+            return _Challenge(code, None)
         attrs: list[Attribute] = [
             ErrorCode(code),
             Realm(self.auth.realm),

@@ -225,7 +225,7 @@ async def test_tcp_challenges_are_not_rate_limited() -> None:
     # The 401 rate limit is against spoofed UDP floods; a stream client never retransmits,
     # so a silent 401 would stall it (coturn's uclient -t -m 5, twice at once, hit it).
     with trio.fail_after(20):
-        async with running(tcp_config(unauthorized_ratelimit=1)) as rt:
+        async with running(tcp_config(unauthorized_ratelimit=1, unauthorized_burst=1)) as rt:
             for _ in range(4):
                 async with tcp_client(rt) as c:
                     await c.allocate()

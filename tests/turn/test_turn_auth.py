@@ -188,26 +188,47 @@ def test_auth_type_none_refuses_turn_with_403_but_answers_binding() -> None:
 # -- the 401 rate limit -------------------------------------------------------------------
 
 
-def test_401_answers_are_rate_limited_per_source_ip_per_second() -> None:
-    h = Harness(turn={"unauthorized_ratelimit": 2})
+def test_401_answers_are_limited_by_a_token_bucket_per_source_ip() -> None:
+    h = Harness(turn={"unauthorized_ratelimit": 2, "unauthorized_burst": 3})
 
     def unauth(client: tuple[str, int], now: float) -> bytes | None:
         req = Message(Method.ALLOCATE, MessageClass.REQUEST, txid(), [UDP])
         return h.send(req.encode(), client, now)
 
+    # The burst: three at once, from any port of the IP.
     assert unauth(CLIENT, T0) is not None
-    assert unauth((CLIENT[0], 1), T0 + 0.5) is not None  # another port, same IP
-    assert unauth(CLIENT, T0 + 0.9) is None
+    assert unauth((CLIENT[0], 1), T0) is not None
+    assert unauth((CLIENT[0], 2), T0) is not None
+    assert unauth(CLIENT, T0) is None
     assert h.stats.drops["ratelimited"] == 1
-    assert unauth(CLIENT2, T0 + 0.9) is not None  # another IP has its own budget
-    assert unauth(CLIENT, T0 + 1) is not None  # a new second
-    # a bad-nonce challenge costs from the same budget
-    h.allocate(nonce="junk", now=T0 + 1.1).expect_error(438, signed=False)
-    assert unauth(CLIENT, T0 + 1.2) is None
-    assert h.stats.drops["ratelimited"] == 2
-    assert h.requests("allocate", "401") == 6
+    assert unauth(CLIENT2, T0) is not None  # another IP has its own bucket
+    # Refilled at 2 per second: one token after half a second, not before.
+    assert unauth(CLIENT, T0 + 0.4) is None
+    assert unauth(CLIENT, T0 + 0.9) is not None
+    # a bad-nonce challenge costs from the same bucket
+    h.allocate(nonce="junk", now=T0 + 1.4).expect_error(438, signed=False)
+    assert unauth(CLIENT, T0 + 1.4) is None
+    assert h.stats.drops["ratelimited"] == 3
     # authenticated requests are never limited
-    h.allocate(now=T0 + 1.3).expect_success()
+    h.allocate(now=T0 + 1.4).expect_success()
+
+
+def test_438_to_a_five_tuple_holding_an_allocation_is_never_limited() -> None:
+    h = Harness(turn={"unauthorized_ratelimit": 1, "unauthorized_burst": 1, "nonce_lifetime": 60})
+    h.allocated(now=T0)
+    old = h.nonce(CLIENT, T0)
+    later = T0 + 120  # the nonce is stale by now
+    # An attacker on the same IP (another port) empties the bucket.
+    for i in range(20):
+        h.send(Message(Method.ALLOCATE, MessageClass.REQUEST, txid(), [UDP]).encode(),
+               (CLIENT[0], 41000 + i), later)
+    assert h.stats.drops["ratelimited"] >= 19
+    # The allocation's own 5-tuple still gets its 438 and refreshes with the new nonce.
+    nonce = _challenge(h.request(Method.REFRESH, nonce=old, now=later), 438)
+    h.request(Method.REFRESH, nonce=nonce, now=later).expect_success()
+    # A new client on that IP (no allocation) is still limited.
+    assert h.send(Message(Method.ALLOCATE, MessageClass.REQUEST, txid(), [UDP]).encode(),
+                  (CLIENT[0], 50000), later) is None
 
 
 def test_401_rate_limit_zero_is_unlimited() -> None:

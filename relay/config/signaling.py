@@ -71,6 +71,7 @@ class SignalingConfig:
     max_pending: int = 512  # messages queued for a session while its socket is gone
     federation_timeout: float = 10.0  # [federation] timeout
     federation_skip_verify: bool = False  # [federation] skipverify
+    listen_key: str = "signaling.http.listen"  # the key `host`/`port` came from, for errors
 
     @property
     def listen_display(self) -> str:
@@ -149,7 +150,9 @@ def parse_signaling(raw: Any, key: str) -> SignalingConfig:
             raise ConfigError(s.key("listen"), "give either listen or http.listen, not both")
         listen = s.get_str("listen")
         host, port = _parse_listen(listen, s.key("listen"))
+        listen_key = s.key("listen")
     else:
+        listen_key = http.key("listen")
         s.get("listen")
         host, port = _parse_listen(listen or DEFAULT_LISTEN, http.key("listen"))
     http.done()
@@ -202,4 +205,5 @@ def parse_signaling(raw: Any, key: str) -> SignalingConfig:
         federation_timeout=float(fed_timeout),
         federation_skip_verify=skip_verify,
         internal_secret=internal_secret.encode(),
+        listen_key=listen_key,
     )

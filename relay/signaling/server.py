@@ -572,7 +572,11 @@ async def serve_signaling(
     """Bind `signaling.http.listen`, report (host, bound port), serve until cancelled."""
     cfg = signaling_config(runtime)
     hub, client = build(runtime)
-    listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.host)
+    try:
+        listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.host)
+    except OSError as exc:  # a port in use, an address not on this host: say which
+        raise ConfigError(cfg.listen_key, f"cannot listen on {cfg.listen_display}: "
+                          f"{exc.strerror or exc}") from None
     server = SignalingServer(runtime, hub)
     port = listeners[0].socket.getsockname()[1]
     try:

@@ -23,7 +23,7 @@ from urllib.parse import unquote
 
 import h11
 import trio
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from wsproto.connection import Connection as WsProto
 from wsproto.connection import ConnectionState, ConnectionType
 from wsproto.events import (
@@ -301,6 +301,11 @@ class SignalingServer:
     def __init__(self, runtime: Runtime, hub: Hub) -> None:
         self.runtime = runtime
         self.hub = hub
+        # This port's /metrics: the signaling families only.  The TURN, process and relay_
+        # families are served once, on admin.metrics_endpoint, so scraping both ports never
+        # counts a family twice.
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(SignalingCollector(hub.stats, hub.gauges))
         self.config = signaling_config(runtime)
         self.common_headers = [
             (b"Server", f"relay/{runtime.version}".encode()),
@@ -403,7 +408,7 @@ class SignalingServer:
             stats = json.dumps(self.hub.stats_json()).encode() + b"\n"
             return await self._respond(stream, conn, 200, stats, b"application/json")
         return await self._respond(
-            stream, conn, 200, generate_latest(self.runtime.registry), METRICS_CONTENT_TYPE
+            stream, conn, 200, generate_latest(self.registry), METRICS_CONTENT_TYPE
         )
 
     async def _room_request(
@@ -548,7 +553,7 @@ def signaling_config(runtime: Runtime) -> SignalingConfig:
 def build(
     runtime: Runtime, backend: BackendRequester | None = None
 ) -> tuple[Hub, BackendClient | None]:
-    """The hub wired to a backend client and the metrics registry of `runtime`."""
+    """The hub wired to a backend client."""
     cfg = signaling_config(runtime)
     stats = SignalingStats()
     client: BackendClient | None = None
@@ -560,7 +565,6 @@ def build(
             user_agent=f"relay/{runtime.version}",
         )
     hub = Hub(cfg, backend, stats, version=runtime.version)
-    runtime.registry.register(SignalingCollector(stats, hub.gauges))
     return hub, client
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+import shutil
 import ssl
 from pathlib import Path
 from typing import Any
@@ -254,4 +256,36 @@ async def test_stunner_operator_config_serves_a_turn_tls_allocation(ca: trustme.
                     if kind == "channel":
                         break
                 assert (meta, data) == (CHAN, b"over tls")
+            nursery.cancel_scope.cancel()
+
+
+UCLIENT = shutil.which("turnutils_uclient")
+
+
+@pytest.mark.skipif(UCLIENT is None, reason="coturn's turnutils_uclient is not installed "
+                    "(apt install coturn; tests/run.sh installs it when run as root)")
+async def test_coturn_client_relays_over_tls_through_a_stunner_operator_config(
+        ca: trustme.CA) -> None:
+    assert UCLIENT is not None
+    cert, key = pem_pair(ca)
+    lo, hi = free_port_range(48, ("127.0.0.1",))
+    cfg = Config.from_text(operator_config(cert, key, lo, hi), "stunnerd.conf",
+                           env={"STUNNER_ADDR": "127.0.0.1", "TLS_PORT": "0"})
+    name = "stunner/tls-gateway/tls-listener"
+    with trio.fail_after(90):
+        async with trio.open_nursery() as nursery, running(cfg) as rt:
+            peer = await nursery.start(serve_udp_echo, "127.0.0.1", 0)
+            host, port = listener_address(rt, name)
+            # -t -S: TURN over TLS; -s: Send/Data indications; -c: no RTCP allocations
+            cmd = [UCLIENT, "-t", "-S", "-p", str(port), "-u", "user-1", "-w", "pass-1",
+                   "-e", peer[0], "-r", str(peer[1]), "-m", "4", "-n", "40", "-l", "120",
+                   "-z", "5", "-X", "-s", "-c", host]
+            proc = await trio.run_process(cmd, capture_stdout=True, capture_stderr=True,
+                                          check=False, stdin=b"")
+            out = (proc.stdout + proc.stderr).decode("utf-8", "replace")
+            assert proc.returncode == 0, out[-3000:]
+            lost = re.search(r"Total lost packets (\d+) \(", out)
+            assert lost is not None and lost.group(1) == "0", out[-3000:]
+            assert rt.stats.requests.get(("allocate", "success"), 0) >= 4
+            assert rt.stats.listeners[name].traffic.rx_packets >= 4 * 40
             nursery.cancel_scope.cancel()

@@ -81,6 +81,16 @@ turn: {relay_address: 203.0.113.10}
     assert "change-me-current" not in proc.stderr + proc.stdout  # secrets are never shown
 
 
+def test_credentials_written_as_variables_are_warned_about(tmp_path: Path) -> None:
+    config, raw = load(write(tmp_path, """\
+version: v1
+auth: {type: ephemeral, credentials: {secret: $STUNNER_SHARED_SECRET}}
+"""))
+    assert config.auth.secrets == ("$STUNNER_SHARED_SECRET",)  # as stunnerd: not substituted
+    [warning] = check(config, raw).warnings
+    assert warning.startswith("auth.credentials.secret: looks like an environment variable")
+
+
 def test_a_clean_config_has_no_findings() -> None:
     config = Config.from_text(BASE + "listeners: [{name: l, address: 127.0.0.1, port: 0}]\n")
     assert check(config, {}).errors == () and check(config, {}).warnings == ()

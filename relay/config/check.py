@@ -2,11 +2,12 @@
 
 * Errors (exit 2, each naming its key): a listener or HTTP endpoint address that is not on
   this host, found by binding a socket to it at port 0 (nothing listens, nothing is sent).
-* Warnings (exit 0, printed): placeholder secrets (``change-me...``, as the shipped example
-  and docs write them), documentation-range addresses (RFC 5737 192.0.2.0/24,
-  198.51.100.0/24, 203.0.113.0/24; RFC 3849 2001:db8::/32) anywhere in the file, and the
-  parser's own warnings (STUNner fields relay does not implement).  The values of secrets
-  are never printed: a warning names the key.
+* Warnings (exit 0, printed): placeholder secrets (``change-me...``, as the shipped
+  example and docs write them), credentials written as ``$VAR`` (kept as written, as
+  stunnerd does), documentation-range addresses (RFC 5737 192.0.2.0/24, 198.51.100.0/24,
+  203.0.113.0/24; RFC 3849 2001:db8::/32) anywhere in the file, and the parser's own
+  warnings (STUNner fields relay does not implement).  The values of secrets are never
+  printed: a warning names the key.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from relay.errors import ConfigError
 DOC_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
     "192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32"))
 _PLACEHOLDER = re.compile(r"change-?me", re.IGNORECASE)
+_ENV_REF = re.compile(r"\$(\{\w+\}|[A-Za-z_]\w*)$")
+_VERBATIM_KEYS = ("auth.credentials.", "auth.users[")
 _TOKEN_SPLIT = re.compile(r"[\s,;()'\"]+")
 
 
@@ -55,6 +58,10 @@ def check(config: Config, raw: Any) -> Findings:
     errors = list(_addresses_not_here(config))
     warnings = list(config.warnings)
     for key, value in _strings(raw, ""):
+        if key.startswith(_VERBATIM_KEYS) and _ENV_REF.match(value):
+            warnings.append(f"{key}: looks like an environment variable, but credentials "
+                            "are used as written (stunnerd does not substitute them either)")
+            continue
         if _PLACEHOLDER.search(value):
             warnings.append(f"{key}: a placeholder secret is left in the config; set a "
                             "random one (e.g. `openssl rand -hex 32`)")

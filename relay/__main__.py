@@ -16,8 +16,8 @@ from relay.config import (
     DEMO_PASSWORD,
     DEMO_USERNAME,
     Config,
-    default_config,
 )
+from relay.config.check import check, load
 from relay.errors import ConfigError
 
 EXIT_CONFIG = 2
@@ -114,19 +114,29 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(DEFAULT_CONFIG_YAML)
         return 0
     try:
-        config = Config.from_file(args.config) if args.config else default_config()
+        config, raw = load(args.config)
     except ConfigError as exc:
         print(f"relay: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    findings = check(config, raw)
     if args.check_config:
+        for warning in findings.warnings:
+            print(f"relay: warning: {warning}", file=sys.stderr)
+        for error in findings.errors:
+            print(f"relay: config error: {error}", file=sys.stderr)
+        if findings.errors:
+            return EXIT_CONFIG
         print(f"configuration OK: {len(config.listeners)} listener(s), "
-              f"{len(config.clusters)} cluster(s), auth {config.auth.type}")
+              f"{len(config.clusters)} cluster(s), auth {config.auth.type}"
+              + (f", {len(findings.warnings)} warning(s)" if findings.warnings else ""))
         return 0
     setup_logging(config.admin.loglevel)
     soft, raised, hard = fdlimit.raise_nofile_limit()
     logging.getLogger("relay").info(
         "file descriptors: soft limit %d -> %d (hard limit %d), %d kept in reserve",
         soft, raised, hard, fdlimit.GUARD.reserve)
+    for warning in findings.warnings:  # an address not on this host fails at bind, by key
+        logging.getLogger("relay").warning("config: %s", warning)
     # Long-lived state (allocations, sessions) would make frequent full GC passes costly;
     # young-generation collections every 50k allocations keep pauses off the media path.
     gc.set_threshold(50_000, 50, 1000)

@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the interop tests use, when we may install them: coturn (a reference TURN
-# server and client) and chromium (a real WebRTC client, driven by playwright without
-# playwright's own browser downloads).
+# server and client), chromium (a real WebRTC client, driven by playwright without
+# playwright's own browser downloads) and prometheus (promtool).
 APT_NEED=()
 command -v turnutils_uclient >/dev/null 2>&1 || APT_NEED+=(coturn)
 command -v chromium >/dev/null 2>&1 || APT_NEED+=(chromium)
@@ -15,6 +15,16 @@ if [ ${#APT_NEED[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u
   echo "== installing ${APT_NEED[*]} (interop peers for the tests)"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${APT_NEED[@]}" >/dev/null
+fi
+# promtool checks the shipped Prometheus config and relay's /metrics output. Package
+# `prometheus` without its recommends (node exporter, ipmitool...): about 19 MB to download,
+# about 20 s to install; in a container its service is not started by the install.
+if ! command -v promtool >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
+    && [ "$(id -u)" = 0 ]; then
+  echo "== installing prometheus (promtool)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
+    >/dev/null
 fi
 
 PY=${PYTHON:-python3}

@@ -24,6 +24,8 @@ from typing import Any
 import attrs
 import yaml
 
+from relay.config import tls
+from relay.config.environ import expand, stunner_environment
 from relay.config.reader import Section
 from relay.config.signaling import SignalingConfig, parse_signaling
 from relay.errors import ConfigError
@@ -110,8 +112,15 @@ class ListenerConfig:
     public_address: str = ""
     public_port: int = 0
     routes: tuple[str, ...] = ()
-    cert: str = ""
+    cert: str = ""  # PEM file path, inline PEM or base64 PEM (STUNner's operator)
     key: str = ""
+    # STUNner's per-listener relay port range; 0 = the `turn` section's min_port/max_port
+    min_relay_port: int = 0
+    max_relay_port: int = 0
+
+    def relay_port_range(self, turn: TurnConfig) -> tuple[int, int]:
+        """The ports this listener's relay sockets come from."""
+        return (self.min_relay_port or turn.min_port, self.max_relay_port or turn.max_port)
 
 
 @attrs.frozen
@@ -185,6 +194,9 @@ class Config:
     stats: StatsConfig = StatsConfig()
     turn: TurnConfig = TurnConfig()
     signaling: SignalingConfig | None = None  # the `signaling` section, when configured
+    # what was accepted but has no effect here (STUNner fields relay does not implement),
+    # each naming its key; printed by --check-config and logged at start
+    warnings: tuple[str, ...] = ()
 
     @classmethod
     def from_file(cls, path: str | Path) -> Config:
@@ -196,17 +208,9 @@ class Config:
         return cls.from_text(text, source=str(p))
 
     @classmethod
-    def from_text(cls, text: str, source: str = "<config>") -> Config:
-        try:
-            if source.endswith(".json"):
-                raw = json.loads(text)
-            else:  # YAML is a superset of JSON
-                raw = yaml.safe_load(text)
-        except (yaml.YAMLError, json.JSONDecodeError) as exc:
-            raise ConfigError(source, f"not valid YAML/JSON: {_one_line(str(exc))}") from None
-        if raw is None:
-            raw = {}
-        return cls.from_mapping(raw)
+    def from_text(cls, text: str, source: str = "<config>",
+                  env: dict[str, str] | None = None) -> Config:
+        return cls.from_mapping(read_raw(text, source, env))
 
     @classmethod
     def from_mapping(cls, raw: Any) -> Config:
@@ -221,6 +225,41 @@ class Config:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def _load(text: str, source: str) -> Any:
+    try:
+        if source.endswith(".json"):
+            raw = json.loads(text)
+        else:  # YAML is a superset of JSON
+            raw = yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise ConfigError(source, f"not valid YAML/JSON: {_one_line(str(exc))}") from None
+    return {} if raw is None else raw
+
+
+# Kept as written by the environment substitution: STUNner's credentials (as stunnerd),
+# relay's own static users and the signaling section (secrets; spreed-signaling does not
+# substitute either).
+_VERBATIM = (("auth", "credentials"), ("auth", "users"), ("signaling",))
+
+
+def read_raw(text: str, source: str = "<config>", env: dict[str, str] | None = None) -> Any:
+    """The raw tree of a config file, `$VAR` / `${VAR}` substituted as stunnerd does
+    (`relay.config.environ`): the whole text, then the verbatim parts put back."""
+    raw = _load(text, source)
+    if "$" not in text:
+        return raw
+    expanded = _load(expand(text, stunner_environment(env)), source)
+    for path in _VERBATIM:
+        src: Any = raw
+        dst: Any = expanded
+        for part in path[:-1]:
+            src = src.get(part) if isinstance(src, dict) else None
+            dst = dst.get(part) if isinstance(dst, dict) else None
+        if isinstance(src, dict) and isinstance(dst, dict) and path[-1] in src:
+            dst[path[-1]] = src[path[-1]]
+    return expanded
 
 
 # --- sections ------------------------------------------------------------------------------
@@ -250,7 +289,15 @@ def parse_endpoint(value: str, key: str, *, default_port: int, default_path: str
     )
 
 
-def _parse_admin(raw: Any, key: str) -> AdminConfig:
+# STUNner's admin fields relay accepts but does not act on: (key, values that do nothing)
+_ADMIN_UNSUPPORTED = {
+    "offload_engine": ("", "none"),
+    "offload_interfaces": (),
+    "license_config": (),
+}
+
+
+def _parse_admin(raw: Any, key: str, warnings: list[str]) -> AdminConfig:
     s = Section(raw, key)
     name = s.get_str("name", DEFAULT_ADMIN_NAME)
     loglevel = s.get_str("loglevel", DEFAULT_LOGLEVEL)
@@ -272,9 +319,14 @@ def _parse_admin(raw: Any, key: str) -> AdminConfig:
         else None
     )
     user_quota = s.get_int("user_quota", 0, min=0)
-    s.get("offload_engine")
-    s.get("offload_interfaces")
-    s.get("license_config")
+    for name, inert in _ADMIN_UNSUPPORTED.items():
+        v = s.get(name)
+        if v is None or v == [] or v == {} or (isinstance(v, str) and v.lower() in inert):
+            continue
+        shown = f" {v!r}" if isinstance(v, str) else ""
+        warnings.append(f"{s.key(name)}:{shown} not supported by relay (STUNner's "
+                        f"{'eBPF offload' if name.startswith('offload') else 'licensing'}); "
+                        "ignored")
     s.done()
     return AdminConfig(name, loglevel, metrics, health, user_quota)
 
@@ -295,8 +347,8 @@ def _parse_auth(raw: Any, key: str) -> AuthConfig:
     if type_raw not in AUTH_TYPES:
         raise ConfigError(s.key("type"), f"{type_raw!r} is not one of static, ephemeral, none")
     auth_type = AUTH_TYPES[type_raw]
-    realm = s.get_str("realm", DEFAULT_REALM)
-    if not realm or len(realm.encode()) > 763:
+    realm = s.get_str("realm", DEFAULT_REALM) or DEFAULT_REALM  # "" as unset (STUNner)
+    if len(realm.encode()) > 763:
         raise ConfigError(s.key("realm"), "must be 1..763 bytes")
     creds = s.section("credentials")
     users: list[StaticUser] = []
@@ -315,10 +367,14 @@ def _parse_auth(raw: Any, key: str) -> AuthConfig:
         us = Section(u, f"{s.key('users')}[{i}]")
         users.append(StaticUser(us.get_str("username"), us.get_str("password")))
         us.done()
+    from_creds = creds.has("username") or creds.has("password")
     for i, u in enumerate(users):
+        where = (s.key("credentials") if from_creds and i == 0
+                 else s.key(f"users[{i - from_creds}]"))
         if not u.username:
-            raise ConfigError(s.key("credentials.username") if i == 0 else s.key(f"users[{i}]"),
-                              "username must not be empty")
+            raise ConfigError(f"{where}.username", "username must not be empty")
+        if not u.password:
+            raise ConfigError(f"{where}.password", "static auth needs a non-empty password")
         if len(u.username.encode()) > 509:
             raise ConfigError(s.key("credentials.username"), "username longer than 509 bytes")
     if auth_type == "static" and not users:
@@ -349,7 +405,7 @@ def _parse_listener(raw: Any, key: str) -> ListenerConfig:
     protocol = LISTENER_PROTOCOLS[proto_raw]
     if protocol not in SUPPORTED_LISTENER_PROTOCOLS:
         raise ConfigError(s.key("protocol"), f"{protocol} listeners are not supported yet")
-    address = s.get_str("address", "0.0.0.0")
+    address = s.get_str("address", "0.0.0.0") or "0.0.0.0"  # "" (an unset $VAR) as STUNner
     try:
         ipaddress.ip_address(address)
     except ValueError:
@@ -368,27 +424,16 @@ def _parse_listener(raw: Any, key: str) -> ListenerConfig:
     cert = s.get_str("cert", "")
     tls_key = s.get_str("key", "")
     if protocol == "TURN-TLS":
-        _check_tls_files(cert, tls_key, s.key("cert"), s.key("key"))
-    s.get("min_relay_port")
-    s.get("max_relay_port")
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(ctx, cert, tls_key, s.key("cert"), s.key("key"))
+    min_relay = s.get_port("min_relay_port", 0, allow_zero=True)
+    max_relay = s.get_port("max_relay_port", 0, allow_zero=True)
+    if min_relay and max_relay and min_relay > max_relay:
+        raise ConfigError(s.key("min_relay_port"),
+                          f"{min_relay} is above max_relay_port {max_relay}")
     s.done()
     return ListenerConfig(name, protocol, address, port, public_address, public_port, routes,
-                          cert, tls_key)
-
-
-def _check_tls_files(cert: str, key: str, cert_key: str, key_key: str) -> None:
-    """A TLS listener needs a PEM certificate chain and private key that load (a TLS listener
-    without a certificate must refuse to start, not serve plaintext or fail per handshake)."""
-    if not cert:
-        raise ConfigError(cert_key, "a TURN-TLS listener needs a certificate (PEM file path)")
-    if not key:
-        raise ConfigError(key_key, "a TURN-TLS listener needs a private key (PEM file path)")
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        ctx.load_cert_chain(cert, key)
-    except OSError as exc:
-        raise ConfigError(cert_key, f"cannot load {cert!r} with key {key!r}: "
-                          f"{_one_line(str(exc))}") from None
+                          cert, tls_key, min_relay, max_relay)
 
 
 def _str_item(v: Any, key: str) -> str:
@@ -532,7 +577,8 @@ def _parse_config(raw: Any) -> Config:
     version = root.get_str("version", "")
     if version != "v1":
         raise ConfigError("version", f"{version!r} is not supported (only v1)")
-    admin = _parse_admin(root.get("admin"), "admin")
+    warnings: list[str] = []
+    admin = _parse_admin(root.get("admin"), "admin", warnings)
     auth = _parse_auth(root.get("auth"), "auth")
     listeners = root.items("listeners", _parse_listener)
     clusters = root.items("clusters", _parse_cluster)
@@ -561,7 +607,13 @@ def _parse_config(raw: Any) -> Config:
                               f"{lis.address}:{lis.port} is also used by listeners"
                               f"[{seen[where]}]")
         seen[where] = i
-    return Config(version, admin, auth, listeners, clusters, stats, turn, signaling)
+    for i, lis in enumerate(listeners):
+        lo, hi = lis.relay_port_range(turn)
+        if lo > hi:
+            raise ConfigError(f"listeners[{i}].min_relay_port",
+                              f"relay port range {lo}-{hi} is empty (with turn.min_port/max_port)")
+    return Config(version, admin, auth, listeners, clusters, stats, turn, signaling,
+                  tuple(warnings))
 
 
 def _check_unique(names: list[str], key: str) -> None:

@@ -96,6 +96,7 @@ class SignalingConfig:
     geoip_file: str = ""  # [geoip] url as a local path; "" = no database
     geoip_overrides: tuple[tuple[GeoNetwork, str], ...] = ()  # [geoip-overrides]
     max_connections_per_ip: int = 1000  # http.max_connections_per_ip; 0 = no cap
+    listen_key: str = "signaling.http.listen"  # the key `host`/`port` came from, for errors
 
     @property
     def listen_display(self) -> str:
@@ -174,7 +175,9 @@ def parse_signaling(raw: Any, key: str) -> SignalingConfig:
             raise ConfigError(s.key("listen"), "give either listen or http.listen, not both")
         listen = s.get_str("listen")
         host, port = _parse_listen(listen, s.key("listen"))
+        listen_key = s.key("listen")
     else:
+        listen_key = http.key("listen")
         s.get("listen")
         host, port = _parse_listen(listen or DEFAULT_LISTEN, http.key("listen"))
     per_ip = http.get_int("max_connections_per_ip", d.max_connections_per_ip, min=0)
@@ -235,6 +238,7 @@ def parse_signaling(raw: Any, key: str) -> SignalingConfig:
         geoip_file=geoip_file,
         geoip_overrides=overrides,
         max_connections_per_ip=per_ip,
+        listen_key=listen_key,
     )
 
 

@@ -117,12 +117,13 @@ class RelayPorts:
             raise
         return sock
 
-    def open(self, family: int, mode: str, bind_ip: str, adv_ip: str
-             ) -> tuple[UdpRelay, UdpRelay | None]:
+    def open(self, family: int, mode: str, bind_ip: str, adv_ip: str,
+             port_range: tuple[int, int] | None = None) -> tuple[UdpRelay, UdpRelay | None]:
         """Bind a relay socket; mode "any", "even" or "pair" (even port + the next one
-        reserved).  OSError when the range is exhausted."""
+        reserved), from `port_range` (a listener's own) or the shared range.  OSError when
+        the range is exhausted."""
         used = self.used[family]
-        lo, hi = self.min_port, self.max_port
+        lo, hi = port_range or (self.min_port, self.max_port)
         span = hi - lo + 1
         start = random.randrange(span)
         tries = 0
@@ -221,18 +222,20 @@ class RelaySockets:
     listener's relay address of the family, and released out of the relay reader's epoll
     set before they close (the fd number may be reused at once)."""
 
-    __slots__ = ("addresses", "epoll", "fds", "pool")
+    __slots__ = ("addresses", "epoll", "fds", "pool", "ranges")
 
     def __init__(self, pool: RelayPorts, epoll: select.epoll, fds: dict[int, Any]) -> None:
         self.pool = pool
         self.epoll = epoll
         self.fds = fds  # the relay reader's registrations: fd -> its entry
         self.addresses: dict[str, dict[int, RelayAddress]] = {}  # listener -> family -> ...
+        self.ranges: dict[str, tuple[int, int]] = {}  # listener -> its relay port range
 
     def open(self, listener: str, family: int, mode: str
              ) -> tuple[RelayEndpoint, RelayEndpoint | None]:
         where = self.addresses[listener][family]
-        return self.pool.open(family, mode, where.bind, where.advertised)
+        return self.pool.open(family, mode, where.bind, where.advertised,
+                              self.ranges.get(listener))
 
     def release(self, endpoint: RelayEndpoint) -> None:
         assert isinstance(endpoint, UdpRelay)
@@ -346,10 +349,10 @@ class Gateway:
 
     def bind_listeners(self) -> None:
         cfg = self.config
-        for lis in cfg.listeners:
+        for i, lis in enumerate(cfg.listeners):
             fam = FAMILY_V6 if ":" in lis.address else FAMILY_V4
             if lis.protocol != "TURN-UDP":
-                port = self._bind_stream(lis, fam)
+                port = self._bind_stream(lis, fam, f"listeners[{i}]")
                 self._add_listener(lis, port, "tls" if lis.protocol == "TURN-TLS" else "tcp")
                 continue
             sock = socket.socket(_AF[fam], socket.SOCK_DGRAM)
@@ -362,14 +365,14 @@ class Gateway:
             except OSError as exc:
                 sock.close()
                 raise OSError(
-                    exc.errno, f"listener {lis.name}: cannot bind {lis.address}:{lis.port}: "
-                    f"{exc.strerror}"
+                    exc.errno, f"listeners[{i}].port (listener {lis.name}): cannot bind "
+                    f"{lis.address}:{lis.port}/udp: {exc.strerror}"
                 ) from None
             self.sockets[lis.name] = sock
             self._add_listener(lis, sock.getsockname()[1], "udp")
         self.policy.set_own_addresses(self.own_addresses)
 
-    def _bind_stream(self, lis: ListenerConfig, fam: int) -> int:
+    def _bind_stream(self, lis: ListenerConfig, fam: int, key: str) -> int:
         """A listening TCP socket for a TURN-TCP or TURN-TLS listener; its bound port."""
         ctx = tls_context(lis.cert, lis.key) if lis.protocol == "TURN-TLS" else None
         sock = socket.socket(_AF[fam], socket.SOCK_STREAM)
@@ -383,8 +386,8 @@ class Gateway:
         except OSError as exc:
             sock.close()
             raise OSError(
-                exc.errno, f"listener {lis.name}: cannot bind {lis.address}:{lis.port}/tcp: "
-                f"{exc.strerror}"
+                exc.errno, f"{key}.port (listener {lis.name}): cannot bind "
+                f"{lis.address}:{lis.port}/tcp: {exc.strerror}"
             ) from None
         self.stream_sockets[lis.name] = (trio.socket.from_stdlib_socket(sock), ctx)
         return int(sock.getsockname()[1])
@@ -396,6 +399,7 @@ class Gateway:
         if not relays:
             log.warning("listener %s: no relay address; set turn.relay_address", lis.name)
         self.relay_sockets.addresses[lis.name] = relays
+        self.relay_sockets.ranges[lis.name] = lis.relay_port_range(cfg.turn)
         self.server.add_listener(lis.name, frozenset(relays), transport)
         self.bound_ports[lis.name] = port
 

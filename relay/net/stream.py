@@ -39,6 +39,7 @@ from typing import Protocol
 
 import trio
 
+from relay.config.tls import load_cert_chain
 from relay.net.forward import forward_channel_data, forward_send_indication
 from relay.stun.framing import FramingError, StreamFramer
 from relay.turn.allocation import Address, Allocation
@@ -63,7 +64,7 @@ def tls_context(cert: str, key: str) -> ssl.SSLContext:
     """The server-side TLS context of a TURN-TLS listener (TLS 1.2 or later)."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert, key)
+    load_cert_chain(ctx, cert, key, "cert", "key")  # file path or inline (base64) PEM
     return ctx
 
 

@@ -26,7 +26,7 @@ from urllib.parse import unquote
 
 import h11
 import trio
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from wsproto.connection import Connection as WsProto
 from wsproto.connection import ConnectionState, ConnectionType
 from wsproto.events import (
@@ -312,6 +312,11 @@ class SignalingServer:
         self.runtime = runtime
         self.hub = hub
         self.turn_servers = turn_servers  # relay's own TURN URIs, once the gateway is bound
+        # This port's /metrics: the signaling families only.  The TURN, process and relay_
+        # families are served once, on admin.metrics_endpoint, so scraping both ports never
+        # counts a family twice.
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(SignalingCollector(hub.stats, hub.gauges))
         self.config = signaling_config(runtime)
         self._head: set[h11.Connection] = set()  # connections answering a HEAD request
         self.common_headers = [
@@ -426,7 +431,7 @@ class SignalingServer:
             stats = json.dumps(self.hub.stats_json()).encode() + b"\n"
             return await self._respond(stream, conn, 200, stats, b"application/json")
         return await self._respond(
-            stream, conn, 200, generate_latest(self.runtime.registry), METRICS_CONTENT_TYPE
+            stream, conn, 200, generate_latest(self.registry), METRICS_CONTENT_TYPE
         )
 
     async def _room_request(
@@ -599,7 +604,7 @@ def signaling_config(runtime: Runtime) -> SignalingConfig:
 def build(
     runtime: Runtime, backend: BackendRequester | None = None
 ) -> tuple[Hub, BackendClient | None]:
-    """The hub wired to a backend client and the metrics registry of `runtime`."""
+    """The hub wired to a backend client."""
     cfg = signaling_config(runtime)
     stats = SignalingStats()
     client: BackendClient | None = None
@@ -615,7 +620,6 @@ def build(
     except (OSError, ValueError, RuntimeError) as exc:  # not an .mmdb: InvalidDatabaseError
         raise ConfigError("signaling.geoip.url", f"cannot read the database: {exc}") from None
     hub = Hub(cfg, backend, stats, version=runtime.version, geoip=geoip)
-    runtime.registry.register(SignalingCollector(stats, hub.gauges))
     return hub, client
 
 
@@ -630,7 +634,11 @@ async def serve_signaling(
     the gateway is bound; used when `signaling.turn.servers` is empty)."""
     cfg = signaling_config(runtime)
     hub, client = build(runtime)
-    listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.host)
+    try:
+        listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.host)
+    except OSError as exc:  # a port in use, an address not on this host: say which
+        raise ConfigError(cfg.listen_key, f"cannot listen on {cfg.listen_display}: "
+                          f"{exc.strerror or exc}") from None
     server = SignalingServer(runtime, hub, turn_servers)
     port = listeners[0].socket.getsockname()[1]
     try:

@@ -5,7 +5,7 @@ Sans-IO: every decision takes `now` (seconds since the epoch) from the caller.
 * `static`: a fixed list of users; the key is MD5(user:realm:OpaqueString(password)).
 * `ephemeral` (TURN REST API, draft-uberti-behave-turn-rest-00, STUNner's reading): the
   username is ``<expiry>:<user>`` (the first colon-separated field that is an integer is the
-  expiry, so ``<user>:<expiry>`` and a bare ``<expiry>`` work too); the password is
+  expiry, so ``<user>:<expiry>``, ``<expiry>:`` and a bare ``<expiry>`` work too); the password is
   base64(HMAC-SHA1(secret, username)).  Several secrets may be configured so a secret can be
   rotated without dropping clients: each one is tried.
 * `none`: STUN only; TURN requests are refused.
@@ -53,12 +53,12 @@ class AuthRefused(Exception):
 def parse_rest_username(username: str) -> tuple[int, str]:
     """(expiry timestamp, user id) of a TURN REST API username; AuthRefused if malformed.
 
-    The first field made only of ASCII digits is the expiry; the other fields, joined with
-    ``:``, are the user id (empty for a bare timestamp).  Empty fields, a zero timestamp and
-    more than 12 digits are malformed."""
+    STUNner's reading: the first field (split on ``:``) made only of ASCII digits is the
+    expiry; the other fields, joined with ``:``, are the user id.  Other fields may be empty,
+    so ``<expiry>:`` (what STUNner's auth service issues without a user id) is valid; its
+    user id is empty and the whole username is then the quota identity.  A zero timestamp
+    and more than 12 digits are malformed."""
     fields = username.split(":")
-    if len(fields) > 4 or any(not f for f in fields):
-        raise AuthRefused("malformed_username")
     for i, field in enumerate(fields):
         if field.isascii() and field.isdigit():
             if len(field) > _MAX_TS_DIGITS:
@@ -66,7 +66,7 @@ def parse_rest_username(username: str) -> tuple[int, str]:
             ts = int(field)
             if ts == 0:
                 raise AuthRefused("malformed_username")
-            return ts, ":".join(fields[:i] + fields[i + 1 :])
+            return ts, ":".join(f for f in fields[:i] + fields[i + 1 :] if f)
     raise AuthRefused("malformed_username")
 
 

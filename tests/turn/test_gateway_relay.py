@@ -525,8 +525,8 @@ async def test_a_failed_start_releases_what_it_had_bound() -> None:
                     raise AssertionError("relay started with a listener port in use")
             except* OSError as group:
                 errors = [str(e) for e in _leaves(group)]
-        assert errors == [f"[Errno {errno.EADDRINUSE}] listener second: cannot bind "
-                          f"127.0.0.1:{port}: {os.strerror(errno.EADDRINUSE)}"]
+        assert errors == [f"[Errno {errno.EADDRINUSE}] listeners[1].port (listener second): "
+                          f"cannot bind 127.0.0.1:{port}/udp: {os.strerror(errno.EADDRINUSE)}"]
         assert open_fds() == before
 
 

@@ -342,6 +342,10 @@ class SignalingServer:
                         continue
                     if isinstance(event, h11.Request):
                         request = event
+                        if head_size(event) > MAX_HEADER_BYTES:  # whole but too large
+                            await self._error(
+                                stream, conn, 431, "Request Header Fields Too Large")
+                            return
                         if _declared_length(event) > MAX_BODY_BYTES:  # refused unread
                             await self._error(stream, conn, 413, "Request Entity Too Large")
                             return
@@ -521,6 +525,15 @@ class SignalingServer:
         ws = WsProto(ConnectionType.SERVER, extensions=None, trailing_data=bytes(trailing))
         await WsConnection(stream, ws, self.hub, self.config).run()
         return False
+
+
+def head_size(req: h11.Request) -> int:
+    """Bytes of the request line and header fields as sent (h11 only bounds a head that
+    arrives in pieces; one that arrives whole is measured here)."""
+    size = len(req.method) + len(req.target) + 12  # "M T HTTP/1.1\r\n"
+    for name, value in req.headers:
+        size += len(name) + len(value) + 4  # "name: value\r\n"
+    return size
 
 
 def _declared_length(req: h11.Request) -> int:

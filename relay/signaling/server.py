@@ -44,7 +44,8 @@ from relay.signaling import room_api
 from relay.signaling.backend import BackendClient, BackendRequester
 from relay.signaling.hub import Hub
 from relay.signaling.metrics import SignalingCollector, SignalingStats
-from relay.signaling.protocol import FEATURES
+from relay.signaling.protocol import FEATURES, error_message
+from relay.signaling.ratelimit import TOO_MANY_REQUESTS, MessageRate, RateVerdict
 
 log = logging.getLogger("relay.signaling")
 
@@ -58,6 +59,7 @@ CLOSE_TIMEOUT = 2.0  # to wait for the peer's close frame
 SEND_QUEUE_BYTES = 4 * 1024 * 1024  # queued for one client before it counts as too slow
 READ_CHUNK = 65536
 FAIR_READS = 16  # consecutive reads on one socket before yielding to other tasks
+FAIR_MESSAGES = 8  # messages handled from one read before yielding to other tasks
 METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 CLOSE_PROTOCOL_ERROR = 1002
@@ -92,6 +94,7 @@ class WsConnection:
         self._peer_closed = trio.Event()
         self._parts: list[str] = []  # text of a fragmented message so far
         self._size = 0
+        self._rate = MessageRate(config.message_rate, config.message_burst)
 
     # hub-facing
     def send_text(self, text: str) -> None:
@@ -186,6 +189,7 @@ class WsConnection:
     async def _handle_events(self) -> bool:
         """Act on the frames wsproto has parsed; False once the connection is done."""
         limit = self.config.max_message_size
+        handled = 0
         try:
             events = list(self.ws.events())
         except RemoteProtocolError:
@@ -203,6 +207,17 @@ class WsConnection:
                     continue
                 nbytes, self._size = self._size, 0
                 self.stats.messages_in += 1
+                handled += 1
+                if handled % FAIR_MESSAGES == 0:
+                    await trio.lowlevel.checkpoint()  # the media path runs between batches
+                    if self._close is not None:
+                        return False
+                verdict = self._rate.take(trio.current_time())
+                if verdict is not RateVerdict.OK:
+                    self._parts = []
+                    if not self._refuse(verdict):
+                        return False
+                    continue
                 if isinstance(event, BytesMessage):
                     self.stats.bytes_in += nbytes
                     self.hub.receive_binary(self)
@@ -232,6 +247,18 @@ class WsConnection:
                 self._peer_closed.set()
                 self.close(event.code, "")
                 return False
+        return True
+
+    def _refuse(self, verdict: RateVerdict) -> bool:
+        """A message over the rate limit, dropped unhandled: answer `too_many_requests`
+        once per run; close 1008 when the client sends through it. False once closing."""
+        self.stats.messages_ratelimited += 1
+        if verdict is RateVerdict.CLOSE:
+            self.stats.ratelimit_closed += 1
+            self.close(CLOSE_POLICY, "too many messages")
+            return False
+        if verdict is RateVerdict.REFUSE:
+            self.send_text(json.dumps(error_message(None, *TOO_MANY_REQUESTS)))
         return True
 
     def _pong(self, payload: bytes) -> None:

@@ -7,10 +7,12 @@ messages, so one session could keep the single event loop busy and slow the TURN
 path beside it.  relay adds a token bucket per connection:
 
 * each message takes a token; tokens refill at `rate` per second up to `burst`;
-* a message without a token is dropped unhandled and answered with `too_many_requests`
-  (once per run of refused messages, so the flood is not echoed back);
-* a client that keeps sending through that answer (another `burst` of messages refused in
-  a row) is closed with 1008 (policy violation): it reconnects and says hello again.
+* a message without a token is dropped unhandled and adds one to the client's debt, which
+  drains at `rate` per second like the tokens refill; the first refusal from a clean slate
+  (no debt) is answered with `too_many_requests`, the rest are dropped quietly, so the
+  flood is not echoed back;
+* a client whose debt passes `burst` (it sends through that answer, faster than the rate,
+  for long) is closed with 1008 (policy violation): it reconnects and says hello again.
 
 Talk sends a few messages a second per peer in a call (offers, answers, candidates,
 control) and bursts at call start; the defaults (`clients.messagerate: 100`,
@@ -40,10 +42,10 @@ class MessageRate:
     """A token bucket: `take(now)` for each message a client sends."""
 
     rate: float  # tokens per second
-    burst: int  # bucket size; also the refused run that closes the connection
+    burst: int  # bucket size; also the debt that closes the connection
     tokens: float = attrs.field(init=False)
     stamp: float = attrs.field(init=False, default=float("-inf"))
-    refused: int = attrs.field(init=False, default=0)  # in a row, since the last accepted
+    debt: float = attrs.field(init=False, default=0.0)  # refused messages, draining
 
     def __attrs_post_init__(self) -> None:
         self.tokens = float(self.burst)
@@ -52,13 +54,15 @@ class MessageRate:
         if self.rate <= 0:
             return RateVerdict.OK  # 0 turns the limit off
         if now > self.stamp:
-            self.tokens = min(float(self.burst), self.tokens + (now - self.stamp) * self.rate)
+            gained = (now - self.stamp) * self.rate
+            self.tokens = min(float(self.burst), self.tokens + gained)
+            self.debt = max(0.0, self.debt - gained)
             self.stamp = now
         if self.tokens >= 1.0:
             self.tokens -= 1.0
-            self.refused = 0
             return RateVerdict.OK
-        self.refused += 1
-        if self.refused > self.burst:
+        clean = self.debt == 0.0  # fully paid since the last refusal
+        self.debt += 1.0
+        if self.debt > self.burst:
             return RateVerdict.CLOSE
-        return RateVerdict.REFUSE if self.refused == 1 else RateVerdict.REFUSE_QUIETLY
+        return RateVerdict.REFUSE if clean else RateVerdict.REFUSE_QUIETLY

@@ -190,12 +190,17 @@ class WsConnection:
         """Act on the frames wsproto has parsed; False once the connection is done."""
         limit = self.config.max_message_size
         handled = 0
-        try:
-            events = list(self.ws.events())
-        except RemoteProtocolError:
-            self.close(CLOSE_PROTOCOL_ERROR, "protocol error")
-            return False
-        for event in events:
+        # Frames are parsed one at a time, not all of a 64 KiB read up front, so a yield
+        # every FAIR_MESSAGES messages really bounds the work between two media passes.
+        events = self.ws.events()
+        while True:
+            try:
+                event = next(events)
+            except StopIteration:
+                return True
+            except RemoteProtocolError:
+                self.close(CLOSE_PROTOCOL_ERROR, "protocol error")
+                return False
             if isinstance(event, Message):
                 self._size += len(event.data)
                 if self._size > limit:
@@ -247,7 +252,6 @@ class WsConnection:
                 self._peer_closed.set()
                 self.close(event.code, "")
                 return False
-        return True
 
     def _refuse(self, verdict: RateVerdict) -> bool:
         """A message over the rate limit, dropped unhandled: answer `too_many_requests`

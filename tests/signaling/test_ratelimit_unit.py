@@ -11,8 +11,8 @@ def test_burst_then_refill_at_the_rate() -> None:
     assert r.take(100.0) is RateVerdict.REFUSE  # answered once ...
     assert r.take(100.0) is RateVerdict.REFUSE_QUIETLY  # ... then dropped quietly
     assert r.take(100.25) is RateVerdict.OK  # 0.25 s at 4/s: one token
-    assert r.take(100.25) is RateVerdict.REFUSE  # a new run is answered again
-    assert [r.take(110.0) for _ in range(6)].count(RateVerdict.OK) == 5  # capped at burst
+    assert r.take(100.25) is RateVerdict.REFUSE_QUIETLY  # the debt (1 of 2) is not paid
+    assert [r.take(110.0) for _ in range(6)] == [RateVerdict.OK] * 5 + [RateVerdict.REFUSE]
 
 
 def test_a_client_sending_through_the_refusal_is_closed() -> None:
@@ -21,17 +21,27 @@ def test_a_client_sending_through_the_refusal_is_closed() -> None:
     assert verdicts[:3] == [RateVerdict.OK] * 3
     assert verdicts[3] is RateVerdict.REFUSE
     assert verdicts[4:6] == [RateVerdict.REFUSE_QUIETLY] * 2
-    assert verdicts[6] is RateVerdict.CLOSE  # a burst's worth refused in a row
+    assert verdicts[6] is RateVerdict.CLOSE  # more than a burst refused, unpaid
 
 
-def test_an_accepted_message_ends_the_refused_run() -> None:
-    r = MessageRate(rate=1, burst=2)
-    r.take(0.0), r.take(0.0)
-    assert r.take(0.0) is RateVerdict.REFUSE
-    assert r.take(0.0) is RateVerdict.REFUSE_QUIETLY
-    assert r.take(1.0) is RateVerdict.OK
-    assert r.refused == 0
-    assert r.take(1.0) is RateVerdict.REFUSE
+def test_a_flood_is_closed_although_tokens_trickle_in() -> None:
+    """10,000 messages/s against 100/s: the accepted trickle does not reset the debt."""
+    r = MessageRate(rate=100, burst=500)
+    now, verdicts = 0.0, []
+    while not verdicts or verdicts[-1] is not RateVerdict.CLOSE:
+        now += 0.0001
+        verdicts.append(r.take(now))
+        assert len(verdicts) < 10_000, "never closed"
+    assert verdicts.count(RateVerdict.REFUSE) == 1
+    assert 500 <= verdicts.count(RateVerdict.OK) < 700
+
+
+def test_a_client_slightly_over_the_rate_is_limited_not_closed() -> None:
+    r = MessageRate(rate=10, burst=20)
+    verdicts = [r.take(i * 0.08) for i in range(1000)]  # 12.5/s for 80 s
+    assert RateVerdict.CLOSE not in verdicts
+    assert RateVerdict.REFUSE_QUIETLY in verdicts or RateVerdict.REFUSE in verdicts
+    assert verdicts.count(RateVerdict.OK) < 1000
 
 
 def test_rate_zero_turns_the_limit_off() -> None:

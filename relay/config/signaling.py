@@ -15,6 +15,8 @@ server.conf sections map to nested keys, so existing settings carry over::
           - {id: nc1, urls: ["https://cloud.example.com/"], secret: "...", sessionlimit: 0}
       clients:
         internalsecret: "..."           # [clients] internalsecret (internal clients)
+        messagerate: 100                # relay: messages/s per connection (0: no limit)
+        messageburst: 500               # relay: bucket size of that limit
       sessions:
         hashkey: "..."                  # [sessions] hashkey/blockkey: accepted, unused
         blockkey: "..."                 # (session ids are random, not encoded)
@@ -90,6 +92,8 @@ class SignalingConfig:
     ping_interval: float = 54.0
     room_ping_interval: float = 10.0
     max_pending: int = 512  # messages queued for a session while its socket is gone
+    message_rate: float = 100.0  # [clients] messagerate: messages/s per connection; 0 = off
+    message_burst: int = 500  # [clients] messageburst (relay/signaling/ratelimit.py)
     federation_timeout: float = 10.0  # [federation] timeout
     federation_skip_verify: bool = False  # [federation] skipverify
     turn: TurnRestConfig | None = None  # [turn]; None: /turn/credentials answers 404
@@ -204,6 +208,8 @@ def parse_signaling(raw: Any, key: str) -> SignalingConfig:
 
     clients = s.section("clients")
     internal_secret = clients.get_str("internalsecret")
+    message_rate = clients.get_int("messagerate", int(d.message_rate), min=0, max=1_000_000)
+    message_burst = clients.get_int("messageburst", d.message_burst, min=1, max=1_000_000)
     clients.done()
     sess = s.section("sessions")
     hash_key = sess.get_str("hashkey")
@@ -239,6 +245,8 @@ def parse_signaling(raw: Any, key: str) -> SignalingConfig:
         geoip_overrides=overrides,
         max_connections_per_ip=per_ip,
         listen_key=listen_key,
+        message_rate=float(message_rate),
+        message_burst=message_burst,
     )
 
 

@@ -260,4 +260,15 @@ async def serve_connection(host: StreamHost, lis: ListenerState, ctx: ssl.SSLCon
         if conn is not None:
             conn.closed = True
             host.connection_closed(conn)
-        await trio.aclose_forcefully(stream)
+        try:
+            await trio.aclose_forcefully(stream)
+        finally:
+            if stream is not tcp:
+                release_tls(stream)
+
+
+def release_tls(stream: trio.abc.Stream) -> None:
+    """Break the reference cycle a closed `trio.SSLStream` keeps (its handshake guard holds
+    a bound method of the stream), so reference counting frees the stream and OpenSSL's
+    buffers (tens of KB a connection) at once instead of waiting for a full collection."""
+    vars(stream).pop("_handshook", None)

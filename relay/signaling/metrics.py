@@ -56,6 +56,9 @@ class SignalingStats:
     countries: dict[str, int] = attrs.Factory(dict)  # ISO country code
     # relay's own diagnostics (not exported): dropped slow-consumer queues, pending overflow
     slow_clients_closed: int = 0
+    # relay_signaling_client_messages_ratelimited_total: over the per-connection rate
+    messages_ratelimited: int = 0
+    ratelimit_closed: int = 0  # connections closed 1008 for ignoring too_many_requests
     pending_dropped: int = 0
 
     def backend_request_done(self, backend: str, seconds: float, error: str | None) -> None:
@@ -166,6 +169,11 @@ class SignalingCollector(Collector):
         yield GaugeMetricFamily(
             "signaling_backend_current", "The current number of configured backends",
             value=g.backends_current,
+        )
+        yield CounterMetricFamily(
+            "relay_signaling_client_messages_ratelimited_total",
+            "Client messages dropped over the per-connection message rate limit",
+            value=st.messages_ratelimited,
         )
         yield CounterMetricFamily(
             "signaling_hub_sessions_resume_failed_total",

@@ -49,7 +49,8 @@ from relay.signaling.backend import BackendClient, BackendRequester
 from relay.signaling.geoip import GeoIP
 from relay.signaling.hub import Hub
 from relay.signaling.metrics import SignalingCollector, SignalingStats
-from relay.signaling.protocol import FEATURES
+from relay.signaling.protocol import FEATURES, error_message
+from relay.signaling.ratelimit import TOO_MANY_REQUESTS, MessageRate, RateVerdict
 from relay.signaling.turn_credentials import TurnServers
 
 log = logging.getLogger("relay.signaling")
@@ -64,6 +65,7 @@ CLOSE_TIMEOUT = 2.0  # to wait for the peer's close frame
 SEND_QUEUE_BYTES = 4 * 1024 * 1024  # queued for one client before it counts as too slow
 READ_CHUNK = 65536
 FAIR_READS = 16  # consecutive reads on one socket before yielding to other tasks
+FAIR_MESSAGES = 8  # messages handled from one read before yielding to other tasks
 METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 CLOSE_PROTOCOL_ERROR = 1002
@@ -100,6 +102,7 @@ class WsConnection:
         self._peer_closed = trio.Event()
         self._parts: list[str] = []  # text of a fragmented message so far
         self._size = 0
+        self._rate = MessageRate(config.message_rate, config.message_burst)
 
     # hub-facing
     def send_text(self, text: str) -> None:
@@ -194,12 +197,18 @@ class WsConnection:
     async def _handle_events(self) -> bool:
         """Act on the frames wsproto has parsed; False once the connection is done."""
         limit = self.config.max_message_size
-        try:
-            events = list(self.ws.events())
-        except RemoteProtocolError:
-            self.close(CLOSE_PROTOCOL_ERROR, "protocol error")
-            return False
-        for event in events:
+        handled = 0
+        # Frames are parsed one at a time, not all of a 64 KiB read up front, so a yield
+        # every FAIR_MESSAGES messages really bounds the work between two media passes.
+        events = self.ws.events()
+        while True:
+            try:
+                event = next(events)
+            except StopIteration:
+                return True
+            except RemoteProtocolError:
+                self.close(CLOSE_PROTOCOL_ERROR, "protocol error")
+                return False
             if isinstance(event, Message):
                 self._size += len(event.data)
                 if self._size > limit:
@@ -211,6 +220,17 @@ class WsConnection:
                     continue
                 nbytes, self._size = self._size, 0
                 self.stats.messages_in += 1
+                handled += 1
+                if handled % FAIR_MESSAGES == 0:
+                    await trio.lowlevel.checkpoint()  # the media path runs between batches
+                    if self._close is not None:
+                        return False
+                verdict = self._rate.take(trio.current_time())
+                if verdict is not RateVerdict.OK:
+                    self._parts = []
+                    if not self._refuse(verdict):
+                        return False
+                    continue
                 if isinstance(event, BytesMessage):
                     self.stats.bytes_in += nbytes
                     self.hub.receive_binary(self)
@@ -240,6 +260,17 @@ class WsConnection:
                 self._peer_closed.set()
                 self.close(event.code, "")
                 return False
+
+    def _refuse(self, verdict: RateVerdict) -> bool:
+        """A message over the rate limit, dropped unhandled: answer `too_many_requests`
+        once per run; close 1008 when the client sends through it. False once closing."""
+        self.stats.messages_ratelimited += 1
+        if verdict is RateVerdict.CLOSE:
+            self.stats.ratelimit_closed += 1
+            self.close(CLOSE_POLICY, "too many messages")
+            return False
+        if verdict is RateVerdict.REFUSE:
+            self.send_text(json.dumps(error_message(None, *TOO_MANY_REQUESTS)))
         return True
 
     def _pong(self, payload: bytes) -> None:
@@ -359,6 +390,10 @@ class SignalingServer:
                         continue
                     if isinstance(event, h11.Request):
                         request = event
+                        if head_size(event) > MAX_HEADER_BYTES:  # whole but too large
+                            await self._error(
+                                stream, conn, 431, "Request Header Fields Too Large")
+                            return
                         if _declared_length(event) > MAX_BODY_BYTES:  # refused unread
                             await self._error(stream, conn, 413, "Request Entity Too Large")
                             return
@@ -577,6 +612,15 @@ def _reason(status: int) -> bytes:
         return http.HTTPStatus(status).phrase.encode()
     except ValueError:
         return b""
+
+
+def head_size(req: h11.Request) -> int:
+    """Bytes of the request line and header fields as sent (h11 only bounds a head that
+    arrives in pieces; one that arrives whole is measured here)."""
+    size = len(req.method) + len(req.target) + 12  # "M T HTTP/1.1\r\n"
+    for name, value in req.headers:
+        size += len(name) + len(value) + 4  # "name: value\r\n"
+    return size
 
 
 def _declared_length(req: h11.Request) -> int:

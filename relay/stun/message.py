@@ -33,6 +33,7 @@ from relay.stun.constants import (
 
 __all__ = [
     "Message",
+    "TooManyAttributes",
     "decode",
     "has_fingerprint",
     "integrity_kind",
@@ -273,8 +274,15 @@ def _bad(why: str) -> StunDecodeError:
     return StunDecodeError(why)
 
 
-def decode(data: bytes | bytearray | memoryview) -> Message:
-    """Decode one STUN message that fills ``data`` exactly. Raises StunDecodeError only."""
+class TooManyAttributes(StunDecodeError):
+    """More attributes than the caller's bound: the message was not decoded further."""
+
+
+def decode(data: bytes | bytearray | memoryview, max_attributes: int | None = None) -> Message:
+    """Decode one STUN message that fills ``data`` exactly. Raises StunDecodeError only.
+
+    With ``max_attributes``, a message carrying more attributes raises `TooManyAttributes`
+    before any of them is decoded: the work spent on a hostile message stays bounded."""
     if type(data) is not bytes:
         data = bytes(data)
     n = len(data)
@@ -290,6 +298,8 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
     if length + HEADER_SIZE != n:
         raise _bad(f"STUN length {length} does not match the {n - HEADER_SIZE} bytes present")
     method, cls = split_type(mtype)
+    if max_attributes is not None and length > 4 * max_attributes:
+        _count_attributes(data, max_attributes)
     attributes: list[Attribute] = []
     append = attributes.append
     decoders = DECODERS
@@ -325,6 +335,20 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
     msg = Message(method, cls, tid, attributes, data)
     msg.integrity_offset = mi_at
     return msg
+
+
+def _count_attributes(data: bytes, limit: int) -> None:
+    """Raise TooManyAttributes if ``data`` holds more than ``limit`` attributes (a walk of
+    at most ``limit + 1`` type-length headers; nothing is decoded)."""
+    n = len(data)
+    pos = HEADER_SIZE
+    count = 0
+    while pos + 4 <= n:
+        count += 1
+        if count > limit:
+            raise TooManyAttributes(f"more than {limit} attributes")
+        alen = data[pos + 2] << 8 | data[pos + 3]
+        pos += 4 + alen + (-alen & 3)
 
 
 def is_stun(data: bytes | bytearray | memoryview) -> bool:

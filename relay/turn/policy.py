@@ -1,13 +1,15 @@
 """Peer policy: which peers a listener may relay to (STUNner's clusters), safe by default.
 
 A peer is admitted when it lies in an endpoint of some cluster on the listener's `routes`
-(network and, at send time, port range).  Dangerous targets are refused even inside a broad
-cluster such as 0.0.0.0/0 — loopback, unspecified, link-local (cloud metadata), multicast,
-reserved, broadcast, IPv6 ULA / site-local — after unwrapping every IPv4-in-IPv6 form
-(::ffff:a.b.c.d, ::a.b.c.d, 64:ff9b::/96, 2002::/16).  A dangerous range is admitted only
-through a cluster endpoint that lies entirely inside it: an operator who writes
-`127.0.0.1/32` means it.  relay's own listener, metrics, health and signaling ports are
-refused always.
+(network and, at send time, port range).  One rule for both families: a broad cluster such
+as 0.0.0.0/0 or ::/0 reaches public peers only.  Every non-public range is refused inside
+it — loopback, unspecified, link-local (cloud metadata), multicast, reserved, broadcast, and
+the private ranges: 10/8, 172.16/12, 192.168/16, 100.64/10 (carrier-grade NAT), 198.18/15
+(benchmarking), IPv6 ULA fc00::/7 and site-local fec0::/10 — after unwrapping every
+IPv4-in-IPv6 form (::ffff:a.b.c.d, SIIT's ::ffff:0:a.b.c.d, ::a.b.c.d, 64:ff9b::/96,
+2002::/16).  Such a range is admitted only through a cluster endpoint that lies entirely
+inside it: an operator who writes `10.0.0.0/8` or `127.0.0.1/32` means it.  relay's own
+listener, metrics, health and signaling ports are refused always.
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ DANGEROUS: tuple[tuple[IPNetwork, str], ...] = (
     (_V4("224.0.0.0/4"), "multicast"),
     (_V4("255.255.255.255/32"), "broadcast"),
     (_V4("240.0.0.0/4"), "reserved"),
+    (_V4("10.0.0.0/8"), "private"),
+    (_V4("172.16.0.0/12"), "private"),
+    (_V4("192.168.0.0/16"), "private"),
+    (_V4("100.64.0.0/10"), "private"),  # shared address space (RFC 6598): behind a CGN
+    (_V4("198.18.0.0/15"), "reserved"),  # benchmarking (RFC 2544)
     (_V6("::1/128"), "loopback"),
     (_V6("::/128"), "unspecified"),
     (_V6("fe80::/10"), "link_local"),
@@ -42,6 +49,7 @@ DANGEROUS: tuple[tuple[IPNetwork, str], ...] = (
 )
 
 _MAPPED = _V6("::ffff:0:0/96")
+_TRANSLATED = _V6("::ffff:0:0:0/96")  # SIIT's IPv4-translated form (RFC 7915, RFC 2765)
 _COMPAT = _V6("::/96")
 _NAT64 = _V6("64:ff9b::/96")
 _SIX_TO_FOUR = _V6("2002::/16")
@@ -50,7 +58,7 @@ _SIX_TO_FOUR = _V6("2002::/16")
 def canonical_ip(ip: IPAddress) -> IPAddress:
     """Unwrap IPv4 addresses embedded in IPv6 so policy sees what the kernel would reach."""
     if isinstance(ip, ipaddress.IPv6Address):
-        if ip in _MAPPED:
+        if ip in _MAPPED or ip in _TRANSLATED:
             return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
         if ip in _COMPAT and int(ip) > 1:  # :: and ::1 are IPv6 themselves
             return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
@@ -187,10 +195,10 @@ class PeerPolicy:
                         best = Verdict(cluster.name, any_port=full)
         if best is not None:
             return best
-        if danger is not None:
-            return Verdict(None, danger[0])
         if saw_network:
             return Verdict(None, "port_not_allowed")
+        if danger is not None:
+            return Verdict(None, danger[0])
         return Verdict(None, "no_route")
 
     def _may_be_own(self, ip: IPAddress) -> bool:

@@ -84,6 +84,15 @@ CHANNEL_MAX_RFC5766 = 0x7FFF
 QUARANTINE = 300.0  # RFC 8656 §12: no re-pairing for 5 minutes after a channel expires
 RESERVATION_LIFETIME = 30.0
 
+# Bounds on the work one message may cost before it is authenticated (README, "Message
+# bounds").  The largest request a client can build within RFC 8489's field limits
+# (USERNAME < 513, REALM, NONCE and SOFTWARE < 763 bytes each, both integrity attributes,
+# FINGERPRINT and the TURN attributes) is under 3.2 KB; browsers send 100-300 bytes, and
+# RFC 8489 §6.2.1 asks UDP senders to stay under the path MTU (576 bytes unless known).
+MAX_UDP_REQUEST = 4096  # larger datagrams are dropped unread (RFC 8489 §6.3: discard)
+MAX_ATTRIBUTES = 64  # more: 400, nothing decoded (a full Allocate carries about 12)
+MAX_PEERS_PER_REQUEST = 32  # XOR-PEER-ADDRESS in one CreatePermission: more get 400
+
 METHOD_NAMES = {
     Method.BINDING: "binding",
     Method.ALLOCATE: "allocate",
@@ -196,8 +205,11 @@ class TurnServer:
     def _handle(
         self, lis: ListenerState, client: Address, data: bytes, now: float, wall: float
     ) -> bytes | None:
+        if len(data) > MAX_UDP_REQUEST and lis.transport == "udp":
+            self.stats.drops["too_large"] += 1
+            return None
         try:
-            msg = decode(data)
+            msg = decode(data, MAX_ATTRIBUTES)
         except StunDecodeError:
             self.stats.drops["malformed"] += 1
             return self._bad_header_reply(data)
@@ -532,6 +544,8 @@ class TurnServer:
         peers = msg.get_all(XorPeerAddress)
         if not peers:
             raise _Reply(400, "XOR-PEER-ADDRESS is required")
+        if len(peers) > MAX_PEERS_PER_REQUEST:
+            raise _Reply(400, f"more than {MAX_PEERS_PER_REQUEST} XOR-PEER-ADDRESS")
         admitted = [(p.ip, *self._admit(lis, alloc, p, with_port=False)) for p in peers]
         new = {ip for ip, _, _ in admitted if ip not in alloc.permissions}
         if len(alloc.permissions) + len(new) > self.turn.max_permissions:

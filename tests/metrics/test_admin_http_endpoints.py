@@ -366,3 +366,20 @@ async def test_lifespan_scope_is_answered(make_config: Callable[..., Config],
         await app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
     assert [m["type"] for m in sent] == ["lifespan.startup.complete",
                                          "lifespan.shutdown.complete"]
+
+
+@pytest.mark.parametrize("size", [20_000, 60_000])
+async def test_whole_header_block_over_16_kib_gets_431(
+    start_admin: Any, make_config: Callable[..., Config], size: int
+) -> None:
+    """A head that arrives complete is refused as well (hypercorn alone bounds only one
+    still incomplete), on the health and the metrics socket alike."""
+    adm = await start_admin(make_config())
+    with trio.fail_after(10):
+        for name, path in (("health", "/live"), ("metrics", "/metrics")):
+            r = await get(adm.url(name, path), headers={"X-Big": "a" * size})
+            assert r.status_code == 431
+            many = {f"X-H{i}": "b" * 1000 for i in range(size // 1000)}
+            assert (await get(adm.url(name, path), headers=many)).status_code == 431
+            r = await get(adm.url(name, path), headers={"X-Big": "a" * 15_000})
+            assert r.status_code == 200

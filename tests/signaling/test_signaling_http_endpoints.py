@@ -159,3 +159,17 @@ async def test_frames_pipelined_with_the_upgrade_are_handled(server: Any) -> Non
         assert [m["type"] for m in texts] == ["welcome", "hello"]
         assert texts[1]["hello"]["userid"] == "pipelined"
         await s.aclose()
+
+
+async def test_whole_header_block_over_16_kib_gets_431(server: Any) -> None:
+    """A head that arrives complete in one write is measured too (h11 alone bounds only
+    a head still incomplete), in one big field or in many small ones."""
+    with trio.fail_after(15):
+        for size in (20_000, 60_000):
+            r = await _get(server, "/api/v1/welcome", headers={"X-Big": "a" * size})
+            assert r.status_code == 431
+            many = {f"X-H{i}": "b" * 1000 for i in range(size // 1000)}
+            r = await _get(server, "/api/v1/welcome", headers=many)
+            assert r.status_code == 431
+        r = await _get(server, "/api/v1/welcome", headers={"X-Big": "a" * 15_000})
+        assert r.status_code == 200

@@ -232,19 +232,22 @@ async def test_flood_of_malformed_datagrams_is_dropped_and_binding_still_answere
                 # Oversized datagrams (far beyond any MTU), one STUN-looking, one ChannelData.
                 big = [b"\x00\x01\xff\xfc" + cookie + os.urandom(12) + bytes(65472),
                        b"\x40\x00\xff\xff" + bytes(65000)]  # length 65535 > payload
-                for i, d in enumerate(big, 1):
-                    await deliver(lambda d=d: c.send_raw(d),
-                                  lambda i=i: drops["malformed"] == before["malformed"] + 58 + i,
-                                  "an oversized datagram")
+                # The STUN one is over the UDP request bound: dropped unread, as too large.
+                await deliver(lambda: c.send_raw(big[0]),
+                              lambda: drops["too_large"] == before["too_large"] + 1,
+                              "an oversized STUN datagram")
+                await deliver(lambda: c.send_raw(big[1]),
+                              lambda: drops["malformed"] == before["malformed"] + 58 + 1,
+                              "an oversized ChannelData datagram")
                 await binding(c)
-                assert drops["malformed"] == before["malformed"] + 50 + 8 + 2
+                assert drops["malformed"] == before["malformed"] + 50 + 8 + 1
 
                 # ChannelData: unbound channel, length past the end, a header only, reserved.
                 await batch([encode_channel_data(0x4001, b"unbound")] * 10)
                 assert drops["unbound_channel"] == before["unbound_channel"] + 10
                 await batch([b"\x40\x00\x00\x10" + b"short"] * 10 + [b"\x40\x00"] * 5
                             + [b"\x50\x00\x00\x04abcd", b"\xff\xff\x00\x04abcd"])
-                assert drops["malformed"] == before["malformed"] + 60 + 10 + 5 + 2
+                assert drops["malformed"] == before["malformed"] + 59 + 10 + 5 + 2
 
                 # From a 5-tuple without an allocation.
                 for _ in range(7):

@@ -32,6 +32,8 @@ def policy(clusters: list[dict[str, Any]] | None = None, routes: tuple[str, ...]
     ("2002:a9fe:a9fe:1234::1", "169.254.169.254"),
     ("::ffff:169.254.169.254", "169.254.169.254"),
     ("::ffff:0.0.0.0", "0.0.0.0"),
+    ("::ffff:0:a9fe:a9fe", "169.254.169.254"),  # SIIT IPv4-translated (RFC 7915)
+    ("::ffff:0:7f00:1", "127.0.0.1"),
     ("::", "::"),  # IPv6 unspecified and loopback are not IPv4-compatible forms
     ("::1", "::1"),
     ("2001:db8::1", "2001:db8::1"),
@@ -66,6 +68,20 @@ DANGEROUS = [
     ("fd12:3456::1", "private"),
     ("fec0::1", "private"),
     ("64:ff9b:1::7f00:1", "reserved"),  # local-use NAT64: embedding position varies
+    ("::ffff:0:a9fe:a9fe", "link_local"),  # SIIT form of the metadata address
+    ("::ffff:0:7f00:1", "loopback"),
+    # private ranges: refused inside 0.0.0.0/0 as ULA is inside ::/0 (one rule, both families)
+    ("10.1.2.3", "private"),
+    ("172.16.0.1", "private"),
+    ("172.31.255.254", "private"),
+    ("192.168.1.1", "private"),
+    ("100.64.0.1", "private"),
+    ("100.127.255.254", "private"),
+    ("::ffff:10.0.0.1", "private"),
+    ("64:ff9b::a00:1", "private"),
+    ("::ffff:0:c0a8:101", "private"),
+    ("198.18.0.1", "reserved"),
+    ("198.19.255.254", "reserved"),
     ("64:ff9b:1:7f00:1::", "reserved"),
 ]
 
@@ -180,9 +196,10 @@ def test_routes_restrict_a_listener_to_its_clusters() -> None:
                 {"name": "b", "endpoints": ["10.0.0.0/8"]}]
     p = policy(clusters, routes=("a",))
     assert p.check_ip("udp", "192.168.1.1").cluster == "a"
-    assert p.check_ip("udp", "10.0.0.1").reason == "no_route"
-    assert p.check_ip("other-listener", "192.168.1.1").reason == "no_route"
-    assert policy(clusters, routes=()).check_ip("udp", "192.168.1.1").reason == "no_route"
+    assert p.check_ip("udp", "10.0.0.1").reason == "private"  # no cluster names 10/8 here
+    assert p.check_ip("other-listener", "192.168.1.1").reason == "private"
+    assert p.check_ip("other-listener", "192.0.2.1").reason == "no_route"
+    assert policy(clusters, routes=()).check_ip("udp", "192.0.2.1").reason == "no_route"
 
 
 def test_strict_dns_admits_exactly_the_resolved_addresses() -> None:
@@ -203,3 +220,21 @@ def test_strict_dns_admits_exactly_the_resolved_addresses() -> None:
 def test_not_an_ip_is_refused() -> None:
     assert policy().check_ip("udp", "example.org").reason == "reserved"
 
+
+
+@pytest.mark.parametrize(("network", "inside", "outside"), [
+    ("10.0.0.0/8", "10.9.8.7", "172.16.0.1"),
+    ("172.16.0.0/12", "172.20.0.1", "192.168.0.1"),
+    ("192.168.0.0/16", "192.168.7.7", "10.0.0.1"),
+    ("100.64.0.0/10", "100.100.0.1", "10.0.0.1"),
+    ("198.18.0.0/15", "198.18.1.1", "10.0.0.1"),
+    ("fd00::/8", "fd00::7", "fc00::7"),
+])
+def test_private_range_admitted_only_by_a_cluster_inside_it(
+        network: str, inside: str, outside: str) -> None:
+    """The operator names the private network to relay into it, in either family."""
+    p = policy([*OPEN, {"name": "lan", "type": "STATIC", "endpoints": [network]}],
+               routes=("open", "lan"))
+    assert p.check_ip("udp", inside).cluster == "lan"
+    assert not p.check_ip("udp", outside).allowed
+    assert p.check_ip("udp", "192.0.2.7").cluster == "open"  # public peers as before

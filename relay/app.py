@@ -17,10 +17,11 @@ Start order, and why:
    (`relay.net.probe`) against them.  Then relay is started (`/ready` can turn 200) and
    `task_status.started(Running(...))` hands back where everything is.
 
-Shutdown is structure plus deadlines: readiness turns 503 first (the CLI sets
-`health.shutting_down` on SIGTERM), then the nursery is cancelled; every part releases its
-sockets in `finally` blocks, the listeners are marked unbound once the gateway has closed
-them.
+Shutdown is structure plus deadlines: readiness turns 503 first, then the nursery is
+cancelled; every part releases its sockets in `finally` blocks, the listeners are marked
+unbound once the gateway has closed them.  With `handle_signals` (the CLI) SIGHUP reloads
+the config file and SIGTERM drains first (`relay.lifecycle`): `running.control` does both
+for tests and embedders.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from prometheus_client import CollectorRegistry
 
 from relay.config import Config
 from relay.health import HealthState
+from relay.lifecycle import Control
 from relay.metrics.admin import serve_admin
 from relay.net.gateway import Gateway, serve_gateway
 from relay.net.probe import run_probe
@@ -52,6 +54,7 @@ class Running:
     runtime: Runtime
     # "metrics", "health", "signaling" -> (host, port) as bound (only the enabled ones)
     http: Mapping[str, tuple[str, int]]
+    control: Control | None = None  # reload and drain
 
     @property
     def config(self) -> Config:
@@ -69,9 +72,14 @@ class Running:
 async def run(
     config: Config,
     *,
+    config_path: str | None = None,
+    watch: bool = False,
+    handle_signals: bool = False,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run every configured part of relay until cancelled.
+    """Run every configured part of relay until cancelled (or, with `handle_signals`, until
+    SIGTERM's drain ends or SIGINT).  `config_path` is what a reload re-reads; `watch`
+    follows it.
 
     `task_status.started(running)` is called once every listener is bound, so tests (and
     the CLI) can read the bound ports from `running.health.listeners` and `running.http`.
@@ -86,18 +94,25 @@ async def run(
     http: dict[str, tuple[str, int]] = {}
     admin = config.admin.metrics_endpoint is not None or (
         config.admin.healthcheck_endpoint is not None)
+    control = Control(runtime, config_path)
     try:
         async with trio.open_nursery() as nursery:
+            if handle_signals:  # first, so no signal finds relay without its handler
+                await nursery.start(control.handle_signals, nursery.cancel_scope)
             if admin:
                 http.update(await nursery.start(serve_admin, runtime))
             if config.signaling is not None:
-                http["signaling"] = await nursery.start(serve_signaling, runtime)
+                http["signaling"] = await nursery.start(serve_signaling, runtime,
+                                                        control.set_hub)
             if config.listeners:
-                await nursery.start(_serve_listeners, runtime, frozenset(http.values()))
+                control.gateway = await nursery.start(
+                    _serve_listeners, runtime, frozenset(http.values()))
             if admin:  # readiness is served: keep it honest about the media path
                 await nursery.start(run_probe, health)
+            if watch and config_path is not None:
+                nursery.start_soon(control.watch)
             health.started = True
-            task_status.started(Running(runtime, MappingProxyType(dict(http))))
+            task_status.started(Running(runtime, MappingProxyType(dict(http)), control))
     finally:
         health.shutting_down = True
 

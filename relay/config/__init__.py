@@ -25,6 +25,7 @@ import attrs
 import yaml
 
 from relay.config.reader import Section
+from relay.config.shutdown import ShutdownConfig, parse_shutdown
 from relay.config.signaling import SignalingConfig, parse_signaling
 from relay.errors import ConfigError
 
@@ -179,6 +180,7 @@ class Config:
     stats: StatsConfig = StatsConfig()
     turn: TurnConfig = TurnConfig()
     signaling: SignalingConfig | None = None  # the `signaling` section, when configured
+    shutdown: ShutdownConfig = attrs.Factory(ShutdownConfig)  # SIGTERM drain
 
     @classmethod
     def from_file(cls, path: str | Path) -> Config:
@@ -534,6 +536,7 @@ def _parse_config(raw: Any) -> Config:
         signaling = parse_signaling(root.get("signaling"), "signaling")
     else:
         root.get("signaling")
+    shutdown = parse_shutdown(root.get("shutdown"), "shutdown")
     root.done()
 
     _check_unique([lis.name for lis in listeners], "listeners")
@@ -552,7 +555,8 @@ def _parse_config(raw: Any) -> Config:
                               f"{lis.address}:{lis.port} is also used by listeners"
                               f"[{seen[where]}]")
         seen[where] = i
-    return Config(version, admin, auth, listeners, clusters, stats, turn, signaling)
+    return Config(version, admin, auth, listeners, clusters, stats, turn, signaling,
+                  shutdown)
 
 
 def _check_unique(names: list[str], key: str) -> None:

@@ -131,6 +131,7 @@ class Hub:
         self._own_fetcher: CapabilitiesFetcher | None = None
         self.federation = FederationLinks(config, self.state, self._send)
         self.internal = InternalClients(self)  # internal clients, virtual sessions, dial-out
+        self.draining = False  # relay drains: new connections get bye at once
 
     @property
     def capabilities(self) -> CapabilitiesSource:
@@ -167,6 +168,9 @@ class Hub:
     def connect(self, conn: Connection) -> None:
         self._waiting[conn] = trio.current_time() + self.config.hello_timeout
         self._send_conn(conn, p.welcome_message(self.version))
+        if self.draining:  # relay is shutting down (relay.signaling.reload.say_goodbye)
+            self._send_conn(conn, p.bye_message(reason="shutdown"))
+            conn.close(CLOSE_NORMAL, "")
 
     def disconnect(self, conn: Connection) -> None:
         """The socket is gone: its session (if any) may be resumed for `session_expire`."""

@@ -19,6 +19,7 @@ import math
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from urllib.parse import unquote
 
 import h11
@@ -566,12 +567,16 @@ def build(
 
 async def serve_signaling(
     runtime: Runtime,
+    on_hub: Callable[[Hub], None] | None = None,
     *,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Bind `signaling.http.listen`, report (host, bound port), serve until cancelled."""
+    """Bind `signaling.http.listen`, report (host, bound port), serve until cancelled.
+    `on_hub(hub)` hands the hub to whoever reloads and drains it."""
     cfg = signaling_config(runtime)
     hub, client = build(runtime)
+    if on_hub is not None:
+        on_hub(hub)
     listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.host)
     server = SignalingServer(runtime, hub)
     port = listeners[0].socket.getsockname()[1]

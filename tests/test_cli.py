@@ -144,9 +144,9 @@ def test_unknown_keys_and_other_versions_are_refused(tmp_path: Path) -> None:
 class Running:
     """`python -m relay -c FILE` with its stdout read line by line under a deadline."""
 
-    def __init__(self, config_path: str) -> None:
+    def __init__(self, config_path: str, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "relay", "-c", config_path], cwd=ROOT, env=_env(),
+            [sys.executable, "-m", "relay", "-c", config_path, *args], cwd=ROOT, env=_env(),
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
         self.out = b""

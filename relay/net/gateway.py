@@ -441,8 +441,8 @@ class Gateway:
         old = self.listener_configs
         new = {lis.name: lis for lis in config.listeners}
         rebind = [lis for name, lis in new.items()
-                  if name not in old or _binding(old[name]) != _binding(lis)
-                  or self.server.listeners[name].draining]
+                  if name not in old or self.server.listeners[name].draining
+                  or not _same_binding(old[name], self.bound_ports[name], lis)]
         contexts: dict[str, ssl.SSLContext | None] = {}
         for lis in new.values():
             if lis.protocol == "TURN-TLS" and lis not in rebind:
@@ -774,9 +774,11 @@ class _Opened:
     port: int
 
 
-def _binding(lis: ListenerConfig) -> tuple[str, str, int]:
-    """What a listener's socket is bound to: changing it means a new socket."""
-    return (lis.protocol, lis.address, lis.port)
+def _same_binding(old: ListenerConfig, bound_port: int, new: ListenerConfig) -> bool:
+    """Whether `new` asks for the socket `old` has (port 0 took `bound_port`; writing that
+    port into the file, or 0 again, keeps it); else the listener needs a new socket."""
+    return ((old.protocol, old.address) == (new.protocol, new.address)
+            and new.port in (old.port, bound_port))
 
 
 async def _alloc_nursery(*, task_status: trio.TaskStatus[trio.Nursery]) -> None:

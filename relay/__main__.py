@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"relay: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.watch and not args.config:
+        print("relay: --watch follows a config file: give it with -c FILE", file=sys.stderr)
+        return EXIT_CONFIG
     if args.check_config:
         print(f"configuration OK: {len(config.listeners)} listener(s), "
               f"{len(config.clusters)} cluster(s), auth {config.auth.type}")

@@ -311,3 +311,17 @@ async def test_backend_re_keyed_and_removed_keeps_the_other_backends_sessions() 
     late = FakeConn()
     hub.connect(late)
     assert late.sent[-1] == {"type": "bye", "bye": {"reason": "shutdown"}} and late.closed
+
+
+async def test_a_removed_listener_put_back_before_it_drained_serves_again() -> None:
+    cfg = config(listeners=[UDP, UDP2])
+    with trio.fail_after(30):
+        async with running(cfg) as rt, client(rt, "udp2") as c:
+            await c.allocate()
+            full = same_ports(rt, cfg)
+            assert control(rt).apply(attrs.evolve(full, listeners=full.listeners[:1]))
+            assert control(rt).apply(full)
+            assert rt.health.listeners["udp2"].bound
+            await c.refresh(600)  # the same allocation, on the same socket
+            async with client(rt, "udp2") as other:
+                await other.allocate()  # no longer refused

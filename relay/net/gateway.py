@@ -441,8 +441,7 @@ class Gateway:
         old = self.listener_configs
         new = {lis.name: lis for lis in config.listeners}
         rebind = [lis for name, lis in new.items()
-                  if name not in old or self.server.listeners[name].draining
-                  or not _same_binding(old[name], self.bound_ports[name], lis)]
+                  if name not in old or not _same_binding(old[name], self.bound_ports[name], lis)]
         contexts: dict[str, ssl.SSLContext | None] = {}
         for lis in new.values():
             if lis.protocol == "TURN-TLS" and lis not in rebind:
@@ -471,6 +470,9 @@ class Gateway:
         for name, lis in new.items():
             if name in opened:
                 continue
+            if self.server.listeners[name].draining:  # removed, and back before it drained
+                self.server.listeners[name].draining = False
+                changes.append(f"listener {name}: back, no longer draining")
             if name in contexts:
                 sock, _ctx = self.stream_sockets[name]
                 self.stream_sockets[name] = (sock, contexts[name])

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import logging
-import signal
 import sys
 
 import trio
@@ -19,20 +19,9 @@ from relay.config import (
 )
 from relay.config.check import check, load
 from relay.errors import ConfigError
+from relay.logsetup import apply_loglevel
 
 EXIT_CONFIG = 2
-
-_LEVELS = {
-    "TRACE": logging.DEBUG,
-    "DEBUG": logging.DEBUG,
-    "INFO": logging.INFO,
-    "WARN": logging.WARNING,
-    "WARNING": logging.WARNING,
-    "ERROR": logging.ERROR,
-    "CRITICAL": logging.CRITICAL,
-    "DISABLE": logging.CRITICAL + 10,
-}
-
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -46,6 +35,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("-c", "--config", metavar="FILE",
                    help="configuration file (StunnerConfig v1, YAML or JSON)")
+    p.add_argument("-w", "--watch", action="store_true",
+                   help="follow the configuration file and apply changes live (as SIGHUP)")
     p.add_argument("--check-config", action="store_true",
                    help="validate the configuration, print a summary and exit")
     p.add_argument("--print-default-config", action="store_true",
@@ -56,58 +47,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def setup_logging(loglevel: str) -> None:
     """STUNner's `all:INFO,turn:DEBUG` form: `all` sets the root, others name loggers."""
-    root_level = logging.INFO
-    per_logger: dict[str, int] = {}
-    for part in loglevel.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        scope, _, level = part.rpartition(":")
-        lvl = _LEVELS.get(level.upper(), logging.INFO)
-        if scope in ("", "all"):
-            root_level = lvl
-        else:
-            per_logger[f"relay.{scope}"] = lvl
     logging.basicConfig(
-        level=root_level,
+        level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    logging.getLogger().setLevel(root_level)
-    # httpx logs every request (Nextcloud's room pings every 10 s) at INFO; relay's
-    # backend client logs its requests at DEBUG instead.
-    for name in ("httpx", "httpcore"):
-        logging.getLogger(name).setLevel(max(root_level, logging.WARNING))
-    for name, lvl in per_logger.items():
-        logging.getLogger(name).setLevel(lvl)
+    apply_loglevel(loglevel)
 
 
-async def _main(config: Config, announce_demo: bool) -> None:
+async def _main(config: Config, announce_demo: bool, config_path: str | None = None,
+                watch: bool = False) -> None:
     # Imported here, not for a cycle: --check-config and --version need not load the
     # servers (hypercorn, h11, wsproto...).
     from relay.app import describe, run
 
     async with trio.open_nursery() as nursery:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            running = await nursery.start(run, config)
-            gc.collect()
-            gc.freeze()  # modules, config, listeners: never garbage, never scanned again
-            for line in describe(running):
-                print(line, flush=True)
-            if announce_demo:
-                print(
-                    f"demo TURN credential: username={DEMO_USERNAME} password={DEMO_PASSWORD} "
-                    f"realm={config.auth.realm}",
-                    flush=True,
-                )
-            print("relay is ready; Ctrl-C or SIGTERM stops it", flush=True)
-            async for signum in signals:
-                logging.getLogger("relay").info(
-                    "received %s, shutting down", signal.Signals(signum).name
-                )
-                running.health.shutting_down = True
-                nursery.cancel_scope.cancel()
-                break
+        # relay.app owns the signals: SIGHUP reloads, SIGTERM drains, SIGINT stops.
+        running = await nursery.start(functools.partial(
+            run, config, config_path=config_path, watch=watch, handle_signals=True))
+        gc.collect()
+        gc.freeze()  # modules, config, listeners: never garbage, never scanned again
+        for line in describe(running):
+            print(line, flush=True)
+        if announce_demo:
+            print(
+                f"demo TURN credential: username={DEMO_USERNAME} password={DEMO_PASSWORD} "
+                f"realm={config.auth.realm}",
+                flush=True,
+            )
+        print("relay is ready; Ctrl-C stops it, SIGTERM drains it, SIGHUP reloads the config",
+              flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"relay: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     findings = check(config, raw)
+    if args.watch and not args.config:
+        print("relay: --watch follows a config file: give it with -c FILE", file=sys.stderr)
+        return EXIT_CONFIG
     if args.check_config:
         for warning in findings.warnings:
             print(f"relay: warning: {warning}", file=sys.stderr)
@@ -145,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     # (_main) and never scanned again.  README "Memory" has the figures.
     gc.set_threshold(50_000, 50, 10)
     try:
-        trio.run(_main, config, args.config is None)
+        trio.run(_main, config, args.config is None, args.config, args.watch)
     except KeyboardInterrupt:
         pass
     except (OSError, ConfigError, BaseExceptionGroup) as exc:

@@ -17,10 +17,11 @@ Start order, and why:
    (`relay.net.probe`) against them.  Then relay is started (`/ready` can turn 200) and
    `task_status.started(Running(...))` hands back where everything is.
 
-Shutdown is structure plus deadlines: readiness turns 503 first (the CLI sets
-`health.shutting_down` on SIGTERM), then the nursery is cancelled; every part releases its
-sockets in `finally` blocks, the listeners are marked unbound once the gateway has closed
-them.
+Shutdown is structure plus deadlines: readiness turns 503 first, then the nursery is
+cancelled; every part releases its sockets in `finally` blocks, the listeners are marked
+unbound once the gateway has closed them.  With `handle_signals` (the CLI) SIGHUP reloads
+the config file and SIGTERM drains first (`relay.lifecycle`): `running.control` does both
+for tests and embedders.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from prometheus_client import CollectorRegistry
 from relay.config import Config
 from relay.fdlimit import quiet_foreign_accept_loops
 from relay.health import HealthState
+from relay.lifecycle import Control
 from relay.metrics.admin import serve_admin
 from relay.net.gateway import Gateway, serve_gateway
 from relay.net.probe import run_probe
@@ -55,6 +57,7 @@ class Running:
     runtime: Runtime
     # "metrics", "health", "signaling" -> (host, port) as bound (only the enabled ones)
     http: Mapping[str, tuple[str, int]]
+    control: Control | None = None  # reload and drain
 
     @property
     def config(self) -> Config:
@@ -72,9 +75,14 @@ class Running:
 async def run(
     config: Config,
     *,
+    config_path: str | None = None,
+    watch: bool = False,
+    handle_signals: bool = False,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run every configured part of relay until cancelled.
+    """Run every configured part of relay until cancelled (or, with `handle_signals`, until
+    SIGTERM's drain ends or SIGINT).  `config_path` is what a reload re-reads; `watch`
+    follows it.
 
     `task_status.started(running)` is called once every listener is bound, so tests (and
     the CLI) can read the bound ports from `running.health.listeners` and `running.http`.
@@ -91,21 +99,27 @@ async def run(
     quiet_foreign_accept_loops()  # hypercorn's accept loop: EMFILE counted, not a traceback
     admin = config.admin.metrics_endpoint is not None or (
         config.admin.healthcheck_endpoint is not None)
+    control = Control(runtime, config_path)
     try:
         async with trio.open_nursery() as nursery:
+            if handle_signals:  # first, so no signal finds relay without its handler
+                await nursery.start(control.handle_signals, nursery.cancel_scope)
             if admin:
                 http.update(await nursery.start(serve_admin, runtime))
             if config.signaling is not None:
-                http["signaling"] = await nursery.start(
-                    functools.partial(serve_signaling, runtime, turn_servers=turn_servers))
+                http["signaling"] = await nursery.start(functools.partial(
+                    serve_signaling, runtime, control.set_hub, turn_servers=turn_servers))
             if config.listeners:
                 gateway = await nursery.start(
                     _serve_listeners, runtime, frozenset(http.values()))
+                control.gateway = gateway
                 turn_servers.uris = tuple(own_uris(_turn_uri_parts(config, gateway)))
             if admin:  # readiness is served: keep it honest about the media path
                 await nursery.start(run_probe, health)
+            if watch and config_path is not None:
+                nursery.start_soon(control.watch)
             health.started = True
-            task_status.started(Running(runtime, MappingProxyType(dict(http))))
+            task_status.started(Running(runtime, MappingProxyType(dict(http)), control))
     finally:
         health.shutting_down = True
 

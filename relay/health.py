@@ -33,6 +33,9 @@ class HealthState:
     shutting_down: bool = False
     probe_ok: bool = True  # the self-probe flips it when the media path stops answering
     probe_failures: int = 0
+    # configuration reloads by result ("success", "failure"): relay_config_reloads_total
+    reloads: dict[str, int] = attrs.Factory(lambda: {"success": 0, "failure": 0})
+    draining: bool = False  # SIGTERM received: allocations are being drained
 
     @classmethod
     def for_listeners(cls, listeners: Iterable[ListenerConfig]) -> HealthState:
@@ -47,6 +50,15 @@ class HealthState:
             if st is not None:
                 st.port = port
                 st.bound = True
+
+    def set_listeners(self, listeners: Iterable[ListenerConfig], ports: Mapping[str, int]
+                      ) -> None:
+        """After a reload: exactly these listeners, bound at `ports` (a removed listener
+        that still drains its allocations no longer counts for readiness)."""
+        self.listeners = {lis.name: ListenerStatus(lis.name, lis.protocol, lis.address,
+                                                   ports.get(lis.name, lis.port),
+                                                   lis.name in ports)
+                          for lis in listeners}
 
     def mark_unbound(self) -> None:
         for st in self.listeners.values():

@@ -144,12 +144,13 @@ def test_unknown_keys_and_other_versions_are_refused(tmp_path: Path) -> None:
 class Running:
     """`python -m relay -c FILE` with its stdout read line by line under a deadline."""
 
-    def __init__(self, config_path: str) -> None:
+    def __init__(self, config_path: str, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "relay", "-c", config_path], cwd=ROOT, env=_env(),
+            [sys.executable, "-m", "relay", "-c", config_path, *args], cwd=ROOT, env=_env(),
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
         self.out = b""
+        self.err = b""
 
     def read_until(self, marker: bytes, timeout: float = TIMEOUT) -> str:
         assert self.proc.stdout is not None
@@ -168,15 +169,35 @@ class Running:
                 self.out += chunk
         return self.out.decode()
 
+    def read_err_until(self, marker: bytes, timeout: float = TIMEOUT) -> str:
+        """stderr (the log) up to `marker`; kept, so `stop` returns all of it."""
+        assert self.proc.stderr is not None
+        fd = self.proc.stderr.fileno()
+        deadline = time.monotonic() + timeout
+        while marker not in self.err:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {marker!r} in time; stderr so far:\n{self.err!r}")
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    raise AssertionError(f"relay exited before {marker!r}:\n{self.err!r}")
+                self.err += chunk
+        return self.err.decode()
+
     def stop(self, signum: int) -> tuple[int, str]:
         self.proc.send_signal(signum)
+        return self.wait(f"relay did not stop on {signal.Signals(signum).name}")
+
+    def wait(self, problem: str = "relay did not exit") -> tuple[int, str]:
         try:
             _, err = self.proc.communicate(timeout=TIMEOUT)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.communicate()
-            raise AssertionError(f"relay did not stop on {signal.Signals(signum).name}") from None
-        return self.proc.returncode, err.decode()
+            raise AssertionError(problem) from None
+        return self.proc.returncode, (self.err + err).decode()
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -226,7 +247,15 @@ def test_starts_on_port_0_prints_the_listener_and_stops_on_signal(tmp_path: Path
         assert stun_binding((host, port))[0] == mine[0]
         # An allocation with a channel is alive when the signal comes.
         relayed = trio.run(allocate, (host, port))
-        rc, err = r.stop(signum)
+        if signum == signal.SIGTERM:
+            # SIGTERM drains (the allocation would keep relay up for the grace period);
+            # a SIGINT after it stops relay at once.
+            r.proc.send_signal(signal.SIGTERM)
+            r.read_err_until(b"draining: 1 allocation(s) keep relaying")
+            rc, err = r.stop(signal.SIGINT)
+            signum = signal.SIGINT
+        else:
+            rc, err = r.stop(signum)
     finally:
         r.kill()
     assert rc == 0, err

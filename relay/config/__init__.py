@@ -27,6 +27,7 @@ import yaml
 from relay.config import tls
 from relay.config.environ import expand, stunner_environment
 from relay.config.reader import Section
+from relay.config.shutdown import ShutdownConfig, parse_shutdown
 from relay.config.signaling import SignalingConfig, parse_signaling
 from relay.errors import ConfigError
 
@@ -197,6 +198,7 @@ class Config:
     # what was accepted but has no effect here (STUNner fields relay does not implement),
     # each naming its key; printed by --check-config and logged at start
     warnings: tuple[str, ...] = ()
+    shutdown: ShutdownConfig = attrs.Factory(ShutdownConfig)  # SIGTERM drain
 
     @classmethod
     def from_file(cls, path: str | Path) -> Config:
@@ -589,6 +591,7 @@ def _parse_config(raw: Any) -> Config:
         signaling = parse_signaling(root.get("signaling"), "signaling")
     else:
         root.get("signaling")
+    shutdown = parse_shutdown(root.get("shutdown"), "shutdown")
     root.done()
 
     _check_unique([lis.name for lis in listeners], "listeners")
@@ -613,7 +616,7 @@ def _parse_config(raw: Any) -> Config:
             raise ConfigError(f"listeners[{i}].min_relay_port",
                               f"relay port range {lo}-{hi} is empty (with turn.min_port/max_port)")
     return Config(version, admin, auth, listeners, clusters, stats, turn, signaling,
-                  tuple(warnings))
+                  tuple(warnings), shutdown)
 
 
 def _check_unique(names: list[str], key: str) -> None:

@@ -184,7 +184,9 @@ def not_ready_reasons(runtime: Runtime) -> list[str]:
     reasons = []
     if not h.started:
         reasons.append("starting")
-    if h.shutting_down:
+    if h.draining:
+        reasons.append("draining")
+    elif h.shutting_down:
         reasons.append("shutting down")
     reasons.extend(f"listener {s.name} not bound" for s in h.listeners.values() if not s.bound)
     if not h.probe_ok:
@@ -203,6 +205,8 @@ def status_document(runtime: Runtime) -> dict[str, Any]:
         "uptime_seconds": round(time.monotonic() - runtime.started_monotonic, 3),
         "ready": h.ready(),
         "shutting_down": h.shutting_down,
+        "draining": h.draining,
+        "config_reloads": dict(h.reloads),
         "probe_ok": h.probe_ok,
         "listeners": [
             {

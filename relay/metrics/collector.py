@@ -66,6 +66,7 @@ RELAY_FAMILIES: dict[str, str] = {
     "relay_turn_permissions_active": "gauge",
     "relay_turn_allocations_limit": "gauge",
     "relay_ready": "gauge",
+    "relay_config_reloads_total": "counter",
     "relay_turn_channels_active": "gauge",
     "relay_turn_allocation_lifetime_seconds": "histogram",
     "relay_turn_request_duration_seconds": "histogram",
@@ -217,6 +218,11 @@ class TurnCollector:
         ready = GaugeMetricFamily(
             "relay_ready", "1 when /ready answers 200 (listeners bound, self-probe passing)."
         )
+        reloads = _counter(
+            "relay_config_reloads_total",
+            "Configuration reloads (SIGHUP or --watch), by result (success, failure).",
+            ["result"],
+        )
         lifetime = HistogramMetricFamily(
             "relay_turn_allocation_lifetime_seconds",
             "Lifetime of ended TURN allocations in seconds.",
@@ -252,6 +258,8 @@ class TurnCollector:
             limit.add_metric([], self._quota)
             if self.health is not None:
                 ready.add_metric([], 1 if self.health.ready() else 0)
+                for result, n in self.health.reloads.items():
+                    reloads.add_metric([result], n)
             _histogram(lifetime, st.allocation_lifetime)
             _histogram(latency, st.request_latency)
             for where, n in GUARD.exhausted.items():
@@ -269,6 +277,7 @@ class TurnCollector:
         yield limit
         if self.health is not None:
             yield ready
+            yield reloads
         yield lifetime
         yield latency
         yield fd_exhausted

@@ -22,7 +22,6 @@ connection.  Cancelling the gateway deletes every allocation.
 from __future__ import annotations
 
 import errno
-import functools
 import ipaddress
 import logging
 import random
@@ -293,6 +292,10 @@ class Gateway:
         self.stream_sockets: dict[str, tuple[trio.socket.SocketType, ssl.SSLContext | None]] = {}
         self.streams: dict[tuple[str, Address], StreamConnection] = {}  # (listener, client)
         self.alloc_nursery: trio.Nursery | None = None
+        self.nursery: trio.Nursery | None = None  # where listener tasks run (set by serve)
+        self.listener_scopes: dict[str, trio.CancelScope] = {}
+        # every listener served, the draining ones (removed by a reload) included
+        self.listener_configs: dict[str, ListenerConfig] = {}
         self.relay_buf = bytearray(BUFFER)
         self.relay_view = memoryview(self.relay_buf)
         for c in cfg.clusters:
@@ -348,32 +351,49 @@ class Gateway:
     # -- setup ----------------------------------------------------------------------------
 
     def bind_listeners(self) -> None:
-        cfg = self.config
-        for i, lis in enumerate(cfg.listeners):
-            fam = FAMILY_V6 if ":" in lis.address else FAMILY_V4
-            if lis.protocol != "TURN-UDP":
-                port = self._bind_stream(lis, fam, f"listeners[{i}]")
-                self._add_listener(lis, port, "tls" if lis.protocol == "TURN-TLS" else "tcp")
-                continue
-            sock = socket.socket(_AF[fam], socket.SOCK_DGRAM)
-            try:
-                if fam == FAMILY_V6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                sock.setblocking(False)
-                _set_buffers(sock, cfg.turn.udp_receive_buffer)
-                sock.bind((lis.address, lis.port))
-            except OSError as exc:
-                sock.close()
-                raise OSError(
-                    exc.errno, f"listeners[{i}].port (listener {lis.name}): cannot bind "
-                    f"{lis.address}:{lis.port}/udp: {exc.strerror}"
-                ) from None
-            self.sockets[lis.name] = sock
-            self._add_listener(lis, sock.getsockname()[1], "udp")
+        for i, lis in enumerate(self.config.listeners):
+            self._install(lis, self._open_listener(lis, f"listeners[{i}]"))
         self.policy.set_own_addresses(self.own_addresses)
 
-    def _bind_stream(self, lis: ListenerConfig, fam: int, key: str) -> int:
-        """A listening TCP socket for a TURN-TCP or TURN-TLS listener; its bound port."""
+    def _open_listener(self, lis: ListenerConfig, key: str) -> _Opened:
+        """Bind one listener's socket (and load its TLS certificate); nothing is installed
+        yet, so a reload can bind all its new listeners before it changes anything. `key`
+        names the listener in the config, for errors."""
+        fam = FAMILY_V6 if ":" in lis.address else FAMILY_V4
+        if lis.protocol != "TURN-UDP":
+            return self._bind_stream(lis, fam, key)
+        sock = socket.socket(_AF[fam], socket.SOCK_DGRAM)
+        try:
+            if fam == FAMILY_V6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setblocking(False)
+            _set_buffers(sock, self.config.turn.udp_receive_buffer)
+            sock.bind((lis.address, lis.port))
+        except OSError as exc:
+            sock.close()
+            raise OSError(
+                exc.errno, f"{key}.port (listener {lis.name}): cannot bind "
+                f"{lis.address}:{lis.port}/udp: {exc.strerror}"
+            ) from None
+        return _Opened(sock, None, int(sock.getsockname()[1]))
+
+    def _install(self, lis: ListenerConfig, opened: _Opened) -> None:
+        """Serve a bound listener (its task starts now when the gateway is running)."""
+        if lis.protocol == "TURN-UDP":
+            assert isinstance(opened.sock, socket.socket)
+            self.sockets[lis.name] = opened.sock
+            transport = "udp"
+        else:
+            self.stream_sockets[lis.name] = (
+                trio.socket.from_stdlib_socket(opened.sock), opened.ctx)
+            transport = "tls" if lis.protocol == "TURN-TLS" else "tcp"
+        self.listener_configs[lis.name] = lis
+        self._add_listener(lis, opened.port, transport)
+        if self.nursery is not None:
+            self.nursery.start_soon(self._serve_listener, lis.name)
+
+    def _bind_stream(self, lis: ListenerConfig, fam: int, key: str) -> _Opened:
+        """A listening TCP socket for a TURN-TCP or TURN-TLS listener."""
         ctx = tls_context(lis.cert, lis.key) if lis.protocol == "TURN-TLS" else None
         sock = socket.socket(_AF[fam], socket.SOCK_STREAM)
         try:
@@ -389,8 +409,7 @@ class Gateway:
                 exc.errno, f"{key}.port (listener {lis.name}): cannot bind "
                 f"{lis.address}:{lis.port}/tcp: {exc.strerror}"
             ) from None
-        self.stream_sockets[lis.name] = (trio.socket.from_stdlib_socket(sock), ctx)
-        return int(sock.getsockname()[1])
+        return _Opened(sock, ctx, int(sock.getsockname()[1]))
 
     def _add_listener(self, lis: ListenerConfig, port: int, transport: str) -> None:
         cfg = self.config
@@ -403,10 +422,140 @@ class Gateway:
         self.server.add_listener(lis.name, frozenset(relays), transport)
         self.bound_ports[lis.name] = port
 
+    def _close_listener(self, name: str) -> int:
+        """Stop serving a listener now: its allocations end, its socket closes.  The number
+        of allocations that ended."""
+        effects = self.server.remove_listener(name, trio.current_time())
+        self.perform(effects)
+        scope = self.listener_scopes.pop(name, None)
+        if scope is not None:
+            scope.cancel()
+        sock = self.sockets.pop(name, None)
+        if sock is not None:
+            sock.close()
+        stream = self.stream_sockets.pop(name, None)
+        if stream is not None:  # open connections stay, refused new allocations
+            stream[0].close()
+        lis = self.listener_configs.pop(name, None)
+        port = self.bound_ports.pop(name, None)
+        if lis is not None and port is not None:
+            self.own_addresses.discard((lis.address, port))
+        self.relay_sockets.addresses.pop(name, None)
+        self.relay_sockets.ranges.pop(name, None)
+        return len(effects)
+
+    # -- reload and drain ------------------------------------------------------------------
+
+    def reconfigure(self, config: Config) -> list[str]:
+        """Apply a reloaded config; what changed, one line each, for the log.
+
+        Listeners are matched by name.  An unchanged listener keeps its socket, its task and
+        its allocations; a TURN-TLS listener re-reads its certificate (open connections keep
+        theirs).  A listener whose routes or public address changed is updated in place.  A
+        listener whose protocol, address or port changed is bound anew and the old one
+        closed (its allocations end).  A removed listener drains: no new allocations, the
+        existing ones run until they end, then its socket closes.  Credentials, quotas,
+        lifetimes, clusters and the relay port range apply to the next request.
+
+        Everything that can fail (binding new sockets, loading certificates) happens before
+        anything changes: on an OSError or ConfigError the old config stays in force."""
+        old = self.listener_configs
+        new = {lis.name: lis for lis in config.listeners}
+        rebind = [lis for name, lis in new.items()
+                  if name not in old or not _same_binding(old[name], self.bound_ports[name], lis)]
+        contexts: dict[str, ssl.SSLContext | None] = {}
+        for lis in new.values():
+            if lis.protocol == "TURN-TLS" and lis not in rebind:
+                contexts[lis.name] = tls_context(lis.cert, lis.key)  # re-read, may raise
+        opened: dict[str, _Opened] = {}
+        try:
+            for lis in rebind:
+                opened[lis.name] = self._open_listener(
+                    lis, f"listeners[{config.listeners.index(lis)}]")
+        except BaseException:
+            for o in opened.values():
+                o.sock.close()
+            raise
+        # Nothing can fail from here on.
+        changes: list[str] = []
+        self.config = config
+        cfg = config.turn
+        self.ports.min_port, self.ports.max_port = cfg.min_port, cfg.max_port
+        self.server.apply(config)
+        for lis in rebind:
+            if lis.name in old:
+                ended = self._close_listener(lis.name)
+                changes.append(f"listener {lis.name}: re-bound, {ended} allocation(s) ended")
+            self._install(lis, opened[lis.name])
+            changes.append(f"listener {lis.name}: {lis.protocol} on "
+                           f"{lis.address}:{self.bound_ports[lis.name]}")
+        for name, lis in new.items():
+            if name in opened:
+                continue
+            if self.server.listeners[name].draining:  # removed, and back before it drained
+                self.server.listeners[name].draining = False
+                changes.append(f"listener {name}: back, no longer draining")
+            if name in contexts:
+                sock, _ctx = self.stream_sockets[name]
+                self.stream_sockets[name] = (sock, contexts[name])
+                changes.append(f"listener {name}: TLS certificate re-read")
+            if lis != old[name]:
+                self.listener_configs[name] = lis
+                changes.append(f"listener {name}: updated")
+            self.relay_sockets.addresses[name] = relay_addresses(
+                lis, cfg.relay_address, cfg.relay_address_v6) or self.relay_sockets.addresses[name]
+            self.relay_sockets.ranges[name] = lis.relay_port_range(cfg)
+        for name in list(old):
+            if name in new or self.server.listeners[name].draining:
+                continue
+            lis_state = self.server.listeners[name]
+            lis_state.draining = True
+            changes.append(f"listener {name}: removed, draining "
+                           f"{len(lis_state.allocations)} allocation(s)")
+        self.policy.reconfigure(self.listener_configs.values(), config.clusters)
+        self.policy.set_own_addresses(self.own_addresses)
+        for c in config.clusters:
+            self.stats.cluster(c.name)
+        self._close_drained()
+        return changes
+
+    def _close_drained(self) -> None:
+        """Close the removed listeners whose last allocation has ended."""
+        for name, lis in list(self.server.listeners.items()):
+            if lis.draining and not lis.allocations:
+                self._close_listener(name)
+                log.info("listener %s: drained, closed", name)
+
+    def drain(self) -> None:
+        """Refuse every new Allocate (508); the existing allocations go on."""
+        self.server.draining = True
+
+    @property
+    def allocations(self) -> int:
+        return sum(len(lis.allocations) for lis in self.server.listeners.values())
+
+    async def _serve_listener(self, name: str) -> None:
+        """A listener's task, in a cancel scope `_close_listener` cancels."""
+        with trio.CancelScope() as scope:
+            self.listener_scopes[name] = scope
+            if name in self.sockets:
+                await self.listener_loop(self.server.listeners[name], self.sockets[name])
+            elif name in self.stream_sockets:
+                await self.stream_listener_loop(name)
+
     async def stream_listener_loop(self, name: str) -> None:
         """Accept TURN-TCP / TURN-TLS connections, each served in its own task."""
-        sock, ctx = self.stream_sockets[name]
-        handler = functools.partial(serve_connection, self, self.server.listeners[name], ctx)
+        sock, _ctx = self.stream_sockets[name]
+        lis = self.server.listeners[name]
+
+        async def handler(stream: trio.SocketStream) -> None:
+            # The TLS context as of this accept: a reload may have re-read the certificate.
+            entry = self.stream_sockets.get(name)
+            if entry is None:
+                await stream.aclose()
+                return
+            await serve_connection(self, lis, entry[1], stream)
+
         await serve_accepts([sock], handler, where="turn_accept",
                             per_ip=self.config.turn.max_connections_per_ip)
 
@@ -438,10 +587,8 @@ class Gateway:
     async def resolve_clusters(self, interval: float = DNS_INTERVAL) -> None:
         """Keep STRICT_DNS clusters' addresses current: such a cluster admits exactly the
         addresses its hostnames resolve to (a failed lookup keeps the last good answer)."""
-        clusters = [c for c in self.config.clusters if c.type == "STRICT_DNS"]
-        if not clusters:
-            return
         while True:
+            clusters = [c for c in self.config.clusters if c.type == "STRICT_DNS"]
             for cluster in clusters:
                 ips: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
                 failed = False
@@ -462,6 +609,7 @@ class Gateway:
         while True:
             await trio.sleep(SWEEP_INTERVAL)
             self.perform(self.server.sweep(trio.current_time()))
+            self._close_drained()
 
     async def listener_loop(self, lis: ListenerState, sock: socket.socket) -> None:
         """Client -> relay: ChannelData and Send indications forwarded, requests answered."""
@@ -632,16 +780,31 @@ async def serve_gateway(
         gw.bind_listeners()
         async with trio.open_nursery() as nursery:
             gw.alloc_nursery = await nursery.start(_alloc_nursery)
-            for name, sock in gw.sockets.items():
-                nursery.start_soon(gw.listener_loop, gw.server.listeners[name], sock)
-            for name in gw.stream_sockets:
-                nursery.start_soon(gw.stream_listener_loop, name)
+            gw.nursery = nursery
+            for name in gw.listener_configs:
+                nursery.start_soon(gw._serve_listener, name)
             nursery.start_soon(gw.sweeper)
             nursery.start_soon(gw.relay_reader)
             nursery.start_soon(gw.resolve_clusters)
             task_status.started(gw)
     finally:
         gw.close()
+
+
+@attrs.frozen
+class _Opened:
+    """A listener socket bound but not yet served (stdlib socket; TLS context if any)."""
+
+    sock: socket.socket
+    ctx: ssl.SSLContext | None
+    port: int
+
+
+def _same_binding(old: ListenerConfig, bound_port: int, new: ListenerConfig) -> bool:
+    """Whether `new` asks for the socket `old` has (port 0 took `bound_port`; writing that
+    port into the file, or 0 again, keeps it); else the listener needs a new socket."""
+    return ((old.protocol, old.address) == (new.protocol, new.address)
+            and new.port in (old.port, bound_port))
 
 
 async def _alloc_nursery(*, task_status: trio.TaskStatus[trio.Nursery]) -> None:

@@ -148,6 +148,7 @@ class Hub:
         self.throttler = Throttler(self.stats.throttle_delayed, self.stats.throttle_bruteforce)
         self._ended = RecentIds()  # resume ids of sessions that ended (not throttled)
         self.geoip = geoip if geoip is not None else GeoIP(config.geoip_overrides)
+        self.draining = False  # relay drains: new connections get bye at once
 
     @property
     def capabilities(self) -> CapabilitiesSource:
@@ -194,6 +195,9 @@ class Hub:
     def connect(self, conn: Connection) -> None:
         self._waiting[conn] = trio.current_time() + self.config.hello_timeout
         self._send_conn(conn, p.welcome_message(self.version))
+        if self.draining:  # relay is shutting down (relay.signaling.reload.say_goodbye)
+            self._send_conn(conn, p.bye_message(reason="shutdown"))
+            conn.close(CLOSE_NORMAL, "")
 
     def disconnect(self, conn: Connection) -> None:
         """The socket is gone: its session (if any) may be resumed for `session_expire`."""

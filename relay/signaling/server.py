@@ -22,6 +22,7 @@ import math
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from urllib.parse import unquote
 
 import h11
@@ -669,15 +670,19 @@ def build(
 
 async def serve_signaling(
     runtime: Runtime,
+    on_hub: Callable[[Hub], None] | None = None,
     *,
     turn_servers: TurnServers | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Bind `signaling.http.listen`, report (host, bound port), serve until cancelled.
     `turn_servers`: relay's own TURN URIs for `/turn/credentials` (filled by the app once
-    the gateway is bound; used when `signaling.turn.servers` is empty)."""
+    the gateway is bound; used when `signaling.turn.servers` is empty). `on_hub(hub)` hands
+    the hub to whoever reloads and drains it."""
     cfg = signaling_config(runtime)
     hub, client = build(runtime)
+    if on_hub is not None:
+        on_hub(hub)
     try:
         listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.host)
     except OSError as exc:  # a port in use, an address not on this host: say which

@@ -96,6 +96,11 @@ class Authenticator:
         self._rest_cache: dict[str, Credential] = {}
 
     @property
+    def nonce_key(self) -> bytes:
+        """The key nonces are signed with (kept across a reload, so nonces stay good)."""
+        return self._nonce_key
+
+    @property
     def turn_enabled(self) -> bool:
         return self.type != "none"
 

@@ -117,6 +117,18 @@ class PeerPolicy:
                     ) -> PeerPolicy:
         return cls(config.listeners, config.clusters, own_addresses)
 
+    def reconfigure(self, listeners: Iterable[ListenerConfig],
+                    clusters: Iterable[ClusterConfig]) -> None:
+        """A reload: new routes and clusters, decided afresh from the next check on (the
+        object stays, so the data-plane loops holding it see the change).  Permissions
+        already installed keep their admitting cluster until they expire."""
+        by_name = {c.name: c for c in clusters}
+        self._routes = {
+            lis.name: tuple(by_name[r] for r in lis.routes if r in by_name) for lis in listeners
+        }
+        self.resolved = {n: ips for n, ips in self.resolved.items() if n in by_name}
+        self.clear_cache()
+
     def set_own_addresses(self, addrs: Iterable[tuple[str, int]]) -> None:
         self._own = set()
         self._own_ports = set()

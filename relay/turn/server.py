@@ -113,6 +113,9 @@ class ListenerState:
         self.families = families
         self.transport = transport
         self.allocations: dict[Address, Allocation] = {}
+        # Removed by a reload (or the whole server draining): no new allocations here, the
+        # existing ones run until they end.
+        self.draining = False
 
 
 @attrs.define
@@ -176,6 +179,41 @@ class TurnServer:
         self.challenge_limiter = (
             ChallengeLimiter(rate, config.turn.unauthorized_burst) if rate > 0 else None)
         self._effects: list[Effect] = []  # of the message being handled
+        self.draining = False  # SIGTERM: every Allocate is refused, the rest goes on
+
+    def apply(self, config: Config) -> None:
+        """Take a reloaded config: credentials, quotas, lifetimes and SOFTWARE change for
+        the next message; the allocations, their keys and the outstanding nonces (the nonce
+        key is kept) stay.  Called between two messages, so a request sees one config.
+        The channel-number range (`turn.rfc5766_channels`) is fixed at start."""
+        self.config = config
+        self.turn = config.turn
+        self.auth = Authenticator(config.auth, nonce_lifetime=config.turn.nonce_lifetime,
+                                  nonce_key=self.auth.nonce_key)
+        self.user_quota = config.admin.user_quota
+        self.software = Software(config.turn.software) if config.turn.software else None
+        limiter = self.challenge_limiter
+        rate, burst = config.turn.unauthorized_ratelimit, config.turn.unauthorized_burst
+        if rate <= 0:
+            self.challenge_limiter = None
+        elif limiter is None or (limiter.rate, limiter.burst) != (rate, burst):
+            self.challenge_limiter = ChallengeLimiter(rate, burst)
+
+    def remove_listener(self, name: str, now: float) -> list[Effect]:
+        """Forget a listener: its allocations are deleted (the effects, for the I/O layer)
+        and its reservations released."""
+        lis = self.listeners.get(name)
+        if lis is None:
+            return []
+        effects: list[Effect] = [self._delete(a, now) for a in list(lis.allocations.values())
+                                 if a.alive]
+        for tok, held in list(self.reservations.items()):
+            if tok[0] == name:
+                del self.reservations[tok]
+                self.ports.release(held.endpoint)
+        del self.listeners[name]
+        lis.draining = True  # connections still holding it get no new allocation
+        return effects
 
     def add_listener(self, name: str, families: frozenset[int],
                      transport: str = "udp") -> ListenerState:
@@ -236,7 +274,8 @@ class TurnServer:
                 # Guarded: UDP sources that hold no allocation (see relay.turn.ratelimit).
                 username, user_id, key = self._authenticate(
                     msg, client, wall,
-                    lis.transport == "udp" and client not in lis.allocations)
+                    lis.transport == "udp" and client not in lis.allocations,
+                    lis.allocations.get(client))
             except _Challenge as ch:
                 self.stats.count_request(method_name, str(ch.code))
                 return ch.reply
@@ -336,9 +375,15 @@ class TurnServer:
         return _Challenge(code, self._answer(msg, MessageClass.ERROR, attrs, None))
 
     def _authenticate(self, msg: Message, client: Address, now: float,
-                      limited: bool = True) -> tuple[str, str, bytes]:
+                      limited: bool = True, current: Allocation | None = None
+                      ) -> tuple[str, str, bytes]:
         """(username, user id, key) when the request authenticates; else raises _Challenge
-        (401/438) or _Reply (400)."""
+        (401/438) or _Reply (400).
+
+        `current` is the allocation of this 5-tuple, if any: a request signed with the key it
+        was created with is accepted even when a reload has since rotated the secret or the
+        password, so live calls survive a credential rotation (coturn keeps a session's key
+        the same way); an expired REST credential is still refused."""
         stats = self.stats.auth_failures
         if msg.get(MessageIntegrity) is None and msg.get(MessageIntegritySha256) is None:
             stats["missing_credentials"] += 1
@@ -359,13 +404,24 @@ class TurnServer:
         try:
             cred = self.auth.credential(user.value, now)
         except AuthRefused as exc:
+            if exc.reason != "expired_credential" and self._kept_key(msg, user.value, current):
+                assert current is not None
+                return current.username, current.user_id, current.key
             stats[exc.reason] += 1
             raise self._challenge(msg, client, now, limited, 401) from None
         for key in cred.keys:
             if verify_integrity(msg, key):
                 return user.value, cred.user_id, key
+        if self._kept_key(msg, user.value, current):
+            assert current is not None
+            return current.username, current.user_id, current.key
         stats["bad_integrity"] += 1
         raise self._challenge(msg, client, now, limited, 401)
+
+    @staticmethod
+    def _kept_key(msg: Message, username: str, current: Allocation | None) -> bool:
+        return (current is not None and current.alive and current.username == username
+                and current.key is not None and verify_integrity(msg, current.key))
 
     def _lifetime(self, msg: Message) -> int:
         req = msg.get(Lifetime)
@@ -386,6 +442,11 @@ class TurnServer:
         key: bytes,
         now: float,
     ) -> bytes:
+        if self.draining or lis.draining:
+            # 508 Insufficient Capacity: this server (or listener) takes no new allocations
+            # while it drains; a client tries its other TURN servers, as when one is full.
+            self.stats.quota_rejections["draining"] += 1
+            raise _Reply(508, "server is draining" if self.draining else "listener is draining")
         transport = msg.get(RequestedTransport)
         if transport is None:
             raise _Reply(400, "REQUESTED-TRANSPORT is required")

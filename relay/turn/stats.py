@@ -98,7 +98,7 @@ DROP_REASONS = (
     "ratelimited",
     "too_large",
 )
-QUOTA_KINDS = ("user", "total", "permissions", "channels", "ports")
+QUOTA_KINDS = ("user", "total", "permissions", "channels", "ports", "draining")
 
 LIFETIME_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 43200, 86400)
 LATENCY_BUCKETS = (

@@ -164,6 +164,9 @@ class TurnConfig:
     software: str = "relay"
     unauthorized_ratelimit: int = 10  # 401 answers per source IP per second; 0 = unlimited
     udp_receive_buffer: int = 4 * 1024 * 1024
+    # recvmmsg/sendmmsg on the TURN-UDP listeners where the platform has them (Linux);
+    # false keeps one recvfrom/sendto per datagram
+    batch_io: bool = True
     # RFC 5766 let clients pick channels up to 0x7FFF (coturn's turnutils_uclient does);
     # RFC 8656 narrowed them to 0x4000-0x4FFF, our default.
     rfc5766_channels: bool = False
@@ -513,6 +516,7 @@ def _parse_turn(raw: Any, key: str) -> TurnConfig:
         unauthorized_ratelimit=s.get_int("unauthorized_ratelimit", d.unauthorized_ratelimit, min=0),
         udp_receive_buffer=s.get_int("udp_receive_buffer", d.udp_receive_buffer, min=0),
         rfc5766_channels=s.get_bool("rfc5766_channels", d.rfc5766_channels),
+        batch_io=s.get_bool("batch_io", d.batch_io),
     )
     s.done()
     return cfg

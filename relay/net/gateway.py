@@ -38,6 +38,7 @@ import attrs
 import trio
 
 from relay.config import Config, ListenerConfig
+from relay.net import batched, mmsg
 from relay.net.forward import forward_channel_data, forward_send_indication
 from relay.net.stream import StreamConnection, serve_connection, tls_context
 from relay.stun.fastpath import data_indication
@@ -277,6 +278,8 @@ class Gateway:
         self.alloc_nursery: trio.Nursery | None = None
         self.relay_buf = bytearray(BUFFER)
         self.relay_view = memoryview(self.relay_buf)
+        # recvmmsg/sendmmsg loops (relay.net.batched) where the platform has them
+        self.batch_io = cfg.turn.batch_io and mmsg.AVAILABLE
         for c in cfg.clusters:
             self.stats.cluster(c.name)
 
@@ -612,12 +615,14 @@ async def serve_gateway(
         gw.bind_listeners()
         async with trio.open_nursery() as nursery:
             gw.alloc_nursery = await nursery.start(_alloc_nursery)
+            loop = functools.partial(batched.listener_loop, gw) if gw.batch_io else gw.listener_loop
             for name, sock in gw.sockets.items():
-                nursery.start_soon(gw.listener_loop, gw.server.listeners[name], sock)
+                nursery.start_soon(loop, gw.server.listeners[name], sock)
             for name in gw.stream_sockets:
                 nursery.start_soon(gw.stream_listener_loop, name)
             nursery.start_soon(gw.sweeper)
-            nursery.start_soon(gw.relay_reader)
+            nursery.start_soon(functools.partial(batched.relay_reader, gw) if gw.batch_io
+                               else gw.relay_reader)
             nursery.start_soon(gw.resolve_clusters)
             task_status.started(gw)
     finally:

@@ -103,6 +103,8 @@ async def listener_loop(gw: Gateway, lis: ListenerState, sock: socket.socket) ->
                         latency.observe(perf() - t0)
                 else:
                     drops["malformed"] += 1
+            if len(got) < RECV_SLOTS:
+                break  # drained for now: wait_readable again rather than a call for EAGAIN
             handled += len(got)
             if handled >= BATCH:
                 handled = 0
@@ -121,7 +123,7 @@ class _Out:
 
 
 def _flush(out: _Out, result: SendResult, drops: dict[str, int]) -> None:
-    out.batch.flush(out.sock.fileno(), result)
+    out.batch.flush(out.sock, result)
     out.traffic.tx_packets += result.sent
     out.traffic.tx_bytes += result.sent_bytes
     if result.dropped_full:

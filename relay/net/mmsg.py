@@ -64,6 +64,7 @@ _IOV = ctypes.sizeof(_IoVec)
 _NAMELEN_W = _MsgHdr.msg_namelen.offset // 4
 _MSGLEN_W = _MMsgHdr.msg_len.offset // 4
 _HDR_W = _HDR // 4
+_NAME_Q = NAME_SIZE // 8
 _IOVLEN_Q = _IoVec.iov_len.offset // 8
 
 
@@ -160,6 +161,7 @@ class _Arrays:
         self.base = ctypes.addressof(self.hdr_c)
         self.words = memoryview(self.hdrs).cast("I")
         self.iov_q = memoryview(self.iovs).cast("Q")
+        self.names_q = memoryview(self.names).cast("Q")
         view = memoryview(self.data)
         self.slots = [view[i * slot : (i + 1) * slot] for i in range(count)]
         nview = memoryview(self.names)
@@ -190,19 +192,24 @@ class RecvBatch:
             return []
         words = a.words
         slots = a.slots
-        names = a.name_slots
+        q = a.names_q
         cache = self._names
         out = []
         for i in range(got):
             w = i * _HDR_W
-            namelen = words[w + _NAMELEN_W]
+            j = i * _NAME_Q
+            # the address's bytes as the cache key: one 64-bit word for IPv4 (family, port,
+            # address), four for IPv6 (flow, address, scope; the slot is zeroed beyond)
+            if words[w + _NAMELEN_W] <= 16:
+                key: Any = q[j]
+            else:
+                key = (q[j], q[j + 1], q[j + 2], q[j + 3])
             words[w + _NAMELEN_W] = NAME_SIZE
-            key = names[i][:namelen].tobytes()
             addr = cache.get(key)
             if addr is None:
                 if len(cache) >= _ADDR_CACHE_MAX:
                     cache.clear()
-                addr = cache[key] = _decode_name(key)
+                addr = cache[key] = _decode_name(a.name_slots[i][:28].tobytes())
             out.append((slots[i], words[w + _MSGLEN_W], addr))
         return out
 
@@ -230,6 +237,7 @@ class SendBatch:
         self.count = count
         self.pending = 0
         self._lens: list[int] = []
+        self._addrs: list[Any] = []
         self._names: dict[Any, bytes] = {}
 
     @property
@@ -255,6 +263,7 @@ class SendBatch:
         a.words[i * _HDR_W + _NAMELEN_W] = nl
         a.iov_q[i * 2 + _IOVLEN_Q] = length
         self._lens.append(length)
+        self._addrs.append(addr)
         self.pending = i + 1
 
     def push_bytes(self, data: bytes, addr: Any) -> None:
@@ -265,12 +274,26 @@ class SendBatch:
         self._a.slots[self.pending][:n] = data
         self.push(n, addr)
 
-    def flush(self, fd: int, result: SendResult) -> None:
-        """Send every queued datagram on `fd`; add what happened to `result`."""
+    def flush(self, sock: socket.socket, result: SendResult) -> None:
+        """Send every queued datagram on `sock`; add what happened to `result`.  A lone
+        datagram goes out with a plain `sendto` (cheaper than a `sendmmsg` through ctypes)."""
         count = self.pending
         if not count:
             return
         lens = self._lens
+        if count == 1:
+            self.pending = 0
+            try:
+                result.sent_bytes += sock.sendto(self._a.slots[0][: lens[0]], self._addrs[0])
+                result.sent += 1
+            except (BlockingIOError, InterruptedError):
+                result.dropped_full += 1
+            except OSError:
+                result.dropped_refused += 1
+            lens.clear()
+            self._addrs.clear()
+            return
+        fd = sock.fileno()
         start = 0
         base = self._a.base
         while start < count:
@@ -290,3 +313,4 @@ class SendBatch:
             start += 1
         self.pending = 0
         lens.clear()
+        self._addrs.clear()

@@ -55,7 +55,7 @@ def test_a_batch_sent_in_one_call_is_received_in_slots_with_the_senders_address(
             out.push(len(data), rx.getsockname())
             assert out.pending == i + 1
         out.push_bytes(sent[5], rx.getsockname())
-        out.flush(tx.fileno(), result)
+        out.flush(tx, result)
         assert (result.sent, result.sent_bytes, out.pending) == (6, sum(map(len, sent)), 0)
 
         batch = mmsg.RecvBatch(count=4, slot=2048)
@@ -80,7 +80,7 @@ def test_a_datagram_the_kernel_refuses_is_dropped_alone(host: str) -> None:
         out.push_bytes(b"first", rx.getsockname())
         out.push_bytes(bytes(66000), rx.getsockname())  # larger than any UDP datagram
         out.push_bytes(b"third", rx.getsockname())
-        out.flush(tx.fileno(), result)
+        out.flush(tx, result)
         assert (result.sent, result.dropped_refused, result.dropped_full) == (2, 1, 0)
         got = mmsg.RecvBatch(count=4, slot=2048).recv(rx.fileno())
         assert [bytes(v[:n]) for v, n, _ in got] == [b"first", b"third"]

@@ -25,6 +25,18 @@ class ListenerStatus:
 
 
 @attrs.define
+class WorkerStatus:
+    """A TURN worker process as its supervisor sees it."""
+
+    index: int
+    pid: int | None = None
+    up: bool = False  # started and answering; false while down or restarting
+    since: float = 0.0  # Unix time of the last start
+    restarts: int = 0
+    allocations: int = 0  # from its last report
+
+
+@attrs.define
 class HealthState:
     """Readiness inputs: listeners bound, shutdown not started, media self-probe passing."""
 
@@ -33,6 +45,7 @@ class HealthState:
     shutting_down: bool = False
     probe_ok: bool = True  # the self-probe flips it when the media path stops answering
     probe_failures: int = 0
+    workers: dict[int, WorkerStatus] = attrs.Factory(dict)  # with turn.workers > 1
 
     @classmethod
     def for_listeners(cls, listeners: Iterable[ListenerConfig]) -> HealthState:
@@ -58,4 +71,5 @@ class HealthState:
             and not self.shutting_down
             and self.probe_ok
             and all(lis.bound for lis in self.listeners.values())
+            and all(w.up for w in self.workers.values())
         )

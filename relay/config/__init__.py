@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import ssl
 import urllib.parse
@@ -167,6 +168,9 @@ class TurnConfig:
     # recvmmsg/sendmmsg on the TURN-UDP listeners where the platform has them (Linux);
     # false keeps one recvfrom/sendto per datagram
     batch_io: bool = True
+    # TURN worker processes sharing the listener ports; 0 = one per usable CPU, 1 = the
+    # gateway runs in the main process
+    workers: int = 1
     # RFC 5766 let clients pick channels up to 0x7FFF (coturn's turnutils_uclient does);
     # RFC 8656 narrowed them to 0x4000-0x4FFF, our default.
     rfc5766_channels: bool = False
@@ -517,9 +521,29 @@ def _parse_turn(raw: Any, key: str) -> TurnConfig:
         udp_receive_buffer=s.get_int("udp_receive_buffer", d.udp_receive_buffer, min=0),
         rfc5766_channels=s.get_bool("rfc5766_channels", d.rfc5766_channels),
         batch_io=s.get_bool("batch_io", d.batch_io),
+        workers=_workers(s, min_port, max_port),
     )
     s.done()
     return cfg
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _workers(s: Section, min_port: int, max_port: int) -> int:
+    """`turn.workers`: 0 means one per usable CPU; each worker needs its own slice of the
+    relay port range, at least two ports (an even/odd pair)."""
+    n = s.get_int("workers", TurnConfig().workers, min=0, max=1024)
+    if n == 0:
+        n = usable_cpus()
+    if n > 1 and (max_port - min_port + 1) // n < 2:
+        raise ConfigError(s.key("workers"), f"{n} workers need at least {2 * n} relay ports "
+                          f"(min_port..max_port has {max_port - min_port + 1})")
+    return n
 
 
 def _parse_config(raw: Any) -> Config:

@@ -44,8 +44,10 @@ from relay.net.stream import StreamConnection, serve_connection, tls_context
 from relay.stun.fastpath import data_indication
 from relay.stun.framing import CHANNEL_DATA, STUN, demux_table
 from relay.turn.allocation import Address, Allocation, RelayEndpoint
+from relay.turn.auth import Authenticator
 from relay.turn.effects import AllocationCreated, Effect
 from relay.turn.policy import PeerPolicy
+from relay.turn.quota import QuotaLedger
 from relay.turn.server import FAMILY_V4, FAMILY_V6, ListenerState, TurnServer
 from relay.turn.stats import TurnStats
 
@@ -252,14 +254,26 @@ def _io(alloc: Allocation) -> AllocationIO:
     return io
 
 
+@attrs.frozen
+class WorkerShare:
+    """What the gateway of a worker process shares with the other workers: its listener
+    sockets (name -> socket bound by the supervisor), the quota ledger, the nonce key."""
+
+    sockets: dict[str, socket.socket]
+    ledger: QuotaLedger
+    nonce_key: bytes
+
+
 class Gateway:
     """The sockets and loops around one `TurnServer`; it performs the core's effects and is
     the `StreamHost` of the stream connections."""
 
     def __init__(self, config: Config, stats: TurnStats,
-                 own_addresses: Iterable[tuple[str, int]] = ()) -> None:
+                 own_addresses: Iterable[tuple[str, int]] = (), *,
+                 shared: WorkerShare | None = None) -> None:
         """`own_addresses`: where the rest of relay listens (admin, signaling), refused as
-        peers like the listeners themselves."""
+        peers like the listeners themselves.  `shared`: what a worker process gets from its
+        supervisor (listener sockets, the quota ledger, the nonce key)."""
         self.config = config
         cfg = config
         self.stats = stats
@@ -270,7 +284,12 @@ class Gateway:
         self.epoll = select.epoll()
         self.relay_fds: dict[int, tuple[Any, ...]] = {}
         self.relay_sockets = RelaySockets(self.ports, self.epoll, self.relay_fds)
-        self.server = TurnServer(cfg, stats, self.policy, self.relay_sockets)
+        self.shared = shared
+        self.server = TurnServer(
+            cfg, stats, self.policy, self.relay_sockets,
+            authenticator=None if shared is None else Authenticator(
+                cfg.auth, nonce_lifetime=cfg.turn.nonce_lifetime, nonce_key=shared.nonce_key),
+            ledger=None if shared is None else shared.ledger)
         self.sockets: dict[str, socket.socket] = {}  # TURN-UDP listeners
         # TURN-TCP / TURN-TLS listeners: name -> (listening socket, TLS context or None)
         self.stream_sockets: dict[str, tuple[trio.socket.SocketType, ssl.SSLContext | None]] = {}
@@ -336,9 +355,15 @@ class Gateway:
         cfg = self.config
         for lis in cfg.listeners:
             fam = FAMILY_V6 if ":" in lis.address else FAMILY_V4
+            given = None if self.shared is None else self.shared.sockets.get(lis.name)
             if lis.protocol != "TURN-UDP":
-                port = self._bind_stream(lis, fam)
+                port = self._bind_stream(lis, fam, given)
                 self._add_listener(lis, port, "tls" if lis.protocol == "TURN-TLS" else "tcp")
+                continue
+            if given is not None:  # bound by the supervisor, shared by port with the workers
+                given.setblocking(False)
+                self.sockets[lis.name] = given
+                self._add_listener(lis, given.getsockname()[1], "udp")
                 continue
             sock = socket.socket(_AF[fam], socket.SOCK_DGRAM)
             try:
@@ -357,9 +382,15 @@ class Gateway:
             self._add_listener(lis, sock.getsockname()[1], "udp")
         self.policy.set_own_addresses(self.own_addresses)
 
-    def _bind_stream(self, lis: ListenerConfig, fam: int) -> int:
-        """A listening TCP socket for a TURN-TCP or TURN-TLS listener; its bound port."""
+    def _bind_stream(self, lis: ListenerConfig, fam: int,
+                     given: socket.socket | None = None) -> int:
+        """A listening TCP socket for a TURN-TCP or TURN-TLS listener (or the one `given`,
+        listening already); its bound port."""
         ctx = tls_context(lis.cert, lis.key) if lis.protocol == "TURN-TLS" else None
+        if given is not None:
+            given.setblocking(False)
+            self.stream_sockets[lis.name] = (trio.socket.from_stdlib_socket(given), ctx)
+            return int(given.getsockname()[1])
         sock = socket.socket(_AF[fam], socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -605,12 +636,13 @@ async def serve_gateway(
     stats: TurnStats,
     own_addresses: Iterable[tuple[str, int]] = (),
     *,
+    shared: WorkerShare | None = None,
     task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Bind every listener (TURN-UDP, TURN-TCP, TURN-TLS), then serve until cancelled;
     releases all on the way out.  `task_status.started(gateway)`: `gateway.bound_ports`
     holds each listener's bound port."""
-    gw = Gateway(config, stats, own_addresses)
+    gw = Gateway(config, stats, own_addresses, shared=shared)
     try:
         gw.bind_listeners()
         async with trio.open_nursery() as nursery:

@@ -71,6 +71,7 @@ from relay.turn.allocation import (
 from relay.turn.auth import Authenticator, AuthRefused
 from relay.turn.effects import AllocationCreated, AllocationDeleted, Effect, Outcome
 from relay.turn.policy import PeerPolicy
+from relay.turn.quota import QuotaLedger
 from relay.turn.stats import ConnectionStats, TurnStats
 
 FAMILY_V4 = 1
@@ -145,6 +146,7 @@ class TurnServer:
         ports: RelayPortAllocator,
         *,
         authenticator: Authenticator | None = None,
+        ledger: QuotaLedger | None = None,
     ) -> None:
         self.config = config
         self.turn = config.turn
@@ -157,6 +159,7 @@ class TurnServer:
         self.listeners: dict[str, ListenerState] = {}
         self.user_counts: dict[str, int] = {}
         self.user_quota = config.admin.user_quota
+        self.ledger = ledger  # quotas over every worker of the server, when there are several
         self.channel_max = CHANNEL_MAX_RFC5766 if config.turn.rfc5766_channels else CHANNEL_MAX
         self.software = Software(config.turn.software) if config.turn.software else None
         # (listener, token) -> reservation: a token is good on its listener only
@@ -425,6 +428,15 @@ class TurnServer:
             family = reserved.family
         if family not in (FAMILY_V4, FAMILY_V6) or family not in lis.families:
             raise _Reply(440)
+        if self.ledger is not None:
+            refused = self.ledger.reserve(user_id, self.user_quota, self.turn.total_quota)
+            if refused is not None:
+                self.stats.quota_rejections[refused] += 1
+                if reserved is not None:
+                    self.ports.release(reserved)
+                if refused == "user":
+                    raise _Reply(486)
+                raise _Reply(508, "server allocation quota reached")
         lifetime = self._lifetime(msg)
         relays: list[RelayEndpoint] = []
         extra: list[Attribute] = []
@@ -452,6 +464,8 @@ class TurnServer:
         except OSError:
             for ep in relays:
                 self.ports.release(ep)
+            if self.ledger is not None:
+                self.ledger.release(user_id)
             self.stats.quota_rejections["ports"] += 1
             raise _Reply(508, "no relay port available") from None
         alloc = Allocation(lis.name, client, username, user_id, key, now, now + lifetime)
@@ -625,6 +639,8 @@ class TurnServer:
             self.user_counts[alloc.user_id] = n
         else:
             self.user_counts.pop(alloc.user_id, None)
+        if self.ledger is not None:
+            self.ledger.release(alloc.user_id)
         for ep in alloc.relays.values():
             self.ports.release(ep)
         return AllocationDeleted(alloc)

@@ -140,12 +140,17 @@ def coturn_command(host: str, port: int, min_port: int, max_port: int, *,
     ]
 
 
-def relay_config_yaml(host: str, port: int, min_port: int, max_port: int) -> str:
-    """A StunnerConfig v1 equivalent to coturn_command()."""
+def relay_config_yaml(host: str, port: int, min_port: int, max_port: int, *,
+                      workers: int = 1, health_port: int = 0) -> str:
+    """A StunnerConfig v1 equivalent to coturn_command(); `workers` TURN worker processes
+    (as coturn's relay threads); `health_port`: serve /status there (0: no admin)."""
     peers = "::1/128" if ":" in host else "127.0.0.1/32"
     return (
         "version: v1\n"
-        "admin: {metrics_endpoint: \"\", healthcheck_endpoint: \"\", loglevel: \"all:WARN\"}\n"
+        "admin: {metrics_endpoint: \"\", healthcheck_endpoint: "
+        + (f"\"http://{host if ':' not in host else '[' + host + ']'}:{health_port}\""
+           if health_port else "\"\"")
+        + ", loglevel: \"all:WARN\"}\n"
         f"auth: {{type: static, realm: {REALM}, credentials: "
         f"{{username: {USERNAME}, password: {PASSWORD}}}}}\n"
         f"listeners: [{{name: udp, protocol: TURN-UDP, address: \"{host}\", port: {port}, "
@@ -156,7 +161,7 @@ def relay_config_yaml(host: str, port: int, min_port: int, max_port: int) -> str
         # turnutils_uclient (an RFC 5766 client) picks channel numbers up to 0x7FFF, which
         # RFC 8656 refuses; coturn accepts them, so relay does here too.
         f"turn: {{min_port: {min_port}, max_port: {max_port}, unauthorized_ratelimit: 0, "
-        "rfc5766_channels: true}\n"
+        f"rfc5766_channels: true, workers: {workers}}}\n"
     )
 
 
@@ -197,7 +202,8 @@ def run_coturn(host: str = "127.0.0.1", port: int | None = None, *,
 @contextlib.contextmanager
 def run_relay(host: str = "127.0.0.1", port: int | None = None, *,
               port_range: tuple[int, int] | None = None, python: str | None = None,
-              ready_timeout: float = 20.0, root: str | None = None) -> Iterator[ServerProcess]:
+              ready_timeout: float = 20.0, root: str | None = None, workers: int = 1,
+              health_port: int = 0) -> Iterator[ServerProcess]:
     """Run relay (``python -m relay -c CONFIG``) on loopback for the ``with`` block; from the
     source tree ``root`` (default: this checkout), e.g. a ``git worktree`` of another
     commit for an A/B comparison."""
@@ -207,7 +213,8 @@ def run_relay(host: str = "127.0.0.1", port: int | None = None, *,
     with tempfile.TemporaryDirectory(prefix="relay-bench-relay-") as tmp:
         cfg = os.path.join(tmp, "relay.yaml")
         with open(cfg, "w") as fh:
-            fh.write(relay_config_yaml(host, port, lo, hi))
+            fh.write(relay_config_yaml(host, port, lo, hi, workers=workers,
+                                       health_port=health_port))
         cmd = [python or sys.executable, "-m", "relay", "-c", cfg]
         env = dict(os.environ)
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")

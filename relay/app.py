@@ -37,8 +37,8 @@ from relay.config import Config
 from relay.health import HealthState
 from relay.metrics.admin import serve_admin
 from relay.net.gateway import Gateway, serve_gateway
-from relay.net.workers import Workers, serve_workers
 from relay.net.probe import run_probe
+from relay.net.workers import Workers, serve_workers
 from relay.runtime import Runtime
 from relay.signaling.server import serve_signaling
 from relay.turn.stats import TurnStats

@@ -34,6 +34,7 @@ class WorkerStatus:
     since: float = 0.0  # Unix time of the last start
     restarts: int = 0
     allocations: int = 0  # from its last report
+    packets: int = 0  # datagrams its listeners received, from its last report
 
 
 @attrs.define

@@ -226,7 +226,7 @@ def status_document(runtime: Runtime) -> dict[str, Any]:
         "channels": st.channels_active,
         **({"workers": [
             {"index": w.index, "pid": w.pid, "up": w.up, "since": round(w.since, 3),
-             "restarts": w.restarts, "allocations": w.allocations}
+             "restarts": w.restarts, "allocations": w.allocations, "packets": w.packets}
             for w in h.workers.values()
         ]} if h.workers else {}),
     }

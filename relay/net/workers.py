@@ -228,6 +228,7 @@ class Workers:
                     elif kind == "stats":
                         self.reports[index] = body
                         st.allocations = body.allocations_active
+                        st.packets = sum(ls.traffic.rx_packets for ls in body.listeners.values())
                         self.sum_reports()
                 code = await proc.wait()
             finally:

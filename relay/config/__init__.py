@@ -148,6 +148,14 @@ class StatsConfig:
     )
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (the default of `turn.workers`)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 @attrs.frozen
 class TurnConfig:
     min_port: int = 49152
@@ -168,9 +176,9 @@ class TurnConfig:
     # recvmmsg/sendmmsg on the TURN-UDP listeners where the platform has them (Linux);
     # false keeps one recvfrom/sendto per datagram
     batch_io: bool = True
-    # TURN worker processes sharing the listener ports; 0 = one per usable CPU, 1 = the
-    # gateway runs in the main process
-    workers: int = 1
+    # TURN worker processes sharing the listener ports (default and 0: one per usable CPU);
+    # 1 = the gateway runs in the main process
+    workers: int = attrs.field(factory=lambda: usable_cpus())
     # RFC 5766 let clients pick channels up to 0x7FFF (coturn's turnutils_uclient does);
     # RFC 8656 narrowed them to 0x4000-0x4FFF, our default.
     rfc5766_channels: bool = False
@@ -527,17 +535,10 @@ def _parse_turn(raw: Any, key: str) -> TurnConfig:
     return cfg
 
 
-def usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def _workers(s: Section, min_port: int, max_port: int) -> int:
     """`turn.workers`: 0 means one per usable CPU; each worker needs its own slice of the
     relay port range, at least two ports (an even/odd pair)."""
-    n = s.get_int("workers", TurnConfig().workers, min=0, max=1024)
+    n = s.get_int("workers", 0, min=0, max=1024)
     if n == 0:
         n = usable_cpus()
     if n > 1 and (max_port - min_port + 1) // n < 2:

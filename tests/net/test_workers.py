@@ -18,7 +18,7 @@ import trio
 
 from benchmarks.echo_peer import serve_udp_echo
 from benchmarks.turnclient import TurnClient, TurnError
-from relay.config import ConfigError, usable_cpus
+from relay.config import ConfigError, TurnConfig, usable_cpus
 from relay.net.shared_quota import SharedQuota
 from relay.net.workers import port_slices, worker_config
 from tests.turn.gateway_harness import client, config, running, until
@@ -179,8 +179,9 @@ def test_each_worker_gets_its_slice_and_a_share_of_the_401_limit() -> None:
 
 
 def test_workers_config_key() -> None:
-    assert config().turn.workers == 1
+    assert config().turn.workers == 1  # the harness's default: one process
     assert config(turn={"workers": 0}).turn.workers == usable_cpus()
+    assert TurnConfig().workers == usable_cpus()  # every core by default
     with pytest.raises(ConfigError, match=r"turn\.workers"):
         config(turn={"workers": 8}, ports=8)
     with pytest.raises(ConfigError, match=r"turn\.workers"):

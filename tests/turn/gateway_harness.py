@@ -82,7 +82,8 @@ def config(
         "clusters": clusters if clusters is not None else [
             {"name": "peers", "type": "STATIC", "endpoints": ["127.0.0.1/32"]},
         ],
-        "turn": {"min_port": lo, "max_port": hi, **(turn or {})},
+        # one process unless the test asks for workers (tests/net/test_workers.py)
+        "turn": {"min_port": lo, "max_port": hi, "workers": 1, **(turn or {})},
     }
     if BATCH_IO[0] is not None:
         raw["turn"].setdefault("batch_io", BATCH_IO[0])

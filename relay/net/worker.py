@@ -2,7 +2,8 @@
 
 Reads its `WorkerSpec` (pickled) from stdin, serves the gateway on the listener sockets it
 inherited, reports `("ready", ports)` and then its counters every `REPORT_INTERVAL` on
-stdout, and stops on SIGTERM/SIGINT or when its stdin closes (the supervisor is gone).
+stdout, and stops on SIGTERM (sent by the supervisor, also when the supervisor gets SIGINT)
+or when its stdin closes (the supervisor is gone).  SIGINT itself is ignored.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ async def _until_stdin_closes(inp: trio.lowlevel.FdStream) -> None:
 
 
 async def _until_signalled() -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
         async for _ in signals:
             return
 
@@ -80,6 +81,9 @@ def _read_exactly(fd: int, n: int) -> bytes:
 
 
 def main() -> None:
+    # Ctrl-C reaches the whole process group: the supervisor stops the workers (SIGTERM);
+    # a worker leaving on its own would be taken for a crash and restarted.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     (n,) = _len.unpack(_read_exactly(0, 4))
     kind, spec = pickle.loads(_read_exactly(0, n))
     assert kind == "spec" and isinstance(spec, WorkerSpec)

@@ -21,7 +21,8 @@ from benchmarks.turnclient import TurnClient, TurnError
 from relay.config import ConfigError, TurnConfig, usable_cpus
 from relay.net.shared_quota import SharedQuota
 from relay.net.workers import port_slices, worker_config
-from tests.turn.gateway_harness import client, config, running, until
+from tests.turn.gateway_harness import PASSWORD, USER, client, config, running, until
+from tests.turn.stream_client import StreamTurnClient
 
 CLIENTS = 16
 
@@ -208,3 +209,32 @@ def test_shared_quota_ledger_counts_over_every_row() -> None:
     finally:
         table.close()
         os.close(table.fd)
+
+
+async def test_tcp_connections_are_served_by_the_workers() -> None:
+    cfg = config(listeners=[
+        {"name": "tcp", "protocol": "TURN-TCP", "address": "127.0.0.1", "port": 0,
+         "routes": ["peers"]},
+        {"name": "udp", "protocol": "TURN-UDP", "address": "127.0.0.1", "port": 0,
+         "routes": ["peers"]},
+    ], turn={"workers": 2, "unauthorized_ratelimit": 0}, ports=64)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery, running(cfg) as rt:
+            peer = await nursery.start(serve_udp_echo, "127.0.0.1", 0)
+            address = rt.health.listeners["tcp"]
+            for i in range(4):
+                async with StreamTurnClient((address.address, address.port), USER,
+                                            PASSWORD) as c:
+                    await c.allocate()
+                    await c.channel_bind(0x4000, peer)
+                    payload = b"tcp %d" % i
+                    await c.send_channel(0x4000, payload)
+                    while True:
+                        kind, meta, data = await c.recv(timeout=5)
+                        if kind == "channel":
+                            assert (meta, data) == (0x4000, payload)
+                            break
+            await until(lambda: rt.stats.allocations_total == 4
+                        and rt.stats.allocations_active == 0,
+                        "the TCP allocations counted and gone with their connections")
+            nursery.cancel_scope.cancel()

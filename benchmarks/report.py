@@ -169,7 +169,8 @@ class Progress:
 
 
 class CpuMeter:
-    """CPU use of a process (percent of one core) between start() and stop(), via psutil."""
+    """CPU use of a process and its live child processes (relay's TURN workers), percent of
+    one core, between start() and stop(), via psutil."""
 
     def __init__(self, pid: int | None) -> None:
         self.pid = pid
@@ -191,7 +192,14 @@ class CpuMeter:
 
     def _cpu(self) -> float:
         t = self._proc.cpu_times()
-        return float(t.user + t.system)
+        total = float(t.user + t.system)
+        for child in self._proc.children(recursive=True):
+            try:
+                c = child.cpu_times()
+            except Exception:  # gone meanwhile
+                continue
+            total += float(c.user + c.system)
+        return total
 
     def start(self) -> None:
         if self._proc is not None:

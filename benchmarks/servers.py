@@ -141,13 +141,17 @@ def coturn_command(host: str, port: int, min_port: int, max_port: int, *,
 
 
 def relay_config_yaml(host: str, port: int, min_port: int, max_port: int,
-                      guard: bool = False) -> str:
+                      guard: bool = False, *, workers: int = 1, health_port: int = 0) -> str:
     """A StunnerConfig v1 equivalent to coturn_command(); `guard`: keep relay's default
-    401/438 reflection guard instead of turning it off."""
+    401/438 reflection guard instead of turning it off; `workers` TURN worker processes
+    (as coturn's relay threads); `health_port`: serve /status there (0: no admin)."""
     peers = "::1/128" if ":" in host else "127.0.0.1/32"
     return (
         "version: v1\n"
-        "admin: {metrics_endpoint: \"\", healthcheck_endpoint: \"\", loglevel: \"all:WARN\"}\n"
+        "admin: {metrics_endpoint: \"\", healthcheck_endpoint: "
+        + (f"\"http://{host if ':' not in host else '[' + host + ']'}:{health_port}\""
+           if health_port else "\"\"")
+        + ", loglevel: \"all:WARN\"}\n"
         f"auth: {{type: static, realm: {REALM}, credentials: "
         f"{{username: {USERNAME}, password: {PASSWORD}}}}}\n"
         f"listeners: [{{name: udp, protocol: TURN-UDP, address: \"{host}\", port: {port}, "
@@ -158,7 +162,8 @@ def relay_config_yaml(host: str, port: int, min_port: int, max_port: int,
         # turnutils_uclient (an RFC 5766 client) picks channel numbers up to 0x7FFF, which
         # RFC 8656 refuses; coturn accepts them, so relay does here too.
         f"turn: {{min_port: {min_port}, max_port: {max_port}, "
-        f"{'' if guard else 'unauthorized_ratelimit: 0, '}rfc5766_channels: true}}\n"
+        f"{'' if guard else 'unauthorized_ratelimit: 0, '}rfc5766_channels: true, "
+        f"workers: {workers}}}\n"
     )
 
 
@@ -200,7 +205,8 @@ def run_coturn(host: str = "127.0.0.1", port: int | None = None, *,
 def run_relay(host: str = "127.0.0.1", port: int | None = None, *,
               port_range: tuple[int, int] | None = None, python: str | None = None,
               ready_timeout: float = 20.0, root: str | None = None,
-              guard: bool = False) -> Iterator[ServerProcess]:
+              guard: bool = False, workers: int = 1,
+              health_port: int = 0) -> Iterator[ServerProcess]:
     """Run relay (``python -m relay -c CONFIG``) on loopback for the ``with`` block; from the
     source tree ``root`` (default: this checkout), e.g. a ``git worktree`` of another
     commit for an A/B comparison."""
@@ -210,7 +216,8 @@ def run_relay(host: str = "127.0.0.1", port: int | None = None, *,
     with tempfile.TemporaryDirectory(prefix="relay-bench-relay-") as tmp:
         cfg = os.path.join(tmp, "relay.yaml")
         with open(cfg, "w") as fh:
-            fh.write(relay_config_yaml(host, port, lo, hi, guard))
+            fh.write(relay_config_yaml(host, port, lo, hi, guard, workers=workers,
+                                       health_port=health_port))
         cmd = [python or sys.executable, "-m", "relay", "-c", cfg]
         env = dict(os.environ)
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")

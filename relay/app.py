@@ -42,6 +42,7 @@ from relay.lifecycle import Control
 from relay.metrics.admin import serve_admin
 from relay.net.gateway import Gateway, serve_gateway
 from relay.net.probe import run_probe
+from relay.net.workers import Workers, serve_workers
 from relay.runtime import Runtime
 from relay.signaling.server import serve_signaling
 from relay.signaling.turn_credentials import TurnServers, own_uris
@@ -128,11 +129,19 @@ async def _serve_listeners(
     runtime: Runtime,
     own_addresses: Iterable[tuple[str, int]],
     *,
-    task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[Gateway | Workers] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """The gateway, with its listeners marked bound in the health state while it serves."""
+    """The gateway, with its listeners marked bound in the health state while it serves.
+    With `turn.workers` > 1 the gateways run in worker processes (`relay.net.workers`)."""
     try:
         async with trio.open_nursery() as nursery:
+            if runtime.config.turn.workers > 1:
+                workers: Workers = await nursery.start(
+                    serve_workers, runtime.config, runtime.stats, runtime.health,
+                    frozenset(own_addresses))
+                runtime.health.mark_bound(workers.bound_ports)
+                task_status.started(workers)
+                return
             gateway: Gateway = await nursery.start(
                 serve_gateway, runtime.config, runtime.stats, frozenset(own_addresses))
             runtime.health.mark_bound(gateway.bound_ports)

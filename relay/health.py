@@ -25,6 +25,19 @@ class ListenerStatus:
 
 
 @attrs.define
+class WorkerStatus:
+    """A TURN worker process as its supervisor sees it."""
+
+    index: int
+    pid: int | None = None
+    up: bool = False  # started and answering; false while down or restarting
+    since: float = 0.0  # Unix time of the last start
+    restarts: int = 0
+    allocations: int = 0  # from its last report
+    packets: int = 0  # datagrams its listeners received, from its last report
+
+
+@attrs.define
 class HealthState:
     """Readiness inputs: listeners bound, shutdown not started, media self-probe passing."""
 
@@ -36,6 +49,7 @@ class HealthState:
     # configuration reloads by result ("success", "failure"): relay_config_reloads_total
     reloads: dict[str, int] = attrs.Factory(lambda: {"success": 0, "failure": 0})
     draining: bool = False  # SIGTERM received: allocations are being drained
+    workers: dict[int, WorkerStatus] = attrs.Factory(dict)  # with turn.workers > 1
 
     @classmethod
     def for_listeners(cls, listeners: Iterable[ListenerConfig]) -> HealthState:
@@ -70,4 +84,5 @@ class HealthState:
             and not self.shutting_down
             and self.probe_ok
             and all(lis.bound for lis in self.listeners.values())
+            and all(w.up for w in self.workers.values())
         )

@@ -33,6 +33,7 @@ from relay.config import Config
 from relay.errors import ConfigError
 from relay.logsetup import apply_loglevel
 from relay.net.gateway import Gateway
+from relay.net.workers import Workers
 from relay.runtime import Runtime
 from relay.signaling.hub import Hub
 from relay.signaling.reload import open_connections, reconfigure, say_goodbye
@@ -51,7 +52,7 @@ class Control:
         self.runtime = runtime
         self.config = runtime.config  # the config in force
         self.config_path = config_path
-        self.gateway: Gateway | None = None
+        self.gateway: Gateway | Workers | None = None  # Workers: turn.workers > 1
         self.hub: Hub | None = None
         self.draining = False
         self._drain_from = 0  # allocations when the drain began

@@ -66,11 +66,13 @@ def same_ports(rt: Running, cfg: Config) -> Config:
         attrs.evolve(lis, port=ports.get(lis.name, lis.port)) for lis in cfg.listeners))
 
 
-async def relays(c: TurnClient, payload: bytes) -> bool:
-    await c.send_channel(CHAN, payload)
-    with trio.move_on_after(2.0):
+async def relays(c: TurnClient, payload: bytes, channel: int = CHAN,
+                 wait: float = 2.0) -> bool:
+    """Whether `payload` sent on `channel` comes back from the echo peer within `wait`."""
+    await c.send_channel(channel, payload)
+    with trio.move_on_after(wait):
         while True:
-            kind, _meta, data = await c.recv(timeout=2.0)
+            kind, _meta, data = await c.recv(timeout=wait)
             if kind == "channel" and data == payload:
                 return True
     return False

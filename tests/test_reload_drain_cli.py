@@ -18,6 +18,8 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -86,6 +88,47 @@ class Echo:
             await self.sock.sendto(data, addr)
 
 
+@asynccontextmanager
+async def relaying(port: int) -> AsyncIterator[tuple[TurnClient, Echo]]:
+    """A client of the listener on `port` (OLD_SECRET), allocated, with channel 0x4000
+    bound to a running echo peer."""
+    echo = Echo()
+    peer = await echo.bind()
+    user, pw = credential(OLD_SECRET)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(echo.run)
+        async with TurnClient(("127.0.0.1", port), user, pw, rto=0.1) as c:
+            await c.allocate()
+            await c.channel_bind(0x4000, peer)
+            yield c, echo
+        nursery.cancel_scope.cancel()
+
+
+async def refused_allocate(port: int, secret: str, user: str) -> int:
+    """The error code a new client's Allocate on `port` gets (it must fail)."""
+    username, pw = credential(secret, user)
+    async with TurnClient(("127.0.0.1", port), username, pw, rto=0.1) as c:
+        with pytest.raises(TurnError) as err:
+            await c.allocate()
+    return err.value.code
+
+
+async def drain_while_relaying(r: Running, c: TurnClient, port: int, ready_url: str,
+                               late: int = 1) -> tuple[set[int], int, list[int]]:
+    """SIGTERM to `r` while `c` holds an allocation: /ready's status during the drain, the
+    codes `late` new clients' Allocates get, and what `c` relays after; then `c` deletes
+    its allocation (relay must still be running until then)."""
+    r.proc.send_signal(signal.SIGTERM)
+    await trio.to_thread.run_sync(r.read_err_until, b"draining: 1 alloc")
+    ready = await trio.to_thread.run_sync(_ready_status, ready_url)
+    # New Allocates are refused while the old allocation relays on.
+    refused = [await refused_allocate(port, OLD_SECRET, f"late{i}") for i in range(late)]
+    after = await stream(c, 0, PACKETS)
+    assert r.proc.poll() is None  # still up: the allocation is alive
+    await c.refresh(0)  # the client deletes its allocation
+    return after, ready, refused
+
+
 async def stream(c: TurnClient, start: int, count: int) -> set[int]:
     """Send `count` numbered packets on channel 0x4000 at a steady pace while collecting the
     echoes; the sequence numbers that came back."""
@@ -121,61 +164,53 @@ def test_sighup_adds_a_listener_and_rotates_the_secret_without_losing_a_packet(
         port_a = listener_port(out, "udp-a")
 
         async def scenario() -> tuple[set[int], set[int], int, str]:
-            echo = Echo()
-            peer = await echo.bind()
-            user, pw = credential(OLD_SECRET)
             with trio.fail_after(60):
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(echo.run)
-                    async with TurnClient(("127.0.0.1", port_a), user, pw, rto=0.1) as c:
-                        await c.allocate()
-                        await c.channel_bind(0x4000, peer)
-                        before = await stream(c, 0, PACKETS)
-                        # Rewrite the file: a second listener, the secret rotated (the old
-                        # one gone), then SIGHUP while the stream runs.
-                        write(tmp_path, render(NEW_SECRET, [("udp-a", port_a), ("udp-b", 0)],
-                                               ports))
-                        async with trio.open_nursery() as inner:
-                            during: set[int] = set()
+                async with relaying(port_a) as (c, echo):
+                    before = await stream(c, 0, PACKETS)
+                    # Rewrite the file: a second listener, the secret rotated (the old
+                    # one gone), then SIGHUP while the stream runs.
+                    write(tmp_path, render(NEW_SECRET, [("udp-a", port_a), ("udp-b", 0)],
+                                           ports))
+                    async with trio.open_nursery() as inner:
+                        during: set[int] = set()
 
-                            async def run_stream() -> None:
-                                during.update(await stream(c, PACKETS, PACKETS))
+                        async def run_stream() -> None:
+                            during.update(await stream(c, PACKETS, PACKETS))
 
-                            inner.start_soon(run_stream)
-                            await trio.sleep(PACKETS * GAP / 3)
-                            r.proc.send_signal(signal.SIGHUP)
-                            log = await trio.to_thread.run_sync(
-                                r.read_err_until, b"config reloaded")
-                        # The allocation's own refresh still authenticates (its key is kept).
-                        await c.refresh(600)
-                        port_b = int(re.search(
-                            r"listener udp-b: TURN-UDP on 127\.0\.0\.1:(\d+)", log).group(1))
-                        # A new client: the old secret is refused, the new one allocates on
-                        # the added listener.
-                        old_user, old_pw = credential(OLD_SECRET, "bob")
-                        async with TurnClient(("127.0.0.1", port_b), old_user, old_pw,
-                                              rto=0.1) as stale:
-                            with pytest.raises(TurnError) as err:
-                                await stale.allocate()
-                            assert err.value.code == 401
-                        new_user, new_pw = credential(NEW_SECRET, "bob")
-                        async with TurnClient(("127.0.0.1", port_b), new_user, new_pw,
-                                              rto=0.1) as fresh:
-                            await fresh.allocate()
-                            assert fresh.relayed is not None
-                    nursery.cancel_scope.cancel()
+                        inner.start_soon(run_stream)
+                        await trio.sleep(PACKETS * GAP / 3)
+                        r.proc.send_signal(signal.SIGHUP)
+                        log = await trio.to_thread.run_sync(
+                            r.read_err_until, b"config reloaded")
+                    # The allocation's own refresh still authenticates (its key is kept).
+                    await c.refresh(600)
+                    port_b = int(re.search(
+                        r"listener udp-b: TURN-UDP on 127\.0\.0\.1:(\d+)", log).group(1))
+                    # A new client: the old secret is refused, the new one allocates on
+                    # the added listener.
+                    assert await refused_allocate(port_b, OLD_SECRET, "bob") == 401
+                    new_user, new_pw = credential(NEW_SECRET, "bob")
+                    async with TurnClient(("127.0.0.1", port_b), new_user, new_pw,
+                                          rto=0.1) as fresh:
+                        await fresh.allocate()
+                        assert fresh.relayed is not None
             return before, during, echo.seen, log
 
         before, during, seen, log = trio.run(scenario)
         rc, err = r.stop(signal.SIGINT)
     finally:
         r.kill()
-    assert before == set(range(PACKETS))
-    assert during == set(range(PACKETS, 2 * PACKETS)), (
-        f"lost {sorted(set(range(PACKETS, 2 * PACKETS)) - during)[:10]}...")
+    assert_no_loss(before, during)
     assert seen == 2 * PACKETS
     assert "received SIGHUP, reloading" in log
     assert rc == 0 and "Traceback" not in err, err
+
+
+def assert_no_loss(before: set[int], during: set[int]) -> None:
+    """Both stream phases (before and through the reload) came back whole."""
+    assert before == set(range(PACKETS))
+    assert during == set(range(PACKETS, 2 * PACKETS)), (
+        f"lost {sorted(set(range(PACKETS, 2 * PACKETS)) - during)[:10]}...")
 
 
 def _ready_status(url: str) -> int:
@@ -199,41 +234,21 @@ def test_sigterm_drains_relaying_continues_until_the_allocation_is_deleted_then_
         assert m is not None, out
         ready_url = f"http://127.0.0.1:{m.group(1)}/ready"
 
-        async def scenario() -> tuple[set[int], int, int]:
-            echo = Echo()
-            peer = await echo.bind()
-            user, pw = credential(OLD_SECRET)
+        async def scenario() -> tuple[set[int], int, list[int]]:
             with trio.fail_after(60):
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(echo.run)
-                    async with TurnClient(("127.0.0.1", port_a), user, pw, rto=0.1) as c:
-                        await c.allocate()
-                        await c.channel_bind(0x4000, peer)
-                        for _ in range(50):  # the self-probe's first verdict may be pending
-                            if await trio.to_thread.run_sync(_ready_status, ready_url) == 200:
-                                break
-                            await trio.sleep(0.1)
-                        r.proc.send_signal(signal.SIGTERM)
-                        await trio.to_thread.run_sync(r.read_err_until, b"draining: 1 alloc")
-                        ready = await trio.to_thread.run_sync(_ready_status, ready_url)
-                        # A new Allocate is refused while the old allocation relays on.
-                        u2, p2 = credential(OLD_SECRET, "late")
-                        async with TurnClient(("127.0.0.1", port_a), u2, p2, rto=0.1) as late:
-                            with pytest.raises(TurnError) as err:
-                                await late.allocate()
-                            refused = err.value.code
-                        after = await stream(c, 0, PACKETS)
-                        assert r.proc.poll() is None  # still up: the allocation is alive
-                        await c.refresh(0)  # the client deletes its allocation
-                    nursery.cancel_scope.cancel()
-            return after, ready, refused
+                async with relaying(port_a) as (c, _echo):
+                    for _ in range(50):  # the self-probe's first verdict may be pending
+                        if await trio.to_thread.run_sync(_ready_status, ready_url) == 200:
+                            break
+                        await trio.sleep(0.1)
+                    return await drain_while_relaying(r, c, port_a, ready_url)
 
         after, ready, refused = trio.run(scenario)
         rc, err = r.wait("relay did not exit once its last allocation was deleted")
     finally:
         r.kill()
     assert ready == 503
-    assert refused == 508
+    assert refused == [508]
     assert after == set(range(PACKETS))
     assert rc == 0, err
     assert "drained: 1 allocation(s) ended" in err

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import ssl
 import urllib.parse
@@ -157,6 +158,14 @@ class StatsConfig:
     )
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (the default of `turn.workers`)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 @attrs.frozen
 class TurnConfig:
     min_port: int = 49152
@@ -180,6 +189,12 @@ class TurnConfig:
     # TURN-TCP/TLS connections one source IP may hold at once (0 = no cap)
     max_connections_per_ip: int = 500
     udp_receive_buffer: int = 4 * 1024 * 1024
+    # recvmmsg/sendmmsg on the TURN-UDP listeners where the platform has them (Linux);
+    # false (the default: measured no faster) keeps one recvfrom/sendto per datagram
+    batch_io: bool = False
+    # TURN worker processes sharing the listener ports (0: one per usable CPU); 1, the
+    # default, runs the gateway in the main process (docs/workers.md says why)
+    workers: int = 1
     # RFC 5766 let clients pick channels up to 0x7FFF (coturn's turnutils_uclient does);
     # RFC 8656 narrowed them to 0x4000-0x4FFF, our default.
     rfc5766_channels: bool = False
@@ -569,9 +584,23 @@ def _parse_turn(raw: Any, key: str) -> TurnConfig:
                                          min=0),
         udp_receive_buffer=s.get_int("udp_receive_buffer", d.udp_receive_buffer, min=0),
         rfc5766_channels=s.get_bool("rfc5766_channels", d.rfc5766_channels),
+        batch_io=s.get_bool("batch_io", d.batch_io),
+        workers=_workers(s, min_port, max_port, d.workers),
     )
     s.done()
     return cfg
+
+
+def _workers(s: Section, min_port: int, max_port: int, default: int) -> int:
+    """`turn.workers` (default 1): 0 means one per usable CPU; each worker needs its own
+    slice of the relay port range, at least two ports (an even/odd pair)."""
+    n = s.get_int("workers", default, min=0, max=1024)
+    if n == 0:
+        n = usable_cpus()
+    if n > 1 and (max_port - min_port + 1) // n < 2:
+        raise ConfigError(s.key("workers"), f"{n} workers need at least {2 * n} relay ports "
+                          f"(min_port..max_port has {max_port - min_port + 1})")
+    return n
 
 
 def _parse_config(raw: Any) -> Config:

@@ -189,6 +189,7 @@ def not_ready_reasons(runtime: Runtime) -> list[str]:
     elif h.shutting_down:
         reasons.append("shutting down")
     reasons.extend(f"listener {s.name} not bound" for s in h.listeners.values() if not s.bound)
+    reasons.extend(f"TURN worker {w.index} down" for w in h.workers.values() if not w.up)
     if not h.probe_ok:
         reasons.append("self-probe failing")
     return reasons
@@ -233,6 +234,11 @@ def status_document(runtime: Runtime) -> dict[str, Any]:
         "allocations_total": st.allocations_total,
         "permissions": st.permissions_active,
         "channels": st.channels_active,
+        **({"workers": [
+            {"index": w.index, "pid": w.pid, "up": w.up, "since": round(w.since, 3),
+             "restarts": w.restarts, "allocations": w.allocations, "packets": w.packets}
+            for w in h.workers.values()
+        ]} if h.workers else {}),
     }
 
 

@@ -38,19 +38,25 @@ import trio
 
 from relay.config import Config, ListenerConfig
 from relay.fdlimit import FD_ERRNOS, GUARD, serve_accepts
+from relay.net import mmsg
 from relay.net.forward import forward_channel_data, forward_send_indication
+from relay.net.mmsg import RecvBatch, SendBatch, SendResult
 from relay.net.stream import StreamConnection, serve_connection, tls_context
 from relay.stun.fastpath import data_indication
 from relay.stun.framing import CHANNEL_DATA, STUN, demux_table
 from relay.turn.allocation import Address, Allocation, RelayEndpoint
+from relay.turn.auth import Authenticator
 from relay.turn.effects import AllocationCreated, Effect
 from relay.turn.policy import PeerPolicy
+from relay.turn.quota import QuotaLedger
 from relay.turn.server import FAMILY_V4, FAMILY_V6, ListenerState, TurnServer
 from relay.turn.stats import TurnStats
 
 log = logging.getLogger("relay.gateway")
 
 BATCH = 64  # datagrams handled before yielding to the scheduler
+RECV_SLOTS = 32  # datagrams per recvmmsg (turn.batch_io)
+SEND_SLOTS = 32  # datagrams per sendmmsg (turn.batch_io)
 BUFFER = 65536 + 64
 SWEEP_INTERVAL = 1.0
 DNS_INTERVAL = 30.0  # STRICT_DNS clusters are re-resolved this often
@@ -268,14 +274,27 @@ def _io(alloc: Allocation) -> AllocationIO:
     return io
 
 
+@attrs.frozen
+class WorkerShare:
+    """What the gateway of a worker process shares with the other workers: its listener
+    sockets (name -> socket bound by the supervisor), the quota ledger, the nonce key."""
+
+    sockets: dict[str, socket.socket]
+    ledger: QuotaLedger
+    nonce_key: bytes
+    workers: int = 1  # how many share the server (the 401/438 guard is split between them)
+
+
 class Gateway:
     """The sockets and loops around one `TurnServer`; it performs the core's effects and is
     the `StreamHost` of the stream connections."""
 
     def __init__(self, config: Config, stats: TurnStats,
-                 own_addresses: Iterable[tuple[str, int]] = ()) -> None:
+                 own_addresses: Iterable[tuple[str, int]] = (), *,
+                 shared: WorkerShare | None = None) -> None:
         """`own_addresses`: where the rest of relay listens (admin, signaling), refused as
-        peers like the listeners themselves."""
+        peers like the listeners themselves.  `shared`: what a worker process gets from its
+        supervisor (listener sockets, the quota ledger, the nonce key)."""
         self.config = config
         cfg = config
         self.stats = stats
@@ -286,7 +305,13 @@ class Gateway:
         self.epoll = select.epoll()
         self.relay_fds: dict[int, tuple[Any, ...]] = {}
         self.relay_sockets = RelaySockets(self.ports, self.epoll, self.relay_fds)
-        self.server = TurnServer(cfg, stats, self.policy, self.relay_sockets)
+        self.shared = shared
+        self.server = TurnServer(
+            cfg, stats, self.policy, self.relay_sockets,
+            authenticator=None if shared is None else Authenticator(
+                cfg.auth, nonce_lifetime=cfg.turn.nonce_lifetime, nonce_key=shared.nonce_key),
+            ledger=None if shared is None else shared.ledger,
+            share=1 if shared is None else shared.workers)
         self.sockets: dict[str, socket.socket] = {}  # TURN-UDP listeners
         # TURN-TCP / TURN-TLS listeners: name -> (listening socket, TLS context or None)
         self.stream_sockets: dict[str, tuple[trio.socket.SocketType, ssl.SSLContext | None]] = {}
@@ -298,6 +323,9 @@ class Gateway:
         self.listener_configs: dict[str, ListenerConfig] = {}
         self.relay_buf = bytearray(BUFFER)
         self.relay_view = memoryview(self.relay_buf)
+        # recvmmsg/sendmmsg in the datagram loops where the platform has them
+        self.batch_io = cfg.turn.batch_io and mmsg.AVAILABLE
+        self.send_batches: dict[str, _Out] = {}  # TURN-UDP listener -> its outgoing batch
         for c in cfg.clusters:
             self.stats.cluster(c.name)
 
@@ -360,8 +388,12 @@ class Gateway:
         yet, so a reload can bind all its new listeners before it changes anything. `key`
         names the listener in the config, for errors."""
         fam = FAMILY_V6 if ":" in lis.address else FAMILY_V4
+        given = None if self.shared is None else self.shared.sockets.get(lis.name)
         if lis.protocol != "TURN-UDP":
-            return self._bind_stream(lis, fam, key)
+            return self._bind_stream(lis, fam, key, given)
+        if given is not None:  # bound by the supervisor, shared by port with the workers
+            given.setblocking(False)
+            return _Opened(given, None, int(given.getsockname()[1]))
         sock = socket.socket(_AF[fam], socket.SOCK_DGRAM)
         try:
             if fam == FAMILY_V6:
@@ -389,12 +421,20 @@ class Gateway:
             transport = "tls" if lis.protocol == "TURN-TLS" else "tcp"
         self.listener_configs[lis.name] = lis
         self._add_listener(lis, opened.port, transport)
+        if self.batch_io and transport == "udp":
+            self.send_batches[lis.name] = _Out(
+                opened.sock, self.server.listeners[lis.name].stats.traffic)
         if self.nursery is not None:
             self.nursery.start_soon(self._serve_listener, lis.name)
 
-    def _bind_stream(self, lis: ListenerConfig, fam: int, key: str) -> _Opened:
-        """A listening TCP socket for a TURN-TCP or TURN-TLS listener."""
+    def _bind_stream(self, lis: ListenerConfig, fam: int, key: str,
+                     given: socket.socket | None = None) -> _Opened:
+        """A listening TCP socket for a TURN-TCP or TURN-TLS listener (or the one `given`,
+        listening already in the supervisor)."""
         ctx = tls_context(lis.cert, lis.key) if lis.protocol == "TURN-TLS" else None
+        if given is not None:
+            given.setblocking(False)
+            return _Opened(given, ctx, int(given.getsockname()[1]))
         sock = socket.socket(_AF[fam], socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -430,6 +470,8 @@ class Gateway:
         scope = self.listener_scopes.pop(name, None)
         if scope is not None:
             scope.cancel()
+        # the relay reader flushes every batch before it yields: nothing is pending here
+        self.send_batches.pop(name, None)
         sock = self.sockets.pop(name, None)
         if sock is not None:
             sock.close()
@@ -462,7 +504,7 @@ class Gateway:
         old = self.listener_configs
         new = {lis.name: lis for lis in config.listeners}
         rebind = [lis for name, lis in new.items()
-                  if name not in old or not _same_binding(old[name], self.bound_ports[name], lis)]
+                  if name not in old or not same_binding(old[name], self.bound_ports[name], lis)]
         contexts: dict[str, ssl.SSLContext | None] = {}
         for lis in new.values():
             if lis.protocol == "TURN-TLS" and lis not in rebind:
@@ -612,10 +654,18 @@ class Gateway:
             self._close_drained()
 
     async def listener_loop(self, lis: ListenerState, sock: socket.socket) -> None:
-        """Client -> relay: ChannelData and Send indications forwarded, requests answered."""
-        buf = bytearray(BUFFER)
+        """Client -> relay: ChannelData and Send indications forwarded, requests answered.
+
+        One body decides every datagram; only the receive differs: one `recvfrom_into` per
+        datagram, or (`turn.batch_io`) a `recvmmsg` of up to `RECV_SLOTS` into a batch's
+        slots.  A short batch (or EAGAIN) ends the drain: wait for readability again."""
+        batch = RecvBatch(RECV_SLOTS, BUFFER) if self.batch_io else None
+        recv_many = batch.recv if batch is not None else None
+        slots = RECV_SLOTS if batch is not None else 1
+        buf = bytearray(BUFFER) if batch is None else bytearray(0)
         view = memoryview(buf)
         recv = sock.recvfrom_into
+        fileno = sock.fileno
         send = sock.sendto
         allocs = lis.allocations
         traffic = lis.stats.traffic
@@ -627,50 +677,62 @@ class Gateway:
         wait = trio.lowlevel.wait_readable
         checkpoint = trio.lowlevel.checkpoint
         perf = time.perf_counter
+        got: Any
         while True:
             await wait(sock)
             handled = 0
             while True:
                 try:
-                    n, addr = recv(buf)
+                    if recv_many is None:
+                        n, addr = recv(buf)
+                        got = ((view, n, addr),)
+                    else:
+                        got = recv_many(fileno())  # a closed socket's -1 is EBADF
+                        if not got:
+                            break
                 except BlockingIOError:
                     break
                 except OSError:
-                    if sock.fileno() < 0:
+                    if fileno() < 0:
                         return
                     continue  # an error report for an earlier send; nothing to read
-                traffic.rx_packets += 1
-                traffic.rx_bytes += n
-                kind = demux[buf[0]]  # the codec's rule: STUN, ChannelData or neither
-                if kind == _CHANNEL_DATA:
-                    alloc = allocs.get(addr)
-                    if alloc is None or n < 4:
-                        drops["no_allocation" if alloc is None else "malformed"] += 1
-                    else:
-                        forward_channel_data(alloc, view, n, drops)
-                elif kind == _STUN and n >= 20:
-                    if buf[0:2] == _SEND_INDICATION:
+                for dview, n, addr in got:
+                    traffic.rx_packets += 1
+                    traffic.rx_bytes += n
+                    first = dview[0]
+                    kind = demux[first]  # the codec's rule: STUN, ChannelData or neither
+                    if kind == _CHANNEL_DATA:
                         alloc = allocs.get(addr)
-                        if alloc is None:
-                            drops["no_allocation"] += 1
+                        if alloc is None or n < 4:
+                            drops["no_allocation" if alloc is None else "malformed"] += 1
                         else:
-                            forward_send_indication(alloc, view, n, policy, drops)
+                            forward_channel_data(alloc, dview, n, drops)
+                    elif kind == _STUN and n >= 20:
+                        if first == 0 and dview[1] == 0x16:  # a Send indication
+                            alloc = allocs.get(addr)
+                            if alloc is None:
+                                drops["no_allocation"] += 1
+                            else:
+                                forward_send_indication(alloc, dview, n, policy, drops)
+                        else:
+                            # the core bounds the size (MAX_UDP_REQUEST, counted too_large)
+                            t0 = perf()
+                            reply = answer(lis, addr, dview[:n].tobytes())
+                            if reply is not None:
+                                try:
+                                    send(reply, addr)
+                                    traffic.tx_packets += 1
+                                    traffic.tx_bytes += len(reply)
+                                except BlockingIOError:
+                                    drops["send_buffer_full"] += 1
+                                except OSError:
+                                    pass
+                            latency.observe(perf() - t0)
                     else:
-                        t0 = perf()
-                        reply = answer(lis, addr, bytes(view[:n]))
-                        if reply is not None:
-                            try:
-                                send(reply, addr)
-                                traffic.tx_packets += 1
-                                traffic.tx_bytes += len(reply)
-                            except BlockingIOError:
-                                drops["send_buffer_full"] += 1
-                            except OSError:
-                                pass
-                        latency.observe(perf() - t0)
-                else:
-                    drops["malformed"] += 1
-                handled += 1
+                        drops["malformed"] += 1
+                if len(got) < slots:
+                    break  # drained for now: wait_readable again rather than ask for EAGAIN
+                handled += len(got)
                 if handled >= BATCH:
                     handled = 0
                     await checkpoint()
@@ -705,12 +767,19 @@ class Gateway:
 
     async def relay_reader(self) -> None:
         """Peer -> relay -> client for every relay socket: ChannelData when a channel is
-        bound, else a Data indication."""
+        bound, else a Data indication.
+
+        One body decides every datagram; only the send differs: a plain `sendto`, or
+        (`turn.batch_io`, clients of a TURN-UDP listener) the datagram is received straight
+        into a slot of that listener's `SendBatch` after room for the ChannelData header,
+        and the batch goes out with one `sendmmsg` when full and before the reader yields.
+        Allocations of TURN-TCP/TLS listeners are always sent one by one."""
         epoll = self.epoll
         poll = epoll.poll
         fds = self.relay_fds
+        outs = self.send_batches  # TURN-UDP listener -> its batch (batch_io only)
+        result = SendResult()
         # One receive buffer for every relay socket (64 KiB per allocation otherwise).
-        buf = self.relay_buf
         view = self.relay_view
         body = view[4:]
         drops = self.stats.drops
@@ -728,9 +797,18 @@ class Gateway:
                     continue
                 recv, send, client, perms, chans, ltraffic, v6, alloc = entry
                 name = alloc.listener
+                out = outs.get(name)
+                batch = out.batch if out is not None else None
                 for _ in range(BATCH):
+                    if batch is None:
+                        slot, into = view, body
+                    else:
+                        if batch.full:
+                            _flush(out, result, drops)  # type: ignore[arg-type]
+                        slot = batch.slot()
+                        into = slot[4:]
                     try:
-                        n, addr = recv(body)
+                        n, addr = recv(into)
                     except OSError:  # BlockingIOError: drained; others: nothing to read
                         break
                     ip = addr[0]
@@ -749,20 +827,49 @@ class Gateway:
                     chan = chans.get(addr)
                     try:
                         if chan is not None:
-                            _pack_head(buf, 0, chan.number, n)
-                            sent = send(view[: 4 + n], client)
+                            _pack_head(slot, 0, chan.number, n)
+                            if batch is not None:
+                                batch.push(4 + n, client)
+                                continue  # counted when the batch is flushed
+                            sent = send(slot[: 4 + n], client)
                         else:
-                            sent = send(
-                                data_indication(alloc.indication_id(), ip, addr[1], body[:n]),
-                                client,
-                            )
+                            ind = data_indication(alloc.indication_id(), ip, addr[1], into[:n])
+                            if batch is not None:
+                                batch.push_bytes(ind, client)
+                                continue
+                            sent = send(ind, client)
                         ltraffic.tx_packets += 1
                         ltraffic.tx_bytes += sent
                     except BlockingIOError:
                         drops["send_buffer_full"] += 1
                     except (OSError, ValueError):
                         drops["too_large"] += 1
+            for out in outs.values():
+                if out.batch.pending:
+                    _flush(out, result, drops)
             await checkpoint()
+
+
+class _Out:
+    """One TURN-UDP listener's outgoing batch (`turn.batch_io`)."""
+
+    __slots__ = ("batch", "sock", "traffic")
+
+    def __init__(self, sock: socket.socket, traffic: Any) -> None:
+        self.batch = SendBatch(SEND_SLOTS, BUFFER)
+        self.sock = sock
+        self.traffic = traffic
+
+
+def _flush(out: _Out, result: SendResult, drops: dict[str, int]) -> None:
+    out.batch.flush(out.sock, result)
+    out.traffic.tx_packets += result.sent
+    out.traffic.tx_bytes += result.sent_bytes
+    if result.dropped_full:
+        drops["send_buffer_full"] += result.dropped_full
+    if result.dropped_refused:
+        drops["too_large"] += result.dropped_refused
+    result.sent = result.sent_bytes = result.dropped_full = result.dropped_refused = 0
 
 
 async def serve_gateway(
@@ -770,12 +877,13 @@ async def serve_gateway(
     stats: TurnStats,
     own_addresses: Iterable[tuple[str, int]] = (),
     *,
+    shared: WorkerShare | None = None,
     task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Bind every listener (TURN-UDP, TURN-TCP, TURN-TLS), then serve until cancelled;
     releases all on the way out.  `task_status.started(gateway)`: `gateway.bound_ports`
     holds each listener's bound port."""
-    gw = Gateway(config, stats, own_addresses)
+    gw = Gateway(config, stats, own_addresses, shared=shared)
     try:
         gw.bind_listeners()
         async with trio.open_nursery() as nursery:
@@ -800,7 +908,7 @@ class _Opened:
     port: int
 
 
-def _same_binding(old: ListenerConfig, bound_port: int, new: ListenerConfig) -> bool:
+def same_binding(old: ListenerConfig, bound_port: int, new: ListenerConfig) -> bool:
     """Whether `new` asks for the socket `old` has (port 0 took `bound_port`; writing that
     port into the file, or 0 again, keeps it); else the listener needs a new socket."""
     return ((old.protocol, old.address) == (new.protocol, new.address)

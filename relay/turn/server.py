@@ -71,6 +71,7 @@ from relay.turn.allocation import (
 from relay.turn.auth import Authenticator, AuthRefused
 from relay.turn.effects import AllocationCreated, AllocationDeleted, Effect, Outcome
 from relay.turn.policy import PeerPolicy
+from relay.turn.quota import QuotaLedger
 from relay.turn.ratelimit import ChallengeLimiter
 from relay.turn.stats import ConnectionStats, TurnStats
 
@@ -158,7 +159,11 @@ class TurnServer:
         ports: RelayPortAllocator,
         *,
         authenticator: Authenticator | None = None,
+        ledger: QuotaLedger | None = None,
+        share: int = 1,
     ) -> None:
+        """`ledger`: quotas kept over every worker process; `share`: the number of worker
+        processes, which split the 401/438 guard's rate and burst between them."""
         self.config = config
         self.turn = config.turn
         self.stats = stats
@@ -170,14 +175,15 @@ class TurnServer:
         self.listeners: dict[str, ListenerState] = {}
         self.user_counts: dict[str, int] = {}
         self.user_quota = config.admin.user_quota
+        self.ledger = ledger  # quotas over every worker of the server, when there are several
         self.channel_max = CHANNEL_MAX_RFC5766 if config.turn.rfc5766_channels else CHANNEL_MAX
         self.software = Software(config.turn.software) if config.turn.software else None
         # (listener, token) -> reservation: a token is good on its listener only
         self.reservations: dict[tuple[str, bytes], Reservation] = {}
         # The 401/438 reflection guard: a token bucket per source IP (None: unlimited).
-        rate = config.turn.unauthorized_ratelimit
-        self.challenge_limiter = (
-            ChallengeLimiter(rate, config.turn.unauthorized_burst) if rate > 0 else None)
+        self.share = share
+        self.challenge_limiter: ChallengeLimiter | None = None
+        self._set_limiter(config)
         self._effects: list[Effect] = []  # of the message being handled
         self.draining = False  # SIGTERM: every Allocate is refused, the rest goes on
 
@@ -192,8 +198,15 @@ class TurnServer:
                                   nonce_key=self.auth.nonce_key)
         self.user_quota = config.admin.user_quota
         self.software = Software(config.turn.software) if config.turn.software else None
+        self._set_limiter(config)
+
+    def _set_limiter(self, config: Config) -> None:
+        """The 401/438 guard for `config`; with `share` worker processes each gets its share
+        of the rate and of the burst, so the server as a whole never exceeds either (the
+        kernel keeps a source's 5-tuples spread over the workers, each counting its own)."""
         limiter = self.challenge_limiter
-        rate, burst = config.turn.unauthorized_ratelimit, config.turn.unauthorized_burst
+        rate = config.turn.unauthorized_ratelimit / self.share
+        burst = max(1, config.turn.unauthorized_burst // self.share)
         if rate <= 0:
             self.challenge_limiter = None
         elif limiter is None or (limiter.rate, limiter.burst) != (rate, burst):
@@ -496,6 +509,15 @@ class TurnServer:
             family = reserved.family
         if family not in (FAMILY_V4, FAMILY_V6) or family not in lis.families:
             raise _Reply(440)
+        if self.ledger is not None:
+            refused = self.ledger.reserve(user_id, self.user_quota, self.turn.total_quota)
+            if refused is not None:
+                self.stats.quota_rejections[refused] += 1
+                if reserved is not None:
+                    self.ports.release(reserved)
+                if refused == "user":
+                    raise _Reply(486)
+                raise _Reply(508, "server allocation quota reached")
         lifetime = self._lifetime(msg)
         relays: list[RelayEndpoint] = []
         extra: list[Attribute] = []
@@ -523,6 +545,8 @@ class TurnServer:
         except OSError:
             for ep in relays:
                 self.ports.release(ep)
+            if self.ledger is not None:
+                self.ledger.release(user_id)
             self.stats.quota_rejections["ports"] += 1
             raise _Reply(508, "no relay port available") from None
         alloc = Allocation(lis.name, client, username, user_id, key, now, now + lifetime)
@@ -698,6 +722,8 @@ class TurnServer:
             self.user_counts[alloc.user_id] = n
         else:
             self.user_counts.pop(alloc.user_id, None)
+        if self.ledger is not None:
+            self.ledger.release(alloc.user_id)
         for ep in alloc.relays.values():
             self.ports.release(ep)
         return AllocationDeleted(alloc)

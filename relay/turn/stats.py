@@ -10,6 +10,8 @@ result codes, reasons), never from a client.
 
 from __future__ import annotations
 
+from typing import Any
+
 from relay.histogram import Histogram
 
 __all__ = [
@@ -24,6 +26,8 @@ __all__ = [
     "Histogram",
     "Traffic",
     "TurnStats",
+    "add_stats",
+    "reset_stats",
 ]
 
 
@@ -156,3 +160,62 @@ class TurnStats:
     def count_request(self, method: str, result: str) -> None:
         key = (method, result)
         self.requests[key] = self.requests.get(key, 0) + 1
+
+
+def _add_conn(into: dict[str, ConnectionStats], other: dict[str, ConnectionStats],
+              gauges: bool) -> None:
+    for name, st in other.items():
+        mine = into.get(name)
+        if mine is None:
+            mine = into[name] = ConnectionStats(name)
+        if gauges:
+            mine.connections += st.connections
+        mine.connections_total += st.connections_total
+        a, b = mine.traffic, st.traffic
+        a.rx_packets += b.rx_packets
+        a.rx_bytes += b.rx_bytes
+        a.tx_packets += b.tx_packets
+        a.tx_bytes += b.tx_bytes
+
+
+def _add_counts(into: dict[Any, int], other: dict[Any, int]) -> None:
+    for key, n in other.items():
+        into[key] = into.get(key, 0) + n
+
+
+def add_stats(into: TurnStats, other: TurnStats, *, gauges: bool = True) -> None:
+    """Add `other`'s counters to `into` (the workers' counters summed for one scrape);
+    `gauges=False` leaves out what is current rather than cumulative (active allocations,
+    permissions, channels, connections), for a worker that is gone."""
+    if gauges:
+        into.allocations_active += other.allocations_active
+        into.permissions_active += other.permissions_active
+        into.channels_active += other.channels_active
+    into.allocations_total += other.allocations_total
+    _add_conn(into.listeners, other.listeners, gauges)
+    _add_conn(into.clusters, other.clusters, gauges)
+    _add_counts(into.requests, other.requests)
+    _add_counts(into.auth_failures, other.auth_failures)
+    _add_counts(into.peer_refusals, other.peer_refusals)
+    _add_counts(into.drops, other.drops)
+    _add_counts(into.quota_rejections, other.quota_rejections)
+    for mine, theirs in ((into.allocation_lifetime, other.allocation_lifetime),
+                         (into.request_latency, other.request_latency)):
+        for i, n in enumerate(theirs.counts):
+            mine.counts[i] += n
+        mine.sum += theirs.sum
+        mine.count += theirs.count
+
+
+def reset_stats(stats: TurnStats) -> None:
+    """Every counter back to zero, the listeners and clusters kept (so the summed counters
+    can be rebuilt in the object the collector holds)."""
+    fresh = TurnStats()
+    for name in stats.__slots__:
+        if name in ("listeners", "clusters"):
+            continue
+        setattr(stats, name, getattr(fresh, name))
+    for group in (stats.listeners, stats.clusters):
+        for st in group.values():
+            st.connections = st.connections_total = 0
+            st.traffic = Traffic()

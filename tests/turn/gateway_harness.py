@@ -28,6 +28,9 @@ USER = "alice"
 PASSWORD = "alice-pw"
 REALM = "gw.test"
 RTO = 0.1  # client retransmission timeout: loopback answers in well under a millisecond
+# turn.batch_io of the configs below when the test does not set it (the `datagram_io`
+# fixture runs a test on both datagram paths); None: the default
+BATCH_IO: list[bool | None] = [None]
 
 
 def _bindable(host: str, port: int) -> bool:
@@ -79,8 +82,11 @@ def config(
         "clusters": clusters if clusters is not None else [
             {"name": "peers", "type": "STATIC", "endpoints": ["127.0.0.1/32"]},
         ],
-        "turn": {"min_port": lo, "max_port": hi, **(turn or {})},
+        # one process unless the test asks for workers (tests/net/test_workers.py)
+        "turn": {"min_port": lo, "max_port": hi, "workers": 1, **(turn or {})},
     }
+    if BATCH_IO[0] is not None:
+        raw["turn"].setdefault("batch_io", BATCH_IO[0])
     return Config.from_mapping(raw)
 
 

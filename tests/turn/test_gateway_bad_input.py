@@ -57,6 +57,9 @@ from tests.turn.gateway_harness import (
     until,
 )
 
+# every test here on the batched and on the plain datagram path
+pytestmark = pytest.mark.usefixtures("datagram_io")
+
 V6 = 2
 BROAD = [{"name": "world", "type": "STATIC", "endpoints": ["0.0.0.0/0", "::/0"]}]
 BROAD_ROUTES = [{"name": "udp", "protocol": "TURN-UDP", "address": "127.0.0.1", "port": 0,

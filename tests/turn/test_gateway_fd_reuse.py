@@ -4,9 +4,13 @@ traffic and the old client none."""
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 from tests.turn.gateway_harness import client, config, drain, running, udp_sink, until
+
+# every test here on the batched and on the plain datagram path
+pytestmark = pytest.mark.usefixtures("datagram_io")
 
 
 async def test_new_allocation_on_a_reused_fd_gets_its_own_traffic() -> None:

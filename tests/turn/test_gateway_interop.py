@@ -36,11 +36,11 @@ from tests.turn.gateway_harness import (
 UCLIENT = shutil.which("turnutils_uclient")
 PEER = shutil.which("turnutils_peer")
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.skipif(
     UCLIENT is None,
     reason="coturn's turnutils_uclient is not installed (Debian/Ubuntu: apt install coturn; "
            "tests/run.sh installs it when run as root)",
-)
+), pytest.mark.usefixtures("datagram_io")]  # on the batched and on the plain datagram path
 
 CLIENTS, MESSAGES, LENGTH = 5, 60, 170
 UCLIENT_TIMEOUT = 60.0

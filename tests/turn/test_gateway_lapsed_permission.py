@@ -4,9 +4,13 @@ ChannelBind refresh renews it."""
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 from tests.turn.gateway_harness import client, config, drain, running, udp_sink, until
+
+# every test here on the batched and on the plain datagram path
+pytestmark = pytest.mark.usefixtures("datagram_io")
 
 
 async def test_channel_data_needs_a_live_permission() -> None:

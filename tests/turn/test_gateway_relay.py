@@ -48,6 +48,9 @@ from tests.turn.gateway_harness import (
     until,
 )
 
+# every test here on the batched and on the plain datagram path
+pytestmark = pytest.mark.usefixtures("datagram_io")
+
 V4, V6 = 1, 2
 
 

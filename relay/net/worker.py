@@ -1,0 +1,147 @@
+"""A TURN worker process: `python -m relay.net.worker`, started by `relay.net.workers`.
+
+Reads its `WorkerSpec` (pickled) from stdin, serves the gateway on the listener sockets it
+inherited, reports `("ready", ports)` and then its counters every `REPORT_INTERVAL` on
+stdout.  Later messages on stdin: `("config", Config)` reloads its gateway
+(`Gateway.reconfigure`); `("drain", grace)` drains it: new Allocates refused (508), the
+allocations relay on until they end or `grace` seconds pass, then it reports `("drained",
+cut)` and goes on refusing until the supervisor stops it (when every worker has drained),
+so a client the kernel sends to it hears 508 rather than nothing.  SIGTERM drains the same
+way (a service manager may signal the whole group).  When its stdin closes (the supervisor
+stops it, or is gone) it stops at once and exits 0.  SIGINT and SIGHUP are
+ignored: Ctrl-C and a reload reach the supervisor, which tells the workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import socket
+import sys
+
+import trio
+
+from relay.errors import ConfigError
+from relay.fdlimit import raise_nofile_limit
+from relay.net.gateway import Gateway, WorkerShare, serve_gateway
+from relay.net.shared_quota import SharedQuota
+from relay.net.workers import REPORT_INTERVAL, WorkerSpec, _frames, _len, frame
+from relay.turn.stats import TurnStats
+
+log = logging.getLogger("relay.worker")
+
+
+async def _report(out: trio.lowlevel.FdStream, stats: TurnStats) -> None:
+    while True:
+        await trio.sleep(REPORT_INTERVAL)
+        await out.send_all(frame("stats", stats))
+
+
+POLL = 0.2  # a drain checks for the last allocation this often
+
+
+async def _commands(inp: trio.lowlevel.FdStream, out: trio.lowlevel.FdStream, gw: Gateway,
+                    stop: trio.CancelScope, nursery: trio.Nursery) -> None:
+    """The supervisor's messages, until stdin closes (then stop at once)."""
+    async for kind, body in _frames(inp):
+        if kind == "config":
+            try:
+                changes = gw.reconfigure(body)
+            except (OSError, ConfigError) as exc:  # checked by the supervisor first
+                log.error("reload refused, the running config stays: %s", exc)
+            else:
+                log.info("config reloaded: %s",
+                         "; ".join(changes) if changes else "no listener changed")
+        elif kind == "drain":
+            nursery.start_soon(_drain, gw, float(body), out)
+    stop.cancel()
+
+
+async def _drain(gw: Gateway, grace: float, out: trio.lowlevel.FdStream) -> None:
+    """Refuse new allocations; once the last one ended or after `grace` seconds (the rest
+    cut), tell the supervisor."""
+    if gw.server.draining:
+        return
+    gw.drain()
+    before = gw.allocations
+    log.info("draining: %d allocation(s) keep relaying", before)
+    with trio.move_on_after(grace):
+        while True:
+            if not gw.allocations:
+                break
+            await trio.sleep(POLL)
+    cut = gw.allocations
+    gw.perform(gw.server.close_all(trio.current_time()))
+    log.info("drained: %d of %d allocation(s) cut", cut, before)
+    await out.send_all(frame("drained", cut))
+
+
+async def _on_sigterm(gw: Gateway, grace: float, out: trio.lowlevel.FdStream,
+                      nursery: trio.Nursery) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async for _ in signals:
+            nursery.start_soon(_drain, gw, grace, out)
+
+
+async def run(spec: WorkerSpec, inp: trio.lowlevel.FdStream,
+              out: trio.lowlevel.FdStream) -> None:
+    sockets = {}
+    for name, fd in spec.fds.items():
+        if name not in sockets:
+            sockets[name] = socket.socket(fileno=fd)
+    ledger = SharedQuota(spec.quota_fd, spec.workers, spec.index)
+    stats = TurnStats()
+    share = WorkerShare(sockets=sockets, ledger=ledger, nonce_key=spec.nonce_key,
+                        workers=spec.workers)
+    async with trio.open_nursery() as nursery:
+        gw: Gateway = await nursery.start(
+            lambda task_status: serve_gateway(spec.config, stats, spec.own_addresses,
+                                              shared=share, task_status=task_status))
+        await out.send_all(frame("ready", dict(gw.bound_ports)))
+        nursery.start_soon(_report, out, stats)
+        async with trio.open_nursery() as until:
+            grace = spec.config.shutdown.grace_period
+            until.start_soon(_commands, inp, out, gw, until.cancel_scope, until)
+            until.start_soon(_on_sigterm, gw, grace, out, until)
+        nursery.cancel_scope.cancel()
+    await out.send_all(frame("stats", stats))
+
+
+def _read_exactly(fd: int, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        more = os.read(fd, n - len(data))
+        if not more:
+            raise SystemExit("relay.net.worker: stdin closed before the spec (run by relay)")
+        data += more
+    return data
+
+
+def main() -> None:
+    # Ctrl-C reaches the whole process group: the supervisor stops the workers (SIGTERM);
+    # a worker leaving on its own would be taken for a crash and restarted.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reloads come over stdin
+    (n,) = _len.unpack(_read_exactly(0, 4))
+    kind, spec = pickle.loads(_read_exactly(0, n))
+    assert kind == "spec" and isinstance(spec, WorkerSpec)
+    logging.basicConfig(level=spec.loglevel, stream=sys.stderr,
+                        format=f"%(asctime)s worker {spec.index} %(name)s %(levelname)s "
+                               "%(message)s")
+    raise_nofile_limit()  # this process's own limit and descriptor reserve
+    inp = trio.lowlevel.FdStream(os.dup(0))
+    out = trio.lowlevel.FdStream(os.dup(1))
+
+    async def go() -> None:
+        try:
+            await run(spec, inp, out)
+        except (BrokenPipeError, trio.BrokenResourceError):
+            pass  # the supervisor is gone
+
+    trio.run(go)
+
+
+if __name__ == "__main__":
+    main()

@@ -162,8 +162,9 @@ def relay_config_yaml(host: str, port: int, min_port: int, max_port: int,
         # turnutils_uclient (an RFC 5766 client) picks channel numbers up to 0x7FFF, which
         # RFC 8656 refuses; coturn accepts them, so relay does here too.
         f"turn: {{min_port: {min_port}, max_port: {max_port}, "
-        f"{'' if guard else 'unauthorized_ratelimit: 0, '}rfc5766_channels: true, "
-        f"workers: {workers}}}\n"
+        # turn.workers only when asked for, so trees from before the key run too (A/B)
+        f"{'' if guard else 'unauthorized_ratelimit: 0, '}rfc5766_channels: true"
+        f"{'' if workers == 1 else f', workers: {workers}'}}}\n"
     )
 
 

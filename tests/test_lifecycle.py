@@ -43,6 +43,8 @@ from tests.turn.gateway_harness import (
 from tests.turn.stream_client import StreamTurnClient
 
 CHAN = 0x4000
+# the TURN reload and drain tests run on both datagram paths (turn.batch_io true and false)
+BOTH_PATHS = pytest.mark.usefixtures("datagram_io")
 UDP = {"name": "udp", "protocol": "TURN-UDP", "address": "127.0.0.1", "port": 0,
        "routes": ["peers"]}
 UDP2 = {**UDP, "name": "udp2"}
@@ -87,6 +89,7 @@ def reload_counts(rt: Running) -> dict[str, float]:
 # -- TURN: listeners and credentials -----------------------------------------------------
 
 
+@BOTH_PATHS
 async def test_added_listener_and_new_password_leave_the_allocation_running() -> None:
     cfg = config(listeners=[UDP])
     with trio.fail_after(30):
@@ -112,6 +115,7 @@ async def test_added_listener_and_new_password_leave_the_allocation_running() ->
     assert reload_counts(rt) == {"success": 1, "failure": 0}
 
 
+@BOTH_PATHS
 async def test_removed_listener_drains_then_closes() -> None:
     cfg = config(listeners=[UDP, UDP2])
     with trio.fail_after(30):
@@ -139,6 +143,29 @@ async def test_removed_listener_drains_then_closes() -> None:
                 assert "udp2" not in gw.listener_configs and "udp2" not in gw.sockets
             async with client(rt) as other:  # the listener that stayed is untouched
                 await other.allocate()
+            nursery.cancel_scope.cancel()
+
+
+@BOTH_PATHS
+async def test_a_re_bound_listener_serves_on_its_new_port() -> None:
+    cfg = config(listeners=[UDP])
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery, running(cfg) as rt:
+            peer = await nursery.start(serve_udp_echo, "127.0.0.1", 0)
+            old = listener_address(rt, "udp")
+            async with client(rt) as c:
+                await c.allocate()
+                assert control(rt).apply(config(listeners=[UDP]))  # port 0 again: kept
+                assert listener_address(rt, "udp") == old
+                moved = config(listeners=[{**UDP, "address": "127.0.0.2"}])
+                assert control(rt).apply(moved)  # a new socket; the allocation ended
+                gw = control(rt).gateway
+                assert gw is not None and gw.allocations == 0 and c.relayed is not None
+            assert listener_address(rt, "udp")[0] == "127.0.0.2"
+            async with client(rt) as fresh:  # relays through the new socket
+                await fresh.allocate()
+                await fresh.channel_bind(CHAN, peer)
+                assert await relays(fresh, b"on the new socket")
             nursery.cancel_scope.cancel()
 
 
@@ -217,6 +244,7 @@ async def test_tls_certificate_is_re_read_and_open_connections_stay(tmp_path: Pa
 # -- drain -----------------------------------------------------------------------------------
 
 
+@BOTH_PATHS
 async def test_drain_refuses_allocates_keeps_relaying_and_ends_with_the_last_allocation(
         caplog: pytest.LogCaptureFixture) -> None:
     cfg = config(listeners=[UDP])
@@ -251,6 +279,7 @@ async def test_drain_refuses_allocates_keeps_relaying_and_ends_with_the_last_all
             nursery.cancel_scope.cancel()
 
 
+@BOTH_PATHS
 async def test_drain_cuts_what_is_left_when_the_grace_period_ends(
         caplog: pytest.LogCaptureFixture) -> None:
     with trio.fail_after(30):
@@ -315,6 +344,7 @@ async def test_backend_re_keyed_and_removed_keeps_the_other_backends_sessions() 
     assert late.sent[-1] == {"type": "bye", "bye": {"reason": "shutdown"}} and late.closed
 
 
+@BOTH_PATHS
 async def test_a_removed_listener_put_back_before_it_drained_serves_again() -> None:
     cfg = config(listeners=[UDP, UDP2])
     with trio.fail_after(30):

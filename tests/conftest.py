@@ -1,5 +1,6 @@
 """`datagram_io`: run a gateway test on the batched (recvmmsg/sendmmsg) path and on the
-plain (recvfrom_into/sendto) path; `pytestmark = pytest.mark.usefixtures("datagram_io")`."""
+plain (recvfrom_into/sendto) path; `pytestmark = pytest.mark.usefixtures("datagram_io")`
+(the gateway tests in tests/turn, the reload and drain tests in tests/test_lifecycle.py)."""
 
 from __future__ import annotations
 

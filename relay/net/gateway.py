@@ -143,6 +143,9 @@ class RelayPorts:
                 break
             sock = self._bind(family, bind_ip, port)
             if sock is None:
+                # Taken by another program: ports in use tend to come in blocks (another
+                # server's range), so go on from a random place rather than the next port.
+                start = random.randrange(span) - i - 1
                 continue
             nxt: UdpRelay | None = None
             if mode == "pair":

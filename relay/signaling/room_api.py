@@ -25,11 +25,11 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import attrs
 import trio
 
 from relay.config.signaling import BackendConfig
 from relay.signaling import changed_users, dialout, switchto
+from relay.signaling.answers import JSON, Answer, text_answer
 from relay.signaling.backend import verify_checksum
 from relay.signaling.hub import Hub
 from relay.signaling.pubsub import room_subject, session_subject, user_subject
@@ -41,28 +41,14 @@ HEADER_BACKEND = "spreed-signaling-backend"
 SESSION_NOT_IN_MEETING = "0"  # Talk's session id of a participant not in the conversation
 ROOM_PATH_PREFIX = "/api/v1/room/"
 
-JSON = b"application/json; charset=utf-8"
-TEXT = b"text/plain; charset=utf-8"
 
 Handler = Callable[["Hub", BackendConfig, str, dict[str, Any]], None]
 
 
-@attrs.frozen
-class Answer:
-    """The HTTP answer to one room request."""
 
-    status: int
-    content_type: bytes
-    body: bytes
-
-
-def _text(status: int, message: str) -> Answer:
-    return Answer(status, TEXT, (message + "\n").encode())
-
-
-AUTH_FAILED = _text(403, "Authentication check failed")
+AUTH_FAILED = text_answer(403, "Authentication check failed")
 OK = Answer(200, JSON, b"{}")
-TOO_MANY_REQUESTS = _text(429, "Too many requests")
+TOO_MANY_REQUESTS = text_answer(429, "Too many requests")
 
 
 def find_backend(hub: Hub, headers: dict[str, str], body: bytes) -> BackendConfig | None:
@@ -98,9 +84,9 @@ async def handle(
     `client_ip`: answered after the throttle's delay (slept in this request's task), and
     with 429 once the client is blocked."""
     if not has_length:
-        return _text(411, "Length required")
+        return text_answer(411, "Length required")
     if not headers.get("content-type", "").startswith("application/json"):
-        return _text(400, "Unsupported Content-Type")
+        return text_answer(400, "Unsupported Content-Type")
     if not headers.get(HEADER_RANDOM) or not headers.get(HEADER_CHECKSUM):
         return AUTH_FAILED
     if hub.throttler.check(client_ip, BACKEND_ROOM_AUTH, trio.current_time()):
@@ -112,22 +98,22 @@ async def handle(
     try:
         request = json.loads(body)
     except (ValueError, RecursionError):
-        return _text(400, "Could not read body")
+        return text_answer(400, "Could not read body")
     if not isinstance(request, dict) or not isinstance(request.get("type", ""), str):
-        return _text(400, "Could not read body")
+        return text_answer(400, "Could not read body")
     kind: str = request.get("type", "")
     if kind == "dialout":
         return await _dialout(hub, backend, room_id, headers, request.get(kind))
     handler = _HANDLERS.get(kind)
     if handler is None:
-        return _text(400, f"Unsupported request type: {kind}")
+        return text_answer(400, f"Unsupported request type: {kind}")
     payload = request.get(kind)
     if not isinstance(payload, dict):
-        return _text(400, "Could not read body")
+        return text_answer(400, "Could not read body")
     try:
         handler(hub, backend, room_id, payload)
     except switchto.SwitchToError as exc:
-        return _text(exc.status, exc.message)
+        return text_answer(exc.status, exc.message)
     return OK
 
 
@@ -269,7 +255,7 @@ async def _dialout(
     try:
         res = await hub.internal.dialout(backend, room_id, headers.get(HEADER_BACKEND, ""), req)
     except dialout.UnreadableRequest:
-        return _text(400, "Could not read body")
+        return text_answer(400, "Could not read body")
     return Answer(res.status, JSON, json.dumps(res.body).encode())
 
 

@@ -24,24 +24,13 @@ from urllib.parse import parse_qs
 import attrs
 
 from relay.config.signaling import TurnRestConfig
+from relay.signaling.answers import JSON, Answer, text_answer
 
 TTL = 24 * 3600  # upstream's fixed validity
 RANDOM_USERNAME_LENGTH = 16
 _ALPHABET = string.ascii_letters + string.digits
 
-JSON = b"application/json; charset=utf-8"
-TEXT = b"text/plain; charset=utf-8"
 
-
-@attrs.frozen
-class Answer:
-    status: int
-    content_type: bytes
-    body: bytes
-
-
-def _text(status: int, message: str) -> Answer:
-    return Answer(status, TEXT, (message + "\n").encode())
 
 
 def credentials(username: str, secret: bytes, now: float, ttl: int = TTL) -> tuple[str, str]:
@@ -80,7 +69,7 @@ def handle(query: str, config: TurnRestConfig | None, own: TurnServers | None,
     try:
         q = parse_qs(query, keep_blank_values=True, strict_parsing=False, errors="strict")
     except (ValueError, UnicodeDecodeError):
-        return _text(400, "Invalid service and/or key sent.")
+        return text_answer(400, "Invalid service and/or key sent.")
 
     def first(name: str) -> str:
         values = q.get(name)
@@ -89,12 +78,12 @@ def handle(query: str, config: TurnRestConfig | None, own: TurnServers | None,
     service, username = first("service"), first("username")
     key = first("key") or first("api")
     if service != "turn" or not key:
-        return _text(400, "Invalid service and/or key sent.")
+        return text_answer(400, "Invalid service and/or key sent.")
     if config is None or not hmac.compare_digest(key.encode(), config.apikey.encode()):
-        return _text(403, "Not allowed to access this service.")
+        return text_answer(403, "Not allowed to access this service.")
     uris = list(config.servers) or (list(own.uris) if own is not None else [])
     if not uris:
-        return _text(404, "No TURN servers available.")
+        return text_answer(404, "No TURN servers available.")
     if not username:
         username = "".join(secrets.choice(_ALPHABET) for _ in range(RANDOM_USERNAME_LENGTH))
     user, password = credentials(username, config.secret, now)

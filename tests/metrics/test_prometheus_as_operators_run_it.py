@@ -92,8 +92,9 @@ async def test_each_family_is_served_on_one_port_only() -> None:
     admin, signaling = families(got["metrics"].text), families(got["signaling"].text)
     assert admin and signaling and not admin & signaling, admin & signaling
     assert "stunner_allocations_active" in admin and "relay_turn_requests" in admin
-    # upstream's signaling_* names, and relay's own signaling additions (relay_ prefix)
+    # the signaling port: spreed-signaling's families and relay's own signaling counters
     assert all(n.startswith(("signaling_", "relay_signaling_")) for n in signaling), signaling
+    assert not any(n.startswith("signaling_") for n in admin), admin
 
 
 @needs_promtool

@@ -31,7 +31,7 @@ import ssl
 import struct
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 import trio
@@ -44,7 +44,7 @@ from relay.net.mmsg import RecvBatch, SendBatch, SendResult
 from relay.net.stream import StreamConnection, serve_connection, tls_context
 from relay.stun.fastpath import data_indication
 from relay.stun.framing import CHANNEL_DATA, STUN, demux_table
-from relay.turn.allocation import Address, Allocation, RelayEndpoint
+from relay.turn.allocation import Address, Allocation, Channel, Permission, RelayEndpoint
 from relay.turn.auth import Authenticator
 from relay.turn.effects import AllocationCreated, Effect
 from relay.turn.policy import PeerPolicy
@@ -225,6 +225,20 @@ def relay_addresses(lis: ListenerConfig, relay_v4: str, relay_v6: str
     return out
 
 
+class RelayWatch(NamedTuple):
+    """What the relay reader needs of one relay socket, fetched with one dict lookup per
+    readable socket and unpacked at once (a tuple: no attribute lookups per datagram)."""
+
+    recv: Callable[..., Any]  # the relay socket's recvfrom_into
+    send: Callable[[Any, Address], int]  # towards the client (listener sendto / stream)
+    client: Address
+    permissions: dict[str, Permission]  # peer IP -> permission (the allocation's own dict)
+    channels: dict[tuple[str, int], Channel]  # peer address -> bound channel
+    traffic: Any  # the listener's Traffic counters
+    v6: bool  # the relay socket is IPv6
+    alloc: Allocation
+
+
 class RelaySockets:
     """The core's `RelayPortAllocator`: relay sockets from the port range, bound on the
     listener's relay address of the family, and released out of the relay reader's epoll
@@ -232,7 +246,8 @@ class RelaySockets:
 
     __slots__ = ("addresses", "epoll", "fds", "pool", "ranges")
 
-    def __init__(self, pool: RelayPorts, epoll: select.epoll, fds: dict[int, Any]) -> None:
+    def __init__(self, pool: RelayPorts, epoll: select.epoll,
+                 fds: dict[int, RelayWatch]) -> None:
         self.pool = pool
         self.epoll = epoll
         self.fds = fds  # the relay reader's registrations: fd -> its entry
@@ -306,7 +321,7 @@ class Gateway:
         self.ports = RelayPorts(cfg.turn.min_port, cfg.turn.max_port, cfg.turn.udp_receive_buffer)
         self.policy = PeerPolicy.from_config(cfg)
         self.epoll = select.epoll()
-        self.relay_fds: dict[int, tuple[Any, ...]] = {}
+        self.relay_fds: dict[int, RelayWatch] = {}
         self.relay_sockets = RelaySockets(self.ports, self.epoll, self.relay_fds)
         self.shared = shared
         self.server = TurnServer(
@@ -762,7 +777,7 @@ class Gateway:
     def _watch(self, alloc: Allocation, ep: UdpRelay) -> None:
         fd = ep.sock.fileno()
         lis = self.server.listeners[alloc.listener]
-        self.relay_fds[fd] = (
+        self.relay_fds[fd] = RelayWatch(
             ep.sock.recvfrom_into, _io(alloc).send, alloc.client, alloc.permissions,
             alloc.peer_channels, lis.stats.traffic, ep.family == FAMILY_V6, alloc,
         )

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmarks.report import conditions, write_json
+from benchmarks.servers import stop_process
 
 
 @dataclass
@@ -103,12 +104,7 @@ def run_relay_churn(root: str | None = None, python: str | None = None,
             _wait_tcp(ws, proc, 20)
             yield ChurnTarget(proc.pid, tls, ws)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            stop_process(proc)
 
 
 def rss_bytes(pid: int) -> int:

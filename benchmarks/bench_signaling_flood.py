@@ -37,6 +37,7 @@ import trio_websocket
 from benchmarks.bench_flood import probe
 from benchmarks.mock_nextcloud import MockNextcloud
 from benchmarks.report import conditions, ms, summarize, write_json
+from benchmarks.servers import stop_process
 
 SECRET = "flood-secret"
 BACKEND_PATH = "ocs/v2.php/apps/spreed/api/v1/signaling/backend"
@@ -205,12 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             result = trio.run(_run, args, proc, udp_port, ws_port)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            stop_process(proc)
     c = result["conditions"]
     f = result["flood"]
     print(f"conditions: {c['cpus']} CPUs ({c['cpu']}), Python {c['python']}, relay from "

@@ -111,13 +111,18 @@ def wait_ready(server: ServerProcess, timeout: float = 15.0) -> None:
 
 
 def stop(server: ServerProcess, timeout: float = 5.0) -> None:
-    if server.proc.poll() is None:
-        server.proc.send_signal(signal.SIGTERM)
+    stop_process(server.proc, timeout)
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if the process has not exited within `timeout` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
         try:
-            server.proc.wait(timeout)
+            proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            server.proc.kill()
-            server.proc.wait(timeout)
+            proc.kill()
+            proc.wait(timeout)
 
 
 def coturn_available() -> bool:

@@ -44,6 +44,7 @@ import trio
 import trio_websocket
 
 from benchmarks.mock_nextcloud import MockNextcloud
+from benchmarks.servers import stop_process
 
 SECRET = "bench-secret"
 BACKEND_PATH = "ocs/v2.php/apps/spreed/api/v1/signaling/backend"
@@ -297,11 +298,7 @@ async def run_one(kind: str, n: int, args: argparse.Namespace, nc: MockNextcloud
             await trio.lowlevel.checkpoint()
             nursery.cancel_scope.cancel()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
     return result
 
 

@@ -156,3 +156,19 @@ async def server(make_server: Any) -> Server:
     with trio.fail_after(10):
         srv: Server = await make_server()
     return srv
+
+
+async def raw_http(port: int, data: bytes, *, head_only: bool = False) -> bytes:
+    """Send `data` to 127.0.0.1:`port` as it is and read the answer until the server closes
+    (or, `head_only`, until the end of the response head), 3 s at most."""
+    s = await trio.open_tcp_stream("127.0.0.1", port)
+    await s.send_all(data)
+    out = b""
+    with trio.move_on_after(3):
+        while not (head_only and b"\r\n\r\n" in out):
+            chunk = await s.receive_some(65536)
+            if not chunk:
+                break
+            out += chunk
+    await s.aclose()
+    return out

@@ -8,7 +8,14 @@ import httpx
 import trio
 
 from relay.signaling.backend import checksum
-from tests.signaling.conftest import OTHER_SECRET, SECRET, Client, Server, signaling_config
+from tests.signaling.conftest import (
+    OTHER_SECRET,
+    SECRET,
+    Client,
+    Server,
+    raw_http,
+    signaling_config,
+)
 from tests.signaling.talk_clients import in_room, room_request
 
 
@@ -27,19 +34,6 @@ async def post(
         f"http://127.0.0.1:{server.port}", room, payload, secret=secret,
         backend=server.nextcloud.url if backend == "" else backend, headers=headers, raw=raw)
 
-
-async def _raw(port: int, data: bytes) -> bytes:
-    s = await trio.open_tcp_stream("127.0.0.1", port)
-    await s.send_all(data)
-    out = b""
-    with trio.move_on_after(3):
-        while b"\r\n\r\n" not in out:
-            chunk = await s.receive_some(65536)
-            if not chunk:
-                break
-            out += chunk
-    await s.aclose()
-    return out
 
 
 def _participants(m: dict[str, Any]) -> bool:
@@ -88,12 +82,13 @@ async def test_request_checks(server: Server) -> None:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as c:
             r = await c.get("/api/v1/room/r1")
             assert r.status_code == 405 and r.headers["allow"] == "POST"
-        out = await _raw(server.port, b"POST /api/v1/room/r1 HTTP/1.1\r\nHost: x\r\n"
-                         b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
-                         b"2\r\n{}\r\n0\r\n\r\n")
+        out = await raw_http(server.port, b"POST /api/v1/room/r1 HTTP/1.1\r\nHost: x\r\n"
+                             b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+                             b"\r\n2\r\n{}\r\n0\r\n\r\n", head_only=True)
         assert out.startswith(b"HTTP/1.1 411")
-        out = await _raw(server.port, b"POST /api/v1/room/r1 HTTP/1.1\r\nHost: x\r\n"
-                         b"Content-Type: application/json\r\nContent-Length: 300000\r\n\r\n")
+        out = await raw_http(server.port, b"POST /api/v1/room/r1 HTTP/1.1\r\nHost: x\r\n"
+                             b"Content-Type: application/json\r\nContent-Length: 300000\r\n\r\n",
+                             head_only=True)
         assert out.startswith(b"HTTP/1.1 413")
         # the server still works
         r = await post(server, "r1", body)

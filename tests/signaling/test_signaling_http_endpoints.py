@@ -9,25 +9,13 @@ import httpx
 import trio
 
 from relay import __version__
+from tests.signaling.conftest import raw_http
 
 
 async def _get(server: Any, path: str, **kw: Any) -> httpx.Response:
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as c:
         return await c.get(path, **kw)
 
-
-async def _raw(port: int, data: bytes) -> bytes:
-    s = await trio.open_tcp_stream("127.0.0.1", port)
-    await s.send_all(data)
-    out = b""
-    with trio.move_on_after(3):
-        while True:
-            chunk = await s.receive_some(65536)
-            if not chunk:
-                break
-            out += chunk
-    await s.aclose()
-    return out
 
 
 async def test_welcome_endpoint(server: Any) -> None:
@@ -103,13 +91,13 @@ async def test_http_errors(server: Any) -> None:
             assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
         r = await _get(server, "/spreed")  # not an upgrade
         assert r.status_code == 400
-        out = await _raw(server.port, b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X: " + b"a" * 20000)
+        out = await raw_http(server.port, b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X: " + b"a" * 20000)
         assert out.startswith(b"HTTP/1.1 431")
-        out = await _raw(server.port, b"garbage\r\n\r\n")
+        out = await raw_http(server.port, b"garbage\r\n\r\n")
         assert out.startswith(b"HTTP/1.1 400")
         # keep-alive: two requests on one connection
-        out = await _raw(server.port, b"GET /api/v1/welcome HTTP/1.1\r\nHost: x\r\n\r\n"
-                         b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        out = await raw_http(server.port, b"GET /api/v1/welcome HTTP/1.1\r\nHost: x\r\n\r\n"
+                             b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert out.count(b"HTTP/1.1 200") == 1 and out.count(b"HTTP/1.1 404") == 1
 
 

@@ -31,7 +31,7 @@ from relay.signaling.capabilities import Capabilities, Lookup
 from relay.signaling.geoip import GeoIP
 from relay.signaling.hub import Hub
 from relay.signaling.room_ping import ping_requests
-from tests.signaling.conftest import Server, signaling_config
+from tests.signaling.conftest import Server, raw_http, signaling_config
 from tests.signaling.test_signaling_hub_timers import URL, FakeBackend, FakeConn, NoCapabilities
 from tests.signaling.test_signaling_throttle import IpConn, make_hub, metrics
 from tests.turn.gateway_harness import REALM, config, listener_address, running
@@ -266,37 +266,24 @@ async def test_room_pings_are_combined_per_backend_by_the_limit(
 # --- HTTP details ---------------------------------------------------------------------------
 
 
-async def _raw(port: int, data: bytes) -> bytes:
-    s = await trio.open_tcp_stream("127.0.0.1", port)
-    await s.send_all(data)
-    out = b""
-    with trio.move_on_after(3):
-        while True:
-            chunk = await s.receive_some(65536)
-            if not chunk:
-                break
-            out += chunk
-    await s.aclose()
-    return out
-
 
 async def test_date_head_and_reason_phrases(server: Server) -> None:
     with trio.fail_after(10):
-        get = await _raw(server.port, b"GET /api/v1/welcome HTTP/1.1\r\nHost: x\r\n"
-                         b"Connection: close\r\n\r\n")
+        get = await raw_http(server.port, b"GET /api/v1/welcome HTTP/1.1\r\nHost: x\r\n"
+                             b"Connection: close\r\n\r\n")
         head_text, _, body = get.partition(b"\r\n\r\n")
         assert head_text.startswith(b"HTTP/1.1 200 OK\r\n")
         assert b"\r\ndate: " in head_text.lower() and b" GMT" in head_text
         assert body.startswith(b'{"nextcloud-spreed-signaling"')
-        head = await _raw(server.port, b"HEAD /api/v1/welcome HTTP/1.1\r\nHost: x\r\n"
-                          b"Connection: close\r\n\r\n")
+        head = await raw_http(server.port, b"HEAD /api/v1/welcome HTTP/1.1\r\nHost: x\r\n"
+                              b"Connection: close\r\n\r\n")
         head_only, _, rest = head.partition(b"\r\n\r\n")
         assert head_only.startswith(b"HTTP/1.1 200 OK\r\n") and rest == b""
         assert f"content-length: {len(body)}".encode() in head_only.lower()
-        missing = await _raw(server.port, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n")
+        missing = await raw_http(server.port, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n")
         assert missing.startswith(b"HTTP/1.1 404 Not Found\r\n")
-        post = await _raw(server.port, b"POST /api/v1/welcome HTTP/1.1\r\nHost: x\r\n"
-                          b"Content-Length: 0\r\n\r\n")
+        post = await raw_http(server.port, b"POST /api/v1/welcome HTTP/1.1\r\nHost: x\r\n"
+                              b"Content-Length: 0\r\n\r\n")
         assert post.startswith(b"HTTP/1.1 405 Method Not Allowed\r\n")
         assert b"allow: get, head" in post.lower()
 

@@ -43,7 +43,7 @@ from tests.turn.gateway_harness import (
 from tests.turn.stream_client import StreamTurnClient
 
 CHAN = 0x4000
-# the TURN reload and drain tests run on both datagram paths (turn.batch_io true and false)
+# the TURN reload and drain tests run on every datagram path (tests/conftest.py)
 BOTH_PATHS = pytest.mark.usefixtures("datagram_io")
 UDP = {"name": "udp", "protocol": "TURN-UDP", "address": "127.0.0.1", "port": 0,
        "routes": ["peers"]}

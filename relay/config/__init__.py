@@ -192,6 +192,9 @@ class TurnConfig:
     # recvmmsg/sendmmsg on the TURN-UDP listeners where the platform has them (Linux);
     # false (the default: measured no faster) keeps one recvfrom/sendto per datagram
     batch_io: bool = False
+    # How TURN-UDP datagrams are forwarded: "native" (compiled with numba: relay/net/native.py),
+    # "python" (the interpreter; `batch_io` applies), "auto" (native where numba is installed)
+    data_plane: str = "auto"
     # TURN worker processes sharing the listener ports (0: one per usable CPU); 1, the
     # default, runs the gateway in the main process (docs/workers.md says why)
     workers: int = 1
@@ -585,10 +588,21 @@ def _parse_turn(raw: Any, key: str) -> TurnConfig:
         udp_receive_buffer=s.get_int("udp_receive_buffer", d.udp_receive_buffer, min=0),
         rfc5766_channels=s.get_bool("rfc5766_channels", d.rfc5766_channels),
         batch_io=s.get_bool("batch_io", d.batch_io),
+        data_plane=_data_plane(s, d.data_plane),
         workers=_workers(s, min_port, max_port, d.workers),
     )
     s.done()
     return cfg
+
+
+DATA_PLANES = ("auto", "native", "python")
+
+
+def _data_plane(s: Section, default: str) -> str:
+    value = s.get_str("data_plane", default).lower()
+    if value not in DATA_PLANES:
+        raise ConfigError(s.key("data_plane"), f"{value!r} is not one of {', '.join(DATA_PLANES)}")
+    return value
 
 
 def _workers(s: Section, min_port: int, max_port: int, default: int) -> int:

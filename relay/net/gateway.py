@@ -37,8 +37,9 @@ import attrs
 import trio
 
 from relay.config import Config, ListenerConfig
+from relay.errors import ConfigError
 from relay.fdlimit import FD_ERRNOS, GUARD, serve_accepts
-from relay.net import mmsg
+from relay.net import mmsg, native
 from relay.net.forward import forward_channel_data, forward_send_indication
 from relay.net.mmsg import RecvBatch, SendBatch, SendResult
 from relay.net.stream import StreamConnection, serve_connection, tls_context
@@ -344,6 +345,11 @@ class Gateway:
         # recvmmsg/sendmmsg in the datagram loops where the platform has them
         self.batch_io = cfg.turn.batch_io and mmsg.AVAILABLE
         self.send_batches: dict[str, _Out] = {}  # TURN-UDP listener -> its outgoing batch
+        # the compiled datagram plane (`turn.data_plane`), serving self.epoll
+        self.native = _native_plane(cfg, self.epoll)
+        if self.native is not None:
+            self.batch_io = False  # the compiled loop does its own reads and sends
+        self.client_handlers: dict[int, Callable[[memoryview, int, Any], None]] = {}
         for c in cfg.clusters:
             self.stats.cluster(c.name)
 
@@ -364,7 +370,20 @@ class Gateway:
         out = self.server.handle(lis, client, data, trio.current_time(), time.time())
         if out.effects:
             self.perform(out.effects)
+        if self.native is not None:
+            alloc = lis.allocations.get(client)
+            if alloc is not None:
+                self._sync_native(alloc)
         return out.reply
+
+    def _sync_native(self, alloc: Allocation) -> None:
+        """Routes of a TURN-UDP client's allocation into the compiled plane's table."""
+        sock = self.sockets.get(alloc.listener)
+        if self.native is not None and sock is not None:
+            check = self.policy.check
+            name = alloc.listener
+            self.native.sync(alloc, sock.fileno(),
+                             lambda ip, port: check(name, ip, port).allowed)
 
     def _created(self, alloc: Allocation) -> None:
         assert self.alloc_nursery is not None
@@ -382,6 +401,8 @@ class Gateway:
 
     def _deleted(self, alloc: Allocation) -> None:
         # The core has released the relay sockets (forgotten by the reader first).
+        if self.native is not None:
+            self.native.drop(alloc)
         io = alloc.io
         scope = io.scope if isinstance(io, AllocationIO) else None
         if scope is not None:
@@ -492,6 +513,7 @@ class Gateway:
         self.send_batches.pop(name, None)
         sock = self.sockets.pop(name, None)
         if sock is not None:
+            self._unwatch_listener(sock)  # before it closes: the fd number may be reused
             sock.close()
         stream = self.stream_sockets.pop(name, None)
         if stream is not None:  # open connections stay, refused new allocations
@@ -577,6 +599,10 @@ class Gateway:
         for c in config.clusters:
             self.stats.cluster(c.name)
         self._close_drained()
+        if self.native is not None:  # clusters and policy may have changed every route
+            for lis_state in self.server.listeners.values():
+                for alloc in list(lis_state.allocations.values()):
+                    self._sync_native(alloc)
         return changes
 
     def _close_drained(self) -> None:
@@ -598,7 +624,9 @@ class Gateway:
         """A listener's task, in a cancel scope `_close_listener` cancels."""
         with trio.CancelScope() as scope:
             self.listener_scopes[name] = scope
-            if name in self.sockets:
+            if name in self.sockets and self.native is not None:
+                await self._native_listener(self.server.listeners[name], self.sockets[name])
+            elif name in self.sockets:
                 await self.listener_loop(self.server.listeners[name], self.sockets[name])
             elif name in self.stream_sockets:
                 await self.stream_listener_loop(name)
@@ -671,19 +699,12 @@ class Gateway:
             self.perform(self.server.sweep(trio.current_time()))
             self._close_drained()
 
-    async def listener_loop(self, lis: ListenerState, sock: socket.socket) -> None:
-        """Client -> relay: ChannelData and Send indications forwarded, requests answered.
-
-        One body decides every datagram; only the receive differs: one `recvfrom_into` per
-        datagram, or (`turn.batch_io`) a `recvmmsg` of up to `RECV_SLOTS` into a batch's
-        slots.  A short batch (or EAGAIN) ends the drain: wait for readability again."""
-        batch = RecvBatch(RECV_SLOTS, BUFFER) if self.batch_io else None
-        recv_many = batch.recv if batch is not None else None
-        slots = RECV_SLOTS if batch is not None else 1
-        buf = bytearray(BUFFER) if batch is None else bytearray(0)
-        view = memoryview(buf)
-        recv = sock.recvfrom_into
-        fileno = sock.fileno
+    def client_handler(self, lis: ListenerState, sock: socket.socket
+                       ) -> Callable[[memoryview, int, Any], None]:
+        """What is done with one datagram `view[:n]` from `addr` on a TURN-UDP listener:
+        ChannelData and Send indications forwarded, requests answered (the reply sent),
+        anything else dropped and counted.  Shared by the plain loop (every datagram) and
+        the compiled plane (the datagrams it hands back)."""
         send = sock.sendto
         allocs = lis.allocations
         traffic = lis.stats.traffic
@@ -692,9 +713,61 @@ class Gateway:
         answer = self.answer
         demux = demux_table(self.server.channel_max)
         latency = self.stats.request_latency
+        perf = time.perf_counter
+
+        def handle(dview: memoryview, n: int, addr: Any) -> None:
+            traffic.rx_packets += 1
+            traffic.rx_bytes += n
+            first = dview[0]
+            kind = demux[first]  # the codec's rule: STUN, ChannelData or neither
+            if kind == _CHANNEL_DATA:
+                alloc = allocs.get(addr)
+                if alloc is None or n < 4:
+                    drops["no_allocation" if alloc is None else "malformed"] += 1
+                else:
+                    forward_channel_data(alloc, dview, n, drops)
+            elif kind == _STUN and n >= 20:
+                if first == 0 and dview[1] == 0x16:  # a Send indication
+                    alloc = allocs.get(addr)
+                    if alloc is None:
+                        drops["no_allocation"] += 1
+                    else:
+                        forward_send_indication(alloc, dview, n, policy, drops)
+                else:
+                    # the core bounds the size (MAX_UDP_REQUEST, counted too_large)
+                    t0 = perf()
+                    reply = answer(lis, addr, dview[:n].tobytes())
+                    if reply is not None:
+                        try:
+                            send(reply, addr)
+                            traffic.tx_packets += 1
+                            traffic.tx_bytes += len(reply)
+                        except BlockingIOError:
+                            drops["send_buffer_full"] += 1
+                        except OSError:
+                            pass
+                    latency.observe(perf() - t0)
+            else:
+                drops["malformed"] += 1
+
+        return handle
+
+    async def listener_loop(self, lis: ListenerState, sock: socket.socket) -> None:
+        """Client -> relay on the plain path: every datagram to `client_handler`'s body.
+
+        Only the receive differs: one `recvfrom_into` per datagram, or (`turn.batch_io`) a
+        `recvmmsg` of up to `RECV_SLOTS` into a batch's slots.  A short batch (or EAGAIN)
+        ends the drain: wait for readability again."""
+        batch = RecvBatch(RECV_SLOTS, BUFFER) if self.batch_io else None
+        recv_many = batch.recv if batch is not None else None
+        slots = RECV_SLOTS if batch is not None else 1
+        buf = bytearray(BUFFER) if batch is None else bytearray(0)
+        view = memoryview(buf)
+        recv = sock.recvfrom_into
+        fileno = sock.fileno
+        handle = self.client_handler(lis, sock)
         wait = trio.lowlevel.wait_readable
         checkpoint = trio.lowlevel.checkpoint
-        perf = time.perf_counter
         got: Any
         while True:
             await wait(sock)
@@ -715,45 +788,139 @@ class Gateway:
                         return
                     continue  # an error report for an earlier send; nothing to read
                 for dview, n, addr in got:
-                    traffic.rx_packets += 1
-                    traffic.rx_bytes += n
-                    first = dview[0]
-                    kind = demux[first]  # the codec's rule: STUN, ChannelData or neither
-                    if kind == _CHANNEL_DATA:
-                        alloc = allocs.get(addr)
-                        if alloc is None or n < 4:
-                            drops["no_allocation" if alloc is None else "malformed"] += 1
-                        else:
-                            forward_channel_data(alloc, dview, n, drops)
-                    elif kind == _STUN and n >= 20:
-                        if first == 0 and dview[1] == 0x16:  # a Send indication
-                            alloc = allocs.get(addr)
-                            if alloc is None:
-                                drops["no_allocation"] += 1
-                            else:
-                                forward_send_indication(alloc, dview, n, policy, drops)
-                        else:
-                            # the core bounds the size (MAX_UDP_REQUEST, counted too_large)
-                            t0 = perf()
-                            reply = answer(lis, addr, dview[:n].tobytes())
-                            if reply is not None:
-                                try:
-                                    send(reply, addr)
-                                    traffic.tx_packets += 1
-                                    traffic.tx_bytes += len(reply)
-                                except BlockingIOError:
-                                    drops["send_buffer_full"] += 1
-                                except OSError:
-                                    pass
-                            latency.observe(perf() - t0)
-                    else:
-                        drops["malformed"] += 1
+                    handle(dview, n, addr)
                 if len(got) < slots:
                     break  # drained for now: wait_readable again rather than ask for EAGAIN
                 handled += len(got)
                 if handled >= BATCH:
                     handled = 0
                     await checkpoint()
+
+    async def _native_listener(self, lis: ListenerState, sock: socket.socket) -> None:
+        """A TURN-UDP listener served by the compiled plane: its socket is in the epoll set
+        while this task runs (the plane's task reads it)."""
+        plane = self.native
+        assert plane is not None
+        fd = sock.fileno()
+        self.client_handlers[fd] = self.client_handler(lis, sock)
+        plane.add_listener(fd, lis.stats.traffic)
+        self.epoll.register(fd, select.EPOLLIN)
+        try:
+            await trio.sleep_forever()
+        finally:
+            self._unwatch_listener(sock)
+
+    def _unwatch_listener(self, sock: socket.socket) -> None:
+        fd = sock.fileno()
+        if self.native is None or fd < 0 or self.client_handlers.pop(fd, None) is None:
+            return
+        self.native.remove_listener(fd, self.stats.drops)
+        try:
+            self.epoll.unregister(fd)
+        except (OSError, ValueError):
+            pass
+
+    def peer_datagram(self, entry: RelayWatch, slot: memoryview, n: int, addr: Any) -> None:
+        """One datagram `slot[4:4+n]` from `addr` on the relay socket of `entry`, sent to the
+        client as ChannelData (the header written into `slot[:4]`) or as a Data indication,
+        or dropped and counted.  The relay reader's body for one datagram sent at once;
+        also the compiled plane's for the datagrams it hands back."""
+        _recv, send, client, perms, chans, ltraffic, v6, alloc = entry
+        drops = self.stats.drops
+        ip = addr[0]
+        perm = perms.get(ip)
+        if perm is None:
+            drops["no_permission"] += 1
+            return
+        if v6:
+            addr = addr[:2]
+        if not perm.any_port and not self.policy.check(alloc.listener, ip, addr[1]).allowed:
+            drops["peer_not_allowed"] += 1
+            return
+        ct = perm.cluster.traffic
+        ct.rx_packets += 1
+        ct.rx_bytes += n
+        chan = chans.get(addr)
+        try:
+            if chan is not None:
+                _pack_head(slot, 0, chan.number, n)
+                sent = send(slot[: 4 + n], client)
+            else:
+                sent = send(data_indication(alloc.indication_id(), ip, addr[1], slot[4 : 4 + n]),
+                            client)
+            ltraffic.tx_packets += 1
+            ltraffic.tx_bytes += sent
+        except BlockingIOError:
+            drops["send_buffer_full"] += 1
+        except (OSError, ValueError):
+            drops["too_large"] += 1
+
+    async def native_reader(self) -> None:
+        """The compiled plane's task: the plane forwards what has routes and hands the rest
+        back, decided here as on the plain path (`client_handler`, `peer_datagram`).
+
+        With Trio's epoll descriptor at hand (`native.trio_epoll_fd`) the plane runs in a
+        Trio instrument where Trio would sleep (`native.Driver`) and this task gets the
+        datagrams it hands back.  Without it the task runs the plane itself: it polls
+        without blocking and waits on the set with `wait_readable`, as the relay reader."""
+        plane = self.native
+        assert plane is not None
+        drops = self.stats.drops
+        nest = native.trio_epoll_fd()
+        if nest is not None:
+            try:
+                self.epoll.register(nest, select.EPOLLIN)
+            except OSError:
+                nest = None
+        if nest is None:
+            await self._native_polling(plane)
+            return
+        driver = native.Driver(plane, nest, BATCH, drops)
+        trio.lowlevel.add_instrument(driver)
+        try:
+            while True:
+                for code, fd, n, data, addr in await driver.punted():
+                    self._punted(code, fd, n, data, addr)
+                plane.fold(drops)
+        finally:
+            trio.lowlevel.remove_instrument(driver)
+            plane.fold(drops)
+            try:
+                self.epoll.unregister(nest)
+            except (OSError, ValueError):
+                pass
+
+    def _punted(self, code: int, fd: int, n: int, data: memoryview, addr: Any) -> None:
+        """A datagram the compiled plane handed back, decided as on the plain path."""
+        if code == native.PUNT_CLIENT:
+            handler = self.client_handlers.get(fd)
+            if handler is not None:
+                handler(data, n, addr)
+        else:
+            entry = self.relay_fds.get(fd)
+            if entry is not None:
+                self.peer_datagram(entry, data, n, addr)
+
+    async def _native_polling(self, plane: native.NativePlane) -> None:
+        drops = self.stats.drops
+        now = trio.current_time
+        punts = 0
+        try:
+            while True:
+                code = plane.pump(-1, 0, BATCH, now())
+                if code == native.PUNT_CLIENT or code == native.PUNT_PEER:
+                    self._punted(*plane.take_punt(code))
+                    punts += 1
+                    if punts < BATCH:
+                        continue
+                punts = 0
+                plane.fold(drops)
+                if code == native.IDLE:
+                    await trio.lowlevel.wait_readable(self.epoll)
+                else:
+                    await trio.lowlevel.checkpoint()
+        finally:
+            plane.fold(drops)
 
     async def _run_allocation(self, alloc: Allocation) -> None:
         """The allocation's task: its relay sockets are served while it runs.
@@ -787,8 +954,8 @@ class Gateway:
         """Peer -> relay -> client for every relay socket: ChannelData when a channel is
         bound, else a Data indication.
 
-        One body decides every datagram; only the send differs: a plain `sendto`, or
-        (`turn.batch_io`, clients of a TURN-UDP listener) the datagram is received straight
+        One by one, `peer_datagram` decides and sends each datagram; with `turn.batch_io`
+        (clients of a TURN-UDP listener) the datagram is received straight
         into a slot of that listener's `SendBatch` after room for the ChannelData header,
         and the batch goes out with one `sendmmsg` when full and before the reader yields.
         Allocations of TURN-TCP/TLS listeners are always sent one by one."""
@@ -802,6 +969,7 @@ class Gateway:
         body = view[4:]
         drops = self.stats.drops
         policy = self.policy
+        peer = self.peer_datagram
         wait = trio.lowlevel.wait_readable
         checkpoint = trio.lowlevel.checkpoint
         while True:
@@ -813,21 +981,26 @@ class Gateway:
                 entry = fds.get(fd)
                 if entry is None:
                     continue
-                recv, send, client, perms, chans, ltraffic, v6, alloc = entry
+                out = outs.get(entry.alloc.listener)
+                if out is None:  # one by one
+                    for _ in range(BATCH):
+                        try:
+                            n, addr = entry.recv(body)
+                        except OSError:  # BlockingIOError: drained; others: nothing to read
+                            break
+                        peer(entry, view, n, addr)
+                    continue
+                _recv, _send, client, perms, chans, _traffic, v6, alloc = entry
                 name = alloc.listener
-                out = outs.get(name)
-                batch = out.batch if out is not None else None
+                batch = out.batch
                 for _ in range(BATCH):
-                    if batch is None:
-                        slot, into = view, body
-                    else:
-                        if batch.full:
-                            _flush(out, result, drops)  # type: ignore[arg-type]
-                        slot = batch.slot()
-                        into = slot[4:]
+                    if batch.full:
+                        _flush(out, result, drops)
+                    slot = batch.slot()
+                    into = slot[4:]
                     try:
-                        n, addr = recv(into)
-                    except OSError:  # BlockingIOError: drained; others: nothing to read
+                        n, addr = _recv(into)
+                    except OSError:
                         break
                     ip = addr[0]
                     perm = perms.get(ip)
@@ -843,25 +1016,12 @@ class Gateway:
                     ct.rx_packets += 1
                     ct.rx_bytes += n
                     chan = chans.get(addr)
-                    try:
-                        if chan is not None:
-                            _pack_head(slot, 0, chan.number, n)
-                            if batch is not None:
-                                batch.push(4 + n, client)
-                                continue  # counted when the batch is flushed
-                            sent = send(slot[: 4 + n], client)
-                        else:
-                            ind = data_indication(alloc.indication_id(), ip, addr[1], into[:n])
-                            if batch is not None:
-                                batch.push_bytes(ind, client)
-                                continue
-                            sent = send(ind, client)
-                        ltraffic.tx_packets += 1
-                        ltraffic.tx_bytes += sent
-                    except BlockingIOError:
-                        drops["send_buffer_full"] += 1
-                    except (OSError, ValueError):
-                        drops["too_large"] += 1
+                    if chan is not None:
+                        _pack_head(slot, 0, chan.number, n)
+                        batch.push(4 + n, client)  # counted when the batch is flushed
+                    else:
+                        batch.push_bytes(
+                            data_indication(alloc.indication_id(), ip, addr[1], into[:n]), client)
             for out in outs.values():
                 if out.batch.pending:
                     _flush(out, result, drops)
@@ -910,11 +1070,24 @@ async def serve_gateway(
             for name in gw.listener_configs:
                 nursery.start_soon(gw._serve_listener, name)
             nursery.start_soon(gw.sweeper)
-            nursery.start_soon(gw.relay_reader)
+            nursery.start_soon(gw.relay_reader if gw.native is None else gw.native_reader)
             nursery.start_soon(gw.resolve_clusters)
             task_status.started(gw)
     finally:
         gw.close()
+
+
+def _native_plane(cfg: Config, epoll: select.epoll) -> native.NativePlane | None:
+    """The compiled plane `turn.data_plane` asks for (None: the plain path)."""
+    choice = cfg.turn.data_plane
+    if choice == "python":
+        return None
+    if not native.AVAILABLE:
+        if choice == "native":
+            raise ConfigError("turn.data_plane",
+                              f"native needs numba, which cannot be imported: {native.MISSING}")
+        return None
+    return native.NativePlane(epoll.fileno(), BUFFER)
 
 
 @attrs.frozen

@@ -28,9 +28,9 @@ USER = "alice"
 PASSWORD = "alice-pw"
 REALM = "gw.test"
 RTO = 0.1  # client retransmission timeout: loopback answers in well under a millisecond
-# turn.batch_io of the configs below when the test does not set it (the `datagram_io`
-# fixture runs a test on both datagram paths); None: the default
-BATCH_IO: list[bool | None] = [None]
+# turn.data_plane and turn.batch_io of the configs below when the test does not set them
+# (the `datagram_io` fixture runs a test on each datagram path); None: the defaults
+DATA_PATH: list[dict[str, object] | None] = [None]
 
 
 def _bindable(host: str, port: int) -> bool:
@@ -85,8 +85,8 @@ def config(
         # one process unless the test asks for workers (tests/net/test_workers.py)
         "turn": {"min_port": lo, "max_port": hi, "workers": 1, **(turn or {})},
     }
-    if BATCH_IO[0] is not None:
-        raw["turn"].setdefault("batch_io", BATCH_IO[0])
+    for key, value in (DATA_PATH[0] or {}).items():
+        raw["turn"].setdefault(key, value)
     return Config.from_mapping(raw)
 
 

@@ -1,0 +1,536 @@
+"""The compiled datagram plane (`turn.data_plane: native`): TURN-UDP forwarding in machine code.
+
+Python pays ~3-4 µs of interpreter work per datagram on top of the syscalls (measured in
+benchmarks/README.md), which made relay spend about twice coturn's CPU per relayed packet.
+Here the per-datagram work -- receive, look the route up, add or strip the 4-byte
+ChannelData header, send, count -- is a function compiled once by numba (LLVM, from PyPI
+wheels: nothing is compiled at install) that calls libc's `epoll_wait`, `recvfrom` and
+`sendto` directly and runs without the GIL.
+
+What it forwards by itself, on the gateway's epoll set (TURN-UDP listener sockets and every
+relay socket):
+- client -> peer: a ChannelData message from a client with an allocation on a TURN-UDP
+  listener, for a bound channel whose permission is installed;
+- peer -> client: a datagram from a peer with a bound channel and permission, to a client
+  on a TURN-UDP listener, as ChannelData.
+Everything else -- STUN requests, Send and Data indications, unknown clients and channels,
+expired or policy-checked routes, TCP/TLS clients -- is handed back ("punted") to the
+gateway's Python code, which decides it exactly as on the plain path.
+
+The routes are a forwarding table the gateway derives from the core's state
+(`NativePlane.sync` after every request of an allocation's client, `drop` when it ends,
+`resync` after a reload): two hash tables (numba typed dicts) from (socket, address[,
+channel]) to a route row in numpy arrays.  A row carries its expiry (the earlier of the
+permission's and the channel's), so a lapsed permission stops forwarding when it lapses,
+without waiting for the sweeper.  Counters are numpy rows per listener and per cluster,
+added into the `TurnStats` objects (`fold`) whenever the compiled loop returns to Python.
+
+The loop blocks in `epoll_wait` on the gateway's set, to which Trio's own epoll descriptor is
+added (`trio_epoll_fd`): when anything else in the process has work (a signaling message, a
+scrape, a timer due), the loop returns and the task yields to Trio.  Without that descriptor
+(an unknown Trio internals layout, a test clock) the task polls without blocking and waits
+on the set with `trio.lowlevel.wait_readable` as the plain path does.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Iterable
+from typing import Any
+
+import trio
+
+try:  # numba ships wheels for Linux x86_64 / aarch64; elsewhere the plain path serves
+    import numpy as np
+    from numba import njit
+    from numba import types as nt
+    from numba.typed import Dict as NumbaDict
+except ImportError as exc:  # pragma: no cover - exercised where numba is missing
+    AVAILABLE = False
+    MISSING = f"{exc}"
+else:
+    AVAILABLE = True
+    MISSING = ""
+
+__all__ = ["AVAILABLE", "MISSING", "Driver", "NativePlane", "trio_epoll_fd"]
+
+# what pump() returned
+IDLE = 0  # nothing more to read (timeout, or a signal interrupted the wait)
+PUNT_CLIENT = 1  # a datagram from a listener socket for Python: buf[:n], address in sa
+PUNT_PEER = 2  # a datagram from a relay socket for Python: buf[4:4+n], address in sa
+TRIO = 3  # Trio's epoll descriptor is readable: something else has work
+BUDGET = 4  # handled `budget` readiness events: let others run
+
+SOCKADDR = 28  # room for a sockaddr_in6
+EVENTS = 64
+READS = 16  # datagrams read from one socket per readiness event
+# counter columns (listener rows: rx = from clients, tx = to clients; cluster rows: rx =
+# from peers, tx = to peers)
+RX_P, RX_B, TX_P, TX_B = 0, 1, 2, 3
+# drop columns, in the gateway's names
+DROP_REASONS = ("send_buffer_full", "peer_not_allowed", "too_large")
+_EAGAIN = 11
+_CLOCK_MONOTONIC = 1
+_MSG_DONTWAIT = 0x40
+_AF_INET = socket.AF_INET
+_AF_INET6 = socket.AF_INET6
+_sa4 = struct.Struct("=H2s4s8x")  # family (host order), port, address: sockaddr_in
+_sa6 = struct.Struct("=H2sI16sI")  # family, port, flowinfo (network order), address, scope
+
+
+def trio_epoll_fd() -> int | None:
+    """The descriptor of the running Trio loop's epoll set, or None where it cannot be had
+    (another I/O manager, another layout of Trio's internals, a clock that is not the
+    system clock: a test's virtual time must not be slept through in epoll_wait)."""
+    import trio
+
+    try:
+        if type(trio.lowlevel.current_clock()).__name__ != "SystemClock":
+            return None
+        from trio._core._run import GLOBAL_RUN_CONTEXT
+
+        epoll = GLOBAL_RUN_CONTEXT.runner.io_manager._epoll
+        fd = epoll.fileno()
+    except (AttributeError, ImportError, RuntimeError, ValueError):
+        return None
+    return fd if isinstance(fd, int) and fd >= 0 else None
+
+
+def addr_key(addr: Any) -> tuple[int, int, int]:
+    """An address as the compiled loop keys it: IPv4 in one int, IPv6 in three."""
+    ip = addr[0]
+    if ":" in ip:
+        raw = socket.inet_pton(_AF_INET6, ip.split("%", 1)[0])
+        return (int.from_bytes(raw[:8], "big", signed=True),
+                int.from_bytes(raw[8:], "big", signed=True), (6 << 48) | addr[1])
+    return 0, 0, (4 << 48) | (int.from_bytes(socket.inet_aton(ip), "big") << 16) | addr[1]
+
+
+def sockaddr(addr: Any) -> bytes:
+    """`addr` as a sockaddr_in / sockaddr_in6 for sendto."""
+    ip = addr[0]
+    port = struct.pack("!H", addr[1])
+    if ":" in ip:
+        host, _, scope = ip.partition("%")
+        scope_id = addr[3] if len(addr) > 3 else 0
+        if scope and not scope_id:
+            scope_id = socket.if_nametoindex(scope) if not scope.isdigit() else int(scope)
+        flow = socket.htonl(addr[2]) if len(addr) > 2 else 0
+        return _sa6.pack(_AF_INET6, port, flow, socket.inet_pton(_AF_INET6, host), scope_id)
+    return _sa4.pack(_AF_INET, port, socket.inet_aton(ip))
+
+
+def from_sockaddr(sa: Any) -> tuple[Any, ...]:
+    """The address tuple Python's recvfrom would have returned for the sockaddr `sa`."""
+    raw = bytes(sa[:SOCKADDR])
+    family = int.from_bytes(raw[:2], "little")
+    port = int.from_bytes(raw[2:4], "big")
+    if family == _AF_INET6:
+        _f, _p, flow, host, scope = _sa6.unpack(raw)
+        ip = socket.inet_ntop(_AF_INET6, host)
+        if scope and host[:2] == b"\xfe\x80":
+            try:
+                ip = f"{ip}%{socket.if_indextoname(scope)}"
+            except OSError:
+                ip = f"{ip}%{scope}"
+        return (ip, port, socket.ntohl(flow), scope)
+    return (socket.inet_ntop(_AF_INET, raw[4:8]), port)
+
+
+if AVAILABLE:
+    _i32, _intp, _u32 = nt.int32, nt.intp, nt.uint32
+    _recvfrom: Any = nt.ExternalFunction("recvfrom", _intp(_i32, _intp, _intp, _i32, _intp, _intp))
+    _sendto: Any = nt.ExternalFunction("sendto", _intp(_i32, _intp, _intp, _i32, _intp, _u32))
+    _epoll_wait: Any = nt.ExternalFunction("epoll_wait", _i32(_i32, _intp, _i32, _i32))
+    _clock_gettime: Any = nt.ExternalFunction("clock_gettime", _i32(_i32, _intp))
+    _errno: Any = nt.ExternalFunction("__errno_location",
+                                      nt.CPointer(_i32)())  # type: ignore[no-untyped-call]
+    _KEY = nt.UniTuple(nt.int64, 4)  # type: ignore[no-untyped-call]
+
+    @njit(cache=True, nogil=True, boundscheck=False)
+    def _key_of(sa: Any) -> Any:  # pragma: no cover - compiled
+        port = (np.int64(sa[2]) << 8) | np.int64(sa[3])
+        if sa[0] == _AF_INET6 and sa[1] == 0:
+            a = np.int64(0)
+            b = np.int64(0)
+            for i in range(8):
+                a = (a << 8) | np.int64(sa[8 + i])
+                b = (b << 8) | np.int64(sa[16 + i])
+            return a, b, (np.int64(6) << 48) | port
+        ip = ((np.int64(sa[4]) << 24) | (np.int64(sa[5]) << 16) | (np.int64(sa[6]) << 8)
+              | np.int64(sa[7]))
+        return np.int64(0), np.int64(0), (np.int64(4) << 48) | (ip << 16) | port
+
+    @njit(cache=True, nogil=True, boundscheck=False)
+    def _pump(epfd: int, nest: int, timeout: int, budget: int, now: float,  # pragma: no cover
+              evs: Any, buf: Any, sa: Any, salen: Any, out: Any,
+              listeners: Any, up: Any, down: Any,
+              up_i: Any, up_f: Any, up_sa: Any, dn_i: Any, dn_f: Any, dn_sa: Any,
+              lis_ctr: Any, cl_ctr: Any, drops: Any) -> int:
+        """Forward what has routes until a datagram needs Python, Trio has work, the wait
+        times out or `budget` readiness events were handled; returns why (module codes)."""
+        evp = evs.ctypes.data
+        bp = buf.ctypes.data
+        sap = sa.ctypes.data
+        slp = salen.ctypes.data
+        size = buf.size
+        up_sap = up_sa.ctypes.data
+        dn_sap = dn_sa.ctypes.data
+        handled = 0
+        wait = timeout
+        tsp = out.ctypes.data + 16  # out[2:4]: a struct timespec
+        end = 0
+        if timeout > 0:
+            _clock_gettime(_CLOCK_MONOTONIC, tsp)
+            end = out[2] * 1000 + out[3] // 1000000 + timeout  # in milliseconds
+        while True:
+            ne = _epoll_wait(epfd, evp, EVENTS, wait)
+            if ne <= 0:
+                return IDLE
+            for e in range(ne):
+                o = e * 12 + 4  # struct epoll_event is packed: u32 events, u64 data (the fd)
+                fd = (np.int64(evs[o]) | (np.int64(evs[o + 1]) << 8)
+                      | (np.int64(evs[o + 2]) << 16) | (np.int64(evs[o + 3]) << 24))
+                if fd == nest:
+                    return TRIO
+                if fd in listeners:
+                    row = listeners[fd]
+                    for _ in range(READS):
+                        salen[0] = SOCKADDR
+                        n = _recvfrom(fd, bp, size, _MSG_DONTWAIT, sap, slp)
+                        if n < 0:
+                            break
+                        first = buf[0]
+                        if n >= 4 and 0x40 <= first <= 0x7F:
+                            a, b, c = _key_of(sa)
+                            key = ((fd << 16) | (np.int64(first) << 8) | np.int64(buf[1]),
+                                   a, b, c)
+                            if key in up:
+                                r = up[key]
+                                length = (np.int64(buf[2]) << 8) | np.int64(buf[3])
+                                if up_f[r] >= now and length <= n - 4:
+                                    lis_ctr[row, RX_P] += 1
+                                    lis_ctr[row, RX_B] += n
+                                    drops[3] += 1
+                                    sent = _sendto(up_i[r, 0], bp + 4, length, _MSG_DONTWAIT,
+                                                   up_sap + r * SOCKADDR, up_i[r, 1])
+                                    if sent >= 0:
+                                        cl = up_i[r, 2]
+                                        cl_ctr[cl, TX_P] += 1
+                                        cl_ctr[cl, TX_B] += length
+                                    elif _errno()[0] == _EAGAIN:
+                                        drops[0] += 1
+                                    else:
+                                        drops[1] += 1
+                                    continue
+                        out[0] = fd
+                        out[1] = n
+                        return PUNT_CLIENT
+                else:
+                    for _ in range(READS):
+                        salen[0] = SOCKADDR
+                        n = _recvfrom(fd, bp + 4, size - 4, _MSG_DONTWAIT, sap, slp)
+                        if n < 0:
+                            break
+                        a, b, c = _key_of(sa)
+                        key = (fd, a, b, c)
+                        if key in down:
+                            d = down[key]
+                            if dn_f[d] >= now:
+                                drops[3] += 1
+                                cl = dn_i[d, 2]
+                                cl_ctr[cl, RX_P] += 1
+                                cl_ctr[cl, RX_B] += n
+                                number = dn_i[d, 4]
+                                buf[0] = number >> 8
+                                buf[1] = number & 0xFF
+                                buf[2] = n >> 8
+                                buf[3] = n & 0xFF
+                                sent = _sendto(dn_i[d, 0], bp, n + 4, _MSG_DONTWAIT,
+                                               dn_sap + d * SOCKADDR, dn_i[d, 1])
+                                if sent >= 0:
+                                    row = dn_i[d, 3]
+                                    lis_ctr[row, TX_P] += 1
+                                    lis_ctr[row, TX_B] += sent
+                                elif _errno()[0] == _EAGAIN:
+                                    drops[0] += 1
+                                else:
+                                    drops[2] += 1
+                                continue
+                        out[0] = fd
+                        out[1] = n
+                        return PUNT_PEER
+            handled += ne
+            if handled >= budget:
+                return BUDGET
+            if timeout > 0:  # wait on for what is left of the timeout
+                _clock_gettime(_CLOCK_MONOTONIC, tsp)
+                wait = end - (out[2] * 1000 + out[3] // 1000000)
+                if wait <= 0:
+                    return IDLE
+
+
+class _Table:
+    """Route rows (numpy) with a free list; `ints` columns, one float (expiry), a sockaddr."""
+
+    def __init__(self, columns: int, capacity: int = 256) -> None:
+        self.ints = np.zeros((capacity, columns), np.int64)
+        self.expires = np.zeros(capacity, np.float64)
+        self.sa = np.zeros((capacity, SOCKADDR), np.uint8)
+        self.free = list(range(capacity - 1, -1, -1))
+
+    def take(self) -> int:
+        if not self.free:
+            old = len(self.expires)
+            self.ints = np.concatenate([self.ints, np.zeros_like(self.ints)])
+            self.expires = np.concatenate([self.expires, np.zeros_like(self.expires)])
+            self.sa = np.concatenate([self.sa, np.zeros_like(self.sa)])
+            self.free = list(range(2 * old - 1, old - 1, -1))
+        return self.free.pop()
+
+    def put(self, row: int) -> None:
+        self.expires[row] = -1.0  # dead even if a stale key still pointed here
+        self.free.append(row)
+
+
+class NativePlane:
+    """The Python side of the compiled loop: its buffers, forwarding table and counters.
+
+    The gateway tells it about listeners (`add_listener` / `remove_listener`), about each
+    allocation after a request of its client (`sync`) and when it ends (`drop`); `pump` runs
+    the loop; `fold` adds the loop's counters into the stats objects."""
+
+    def __init__(self, epfd: int, buffer: int) -> None:
+        if not AVAILABLE:
+            raise RuntimeError(f"numba is not available: {MISSING}")
+        self.epfd = epfd
+        self.buf = np.zeros(buffer, np.uint8)
+        self.view = memoryview(self.buf)  # type: ignore[arg-type]
+        self.sa = np.zeros(SOCKADDR, np.uint8)
+        self.salen = np.zeros(1, np.uint32)
+        self.events = np.zeros(EVENTS * 12, np.uint8)
+        self.out = np.zeros(4, np.int64)  # punted fd and length; a timespec
+        self.listeners = NumbaDict.empty(nt.int64, nt.int64)  # fd -> counter row
+        self.listener_traffic: list[Any] = []  # counter row -> the listener's Traffic
+        self.listener_rows: dict[int, int] = {}  # fd -> row (rows are reused)
+        self.up = NumbaDict.empty(_KEY, nt.int64)
+        self.down = NumbaDict.empty(_KEY, nt.int64)
+        self.up_rows = _Table(3)  # relay socket fd, sockaddr length, cluster row
+        self.down_rows = _Table(5)  # listener fd, sockaddr length, cluster row, lis row, number
+        self.cluster_rows: dict[int, int] = {}  # id(ConnectionStats) -> row
+        self.cluster_traffic: list[Any] = []
+        self.lis_ctr = np.zeros((8, 4), np.int64)
+        self.cl_ctr = np.zeros((8, 4), np.int64)
+        # drops by reason, then (last) datagrams forwarded since the last fold
+        self.drops = np.zeros(len(DROP_REASONS) + 1, np.int64)
+        # allocation -> its routes: (is_up, key, row)
+        self.routes: dict[Any, list[tuple[bool, tuple[int, int, int, int], int]]] = {}
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def pump(self, nest: int, timeout_ms: int, budget: int, now: float) -> int:
+        up, dn = self.up_rows, self.down_rows
+        return int(_pump(self.epfd, nest, timeout_ms, budget, now, self.events, self.buf,
+                         self.sa, self.salen, self.out, self.listeners, self.up, self.down,
+                         up.ints, up.expires, up.sa, dn.ints, dn.expires, dn.sa,
+                         self.lis_ctr, self.cl_ctr, self.drops))
+
+    def take_punt(self, code: int) -> tuple[int, int, int, Any, Any]:
+        """The datagram the loop handed back, copied out of its buffer: (code, socket fd,
+        length, data, source address); a relay socket's datagram comes after 4 bytes of
+        room for the ChannelData header."""
+        fd, n = int(self.out[0]), int(self.out[1])
+        if code == PUNT_CLIENT:
+            data = memoryview(self.buf[: max(n, 4)].tobytes())  # [0] read even when n == 0
+        else:
+            data = memoryview(bytearray(self.buf[: 4 + n].tobytes()))
+        return code, fd, n, data, from_sockaddr(self.sa)
+
+    def fold(self, drops: dict[str, int]) -> None:
+        """Add the loop's counters into the stats objects and zero them."""
+        if not self.drops[-1]:
+            return  # nothing forwarded or dropped since the last fold
+        ctr = self.lis_ctr
+        if ctr.any():
+            for row, traffic in enumerate(self.listener_traffic):
+                rx_p, rx_b, tx_p, tx_b = (int(v) for v in ctr[row])
+                if traffic is not None and (rx_p or tx_p):
+                    traffic.rx_packets += rx_p
+                    traffic.rx_bytes += rx_b
+                    traffic.tx_packets += tx_p
+                    traffic.tx_bytes += tx_b
+            ctr[:] = 0
+        ctr = self.cl_ctr
+        if ctr.any():
+            for row, traffic in enumerate(self.cluster_traffic):
+                rx_p, rx_b, tx_p, tx_b = (int(v) for v in ctr[row])
+                if rx_p or tx_p:
+                    traffic.rx_packets += rx_p
+                    traffic.rx_bytes += rx_b
+                    traffic.tx_packets += tx_p
+                    traffic.tx_bytes += tx_b
+            ctr[:] = 0
+        for i, reason in enumerate(DROP_REASONS):
+            if self.drops[i]:
+                drops[reason] += int(self.drops[i])
+        self.drops[:] = 0
+
+    # -- listeners -----------------------------------------------------------------------
+
+    def add_listener(self, fd: int, traffic: Any) -> None:
+        free = [i for i, t in enumerate(self.listener_traffic) if t is None]
+        if free:
+            row = free[0]
+            self.listener_traffic[row] = traffic
+        else:
+            row = len(self.listener_traffic)
+            self.listener_traffic.append(traffic)
+            if row >= len(self.lis_ctr):
+                self.lis_ctr = np.concatenate([self.lis_ctr, np.zeros_like(self.lis_ctr)])
+        self.listener_rows[fd] = row
+        self.listeners[fd] = row
+
+    def remove_listener(self, fd: int, drops: dict[str, int]) -> None:
+        """Forget a listener (before its socket closes); its counters are folded first."""
+        row = self.listener_rows.pop(fd, None)
+        if row is None:
+            return
+        self.fold(drops)
+        self.listener_traffic[row] = None
+        del self.listeners[fd]
+
+    # -- routes --------------------------------------------------------------------------
+
+    def _cluster_row(self, stats: Any) -> int:
+        row = self.cluster_rows.get(id(stats))
+        if row is None or self.cluster_traffic[row] is not stats.traffic:
+            row = len(self.cluster_traffic)
+            self.cluster_rows[id(stats)] = row
+            self.cluster_traffic.append(stats.traffic)
+            if row >= len(self.cl_ctr):
+                self.cl_ctr = np.concatenate([self.cl_ctr, np.zeros_like(self.cl_ctr)])
+        return row
+
+    def drop(self, alloc: Any) -> None:
+        """Forget an allocation's routes (it ended, or its client is not on a UDP listener)."""
+        for is_up, key, row in self.routes.pop(alloc, ()):
+            table, rows = (self.up, self.up_rows) if is_up else (self.down, self.down_rows)
+            if table.get(key) == row:
+                del table[key]
+            rows.put(row)
+
+    def sync(self, alloc: Any, listener_fd: int, allowed: Any) -> None:
+        """Make the allocation's routes what its channels and permissions say now.
+
+        `listener_fd`: the TURN-UDP listener socket of its client; `allowed(ip, port)`: the
+        peer policy for a permission that does not admit every port (as the plain path asks
+        per datagram)."""
+        self.drop(alloc)
+        if not alloc.alive or not alloc.channels:
+            return
+        lis_row = self.listener_rows.get(listener_fd)
+        if lis_row is None:
+            return
+        routes = self.routes[alloc] = []
+        ca, cb, cc = addr_key(alloc.client)
+        client_sa = sockaddr(alloc.client)
+        for number, chan in alloc.channels.items():
+            perm = alloc.permissions.get(chan.peer[0])
+            sock = getattr(chan.endpoint, "sock", None)
+            if perm is None or sock is None or sock.fileno() < 0:
+                continue
+            expires = min(perm.expires, chan.expires)
+            cl = self._cluster_row(perm.cluster)
+            pa, pb, pc = addr_key(chan.peer)
+            peer_sa = sockaddr(chan.peer)
+            relay_fd = sock.fileno()
+            key = ((listener_fd << 16) | number, ca, cb, cc)
+            row = self.up_rows.take()
+            rows = self.up_rows
+            rows.ints[row] = (relay_fd, len(peer_sa), cl)
+            rows.expires[row] = expires
+            rows.sa[row, : len(peer_sa)] = np.frombuffer(peer_sa, np.uint8)
+            self.up[key] = row
+            routes.append((True, key, row))
+            if not (perm.any_port or allowed(chan.peer[0], chan.peer[1])):
+                continue  # the plain path asks the policy per datagram: leave it that
+            key = (relay_fd, pa, pb, pc)
+            row = self.down_rows.take()
+            rows = self.down_rows
+            rows.ints[row] = (listener_fd, len(client_sa), cl, lis_row, number)
+            rows.expires[row] = expires
+            rows.sa[row, : len(client_sa)] = np.frombuffer(client_sa, np.uint8)
+            self.down[key] = row
+            routes.append((False, key, row))
+
+    def allocations(self) -> Iterable[Any]:
+        return list(self.routes)
+
+
+class Driver(trio.abc.Instrument):
+    """Runs the compiled loop where Trio would sleep.
+
+    Trio calls `before_io_wait(timeout)` right before it blocks in its own epoll_wait for
+    `timeout`; the driver runs the loop first, blocking in the plane's epoll_wait for up to
+    that long (at most `WAIT`), with Trio's epoll descriptor in the set so that any other
+    I/O ends the wait at once.  When it returned for another reason than Trio's I/O (a
+    datagram for Python, the wait over, the budget spent) Trio's own wait must not follow,
+    so the driver wakes Trio (`run_sync_soon`).  With tasks runnable the timeout is 0: the
+    loop forwards what is queued and returns.  Datagrams for Python are copied out and
+    handed to the owning task (`punted`); counters are folded on every return."""
+
+    WAIT = 0.05  # at most this long in one wait: `now` (for route expiry) is that fresh
+
+    def __init__(self, plane: NativePlane, nest: int, budget: int,
+                 drops: dict[str, int]) -> None:
+        self.plane = plane
+        self.nest = nest
+        self.budget = budget
+        self.drops = drops
+        self.punts: list[tuple[int, int, int, Any, Any]] = []
+        self.task: trio.lowlevel.Task | None = None
+        self.token = trio.lowlevel.current_trio_token()
+        self.now = trio.current_time
+
+    def before_io_wait(self, timeout: float) -> None:
+        plane = self.plane
+        punts = self.punts
+        if timeout <= 0 or punts:
+            ms = 0
+        else:
+            ms = int(min(timeout, self.WAIT) * 1000.0 + 0.999)
+        # Blocking, the loop comes back for Trio's I/O and at Trio's deadline anyway: the
+        # budget only bounds the time between two folds of the counters.
+        code = plane.pump(self.nest, ms, self.budget * 16 if ms else self.budget, self.now())
+        while code == PUNT_CLIENT or code == PUNT_PEER:
+            punts.append(plane.take_punt(code))
+            if len(punts) >= self.budget:
+                break
+            code = plane.pump(self.nest, 0, self.budget, self.now())
+        plane.fold(self.drops)
+        if punts and self.task is not None:
+            task, self.task = self.task, None
+            trio.lowlevel.reschedule(task)
+        elif ms == 0 or code == TRIO:
+            return
+        self.token.run_sync_soon(_nothing)  # Trio's timeout is spent or a task is runnable
+
+    async def punted(self) -> list[tuple[int, int, int, Any, Any]]:
+        """The datagrams handed back since the last call; waits for some."""
+        if self.punts:
+            await trio.lowlevel.checkpoint()
+        else:
+            self.task = trio.lowlevel.current_task()
+
+            def abort(_: Any) -> trio.lowlevel.Abort:
+                self.task = None
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        punts, self.punts = self.punts, []
+        return punts
+
+
+def _nothing() -> None:
+    pass

@@ -1082,12 +1082,16 @@ def _native_plane(cfg: Config, epoll: select.epoll) -> native.NativePlane | None
     choice = cfg.turn.data_plane
     if choice == "python":
         return None
-    if not native.AVAILABLE:
-        if choice == "native":
-            raise ConfigError("turn.data_plane",
-                              f"native needs numba, which cannot be imported: {native.MISSING}")
-        return None
-    return native.NativePlane(epoll.fileno(), BUFFER)
+    why = native.MISSING
+    if native.AVAILABLE:
+        try:
+            return native.NativePlane(epoll.fileno(), BUFFER)
+        except ImportError as exc:  # installed but broken
+            why = str(exc)
+    if choice == "native":
+        raise ConfigError("turn.data_plane", f"native needs numba, which cannot be imported: {why}")
+    log.warning("turn.data_plane: numba cannot be imported (%s); forwarding in Python", why)
+    return None
 
 
 @attrs.frozen

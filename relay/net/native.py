@@ -34,6 +34,7 @@ on the set with `trio.lowlevel.wait_readable` as the plain path does.
 
 from __future__ import annotations
 
+import importlib.util
 import socket
 import struct
 from collections.abc import Iterable
@@ -41,17 +42,11 @@ from typing import Any
 
 import trio
 
-try:  # numba ships wheels for Linux x86_64 / aarch64; elsewhere the plain path serves
-    import numpy as np
-    from numba import njit
-    from numba import types as nt
-    from numba.typed import Dict as NumbaDict
-except ImportError as exc:  # pragma: no cover - exercised where numba is missing
-    AVAILABLE = False
-    MISSING = f"{exc}"
-else:
-    AVAILABLE = True
-    MISSING = ""
+# numba ships wheels for Linux x86_64 / aarch64; elsewhere the plain path serves.  It is
+# imported (about 0.7 s) only when a gateway builds its plane.
+AVAILABLE = all(importlib.util.find_spec(m) is not None for m in ("numba", "numpy"))
+MISSING = "" if AVAILABLE else "no module named numba (pip install numba)"
+np: Any = None  # numpy, imported with the first plane
 
 __all__ = ["AVAILABLE", "MISSING", "Driver", "NativePlane", "trio_epoll_fd"]
 
@@ -68,10 +63,10 @@ READS = 16  # datagrams read from one socket per readiness event
 # counter columns (listener rows: rx = from clients, tx = to clients; cluster rows: rx =
 # from peers, tx = to peers)
 RX_P, RX_B, TX_P, TX_B = 0, 1, 2, 3
-# drop columns, in the gateway's names
-DROP_REASONS = ("send_buffer_full", "peer_not_allowed", "too_large")
 _EAGAIN = 11
 _CLOCK_MONOTONIC = 1
+# drop columns, in the gateway's names
+DROP_REASONS = ("send_buffer_full", "peer_not_allowed", "too_large")
 _MSG_DONTWAIT = 0x40
 _AF_INET = socket.AF_INET
 _AF_INET6 = socket.AF_INET6
@@ -138,143 +133,11 @@ def from_sockaddr(sa: Any) -> tuple[Any, ...]:
     return (socket.inet_ntop(_AF_INET, raw[4:8]), port)
 
 
-if AVAILABLE:
-    _i32, _intp, _u32 = nt.int32, nt.intp, nt.uint32
-    _recvfrom: Any = nt.ExternalFunction("recvfrom", _intp(_i32, _intp, _intp, _i32, _intp, _intp))
-    _sendto: Any = nt.ExternalFunction("sendto", _intp(_i32, _intp, _intp, _i32, _intp, _u32))
-    _epoll_wait: Any = nt.ExternalFunction("epoll_wait", _i32(_i32, _intp, _i32, _i32))
-    _clock_gettime: Any = nt.ExternalFunction("clock_gettime", _i32(_i32, _intp))
-    _errno: Any = nt.ExternalFunction("__errno_location",
-                                      nt.CPointer(_i32)())  # type: ignore[no-untyped-call]
-    _KEY = nt.UniTuple(nt.int64, 4)  # type: ignore[no-untyped-call]
-
-    @njit(cache=True, nogil=True, boundscheck=False)
-    def _key_of(sa: Any) -> Any:  # pragma: no cover - compiled
-        port = (np.int64(sa[2]) << 8) | np.int64(sa[3])
-        if sa[0] == _AF_INET6 and sa[1] == 0:
-            a = np.int64(0)
-            b = np.int64(0)
-            for i in range(8):
-                a = (a << 8) | np.int64(sa[8 + i])
-                b = (b << 8) | np.int64(sa[16 + i])
-            return a, b, (np.int64(6) << 48) | port
-        ip = ((np.int64(sa[4]) << 24) | (np.int64(sa[5]) << 16) | (np.int64(sa[6]) << 8)
-              | np.int64(sa[7]))
-        return np.int64(0), np.int64(0), (np.int64(4) << 48) | (ip << 16) | port
-
-    @njit(cache=True, nogil=True, boundscheck=False)
-    def _pump(epfd: int, nest: int, timeout: int, budget: int, now: float,  # pragma: no cover
-              evs: Any, buf: Any, sa: Any, salen: Any, out: Any,
-              listeners: Any, up: Any, down: Any,
-              up_i: Any, up_f: Any, up_sa: Any, dn_i: Any, dn_f: Any, dn_sa: Any,
-              lis_ctr: Any, cl_ctr: Any, drops: Any) -> int:
-        """Forward what has routes until a datagram needs Python, Trio has work, the wait
-        times out or `budget` readiness events were handled; returns why (module codes)."""
-        evp = evs.ctypes.data
-        bp = buf.ctypes.data
-        sap = sa.ctypes.data
-        slp = salen.ctypes.data
-        size = buf.size
-        up_sap = up_sa.ctypes.data
-        dn_sap = dn_sa.ctypes.data
-        handled = 0
-        wait = timeout
-        tsp = out.ctypes.data + 16  # out[2:4]: a struct timespec
-        end = 0
-        if timeout > 0:
-            _clock_gettime(_CLOCK_MONOTONIC, tsp)
-            end = out[2] * 1000 + out[3] // 1000000 + timeout  # in milliseconds
-        while True:
-            ne = _epoll_wait(epfd, evp, EVENTS, wait)
-            if ne <= 0:
-                return IDLE
-            for e in range(ne):
-                o = e * 12 + 4  # struct epoll_event is packed: u32 events, u64 data (the fd)
-                fd = (np.int64(evs[o]) | (np.int64(evs[o + 1]) << 8)
-                      | (np.int64(evs[o + 2]) << 16) | (np.int64(evs[o + 3]) << 24))
-                if fd == nest:
-                    return TRIO
-                if fd in listeners:
-                    row = listeners[fd]
-                    for _ in range(READS):
-                        salen[0] = SOCKADDR
-                        n = _recvfrom(fd, bp, size, _MSG_DONTWAIT, sap, slp)
-                        if n < 0:
-                            break
-                        first = buf[0]
-                        if n >= 4 and 0x40 <= first <= 0x7F:
-                            a, b, c = _key_of(sa)
-                            key = ((fd << 16) | (np.int64(first) << 8) | np.int64(buf[1]),
-                                   a, b, c)
-                            if key in up:
-                                r = up[key]
-                                length = (np.int64(buf[2]) << 8) | np.int64(buf[3])
-                                if up_f[r] >= now and length <= n - 4:
-                                    lis_ctr[row, RX_P] += 1
-                                    lis_ctr[row, RX_B] += n
-                                    drops[3] += 1
-                                    sent = _sendto(up_i[r, 0], bp + 4, length, _MSG_DONTWAIT,
-                                                   up_sap + r * SOCKADDR, up_i[r, 1])
-                                    if sent >= 0:
-                                        cl = up_i[r, 2]
-                                        cl_ctr[cl, TX_P] += 1
-                                        cl_ctr[cl, TX_B] += length
-                                    elif _errno()[0] == _EAGAIN:
-                                        drops[0] += 1
-                                    else:
-                                        drops[1] += 1
-                                    continue
-                        out[0] = fd
-                        out[1] = n
-                        return PUNT_CLIENT
-                else:
-                    for _ in range(READS):
-                        salen[0] = SOCKADDR
-                        n = _recvfrom(fd, bp + 4, size - 4, _MSG_DONTWAIT, sap, slp)
-                        if n < 0:
-                            break
-                        a, b, c = _key_of(sa)
-                        key = (fd, a, b, c)
-                        if key in down:
-                            d = down[key]
-                            if dn_f[d] >= now:
-                                drops[3] += 1
-                                cl = dn_i[d, 2]
-                                cl_ctr[cl, RX_P] += 1
-                                cl_ctr[cl, RX_B] += n
-                                number = dn_i[d, 4]
-                                buf[0] = number >> 8
-                                buf[1] = number & 0xFF
-                                buf[2] = n >> 8
-                                buf[3] = n & 0xFF
-                                sent = _sendto(dn_i[d, 0], bp, n + 4, _MSG_DONTWAIT,
-                                               dn_sap + d * SOCKADDR, dn_i[d, 1])
-                                if sent >= 0:
-                                    row = dn_i[d, 3]
-                                    lis_ctr[row, TX_P] += 1
-                                    lis_ctr[row, TX_B] += sent
-                                elif _errno()[0] == _EAGAIN:
-                                    drops[0] += 1
-                                else:
-                                    drops[2] += 1
-                                continue
-                        out[0] = fd
-                        out[1] = n
-                        return PUNT_PEER
-            handled += ne
-            if handled >= budget:
-                return BUDGET
-            if timeout > 0:  # wait on for what is left of the timeout
-                _clock_gettime(_CLOCK_MONOTONIC, tsp)
-                wait = end - (out[2] * 1000 + out[3] // 1000000)
-                if wait <= 0:
-                    return IDLE
-
-
 class _Table:
     """Route rows (numpy) with a free list; `ints` columns, one float (expiry), a sockaddr."""
 
     def __init__(self, columns: int, capacity: int = 256) -> None:
+
         self.ints = np.zeros((capacity, columns), np.int64)
         self.expires = np.zeros(capacity, np.float64)
         self.sa = np.zeros((capacity, SOCKADDR), np.uint8)
@@ -282,6 +145,7 @@ class _Table:
 
     def take(self) -> int:
         if not self.free:
+
             old = len(self.expires)
             self.ints = np.concatenate([self.ints, np.zeros_like(self.ints)])
             self.expires = np.concatenate([self.expires, np.zeros_like(self.expires)])
@@ -302,11 +166,17 @@ class NativePlane:
     the loop; `fold` adds the loop's counters into the stats objects."""
 
     def __init__(self, epfd: int, buffer: int) -> None:
-        if not AVAILABLE:
-            raise RuntimeError(f"numba is not available: {MISSING}")
+        global np
+        import numpy  # ImportError: the caller says which setting needs it
+        from numba import types as nt
+        from numba.typed import Dict as NumbaDict
+
+        from relay.net import native_loop
+
+        np = numpy
+        self.loop = native_loop.pump
         self.epfd = epfd
         self.buf = np.zeros(buffer, np.uint8)
-        self.view = memoryview(self.buf)  # type: ignore[arg-type]
         self.sa = np.zeros(SOCKADDR, np.uint8)
         self.salen = np.zeros(1, np.uint32)
         self.events = np.zeros(EVENTS * 12, np.uint8)
@@ -314,8 +184,8 @@ class NativePlane:
         self.listeners = NumbaDict.empty(nt.int64, nt.int64)  # fd -> counter row
         self.listener_traffic: list[Any] = []  # counter row -> the listener's Traffic
         self.listener_rows: dict[int, int] = {}  # fd -> row (rows are reused)
-        self.up = NumbaDict.empty(_KEY, nt.int64)
-        self.down = NumbaDict.empty(_KEY, nt.int64)
+        self.up = NumbaDict.empty(native_loop.KEY, nt.int64)
+        self.down = NumbaDict.empty(native_loop.KEY, nt.int64)
         self.up_rows = _Table(3)  # relay socket fd, sockaddr length, cluster row
         self.down_rows = _Table(5)  # listener fd, sockaddr length, cluster row, lis row, number
         self.cluster_rows: dict[int, int] = {}  # id(ConnectionStats) -> row
@@ -326,12 +196,13 @@ class NativePlane:
         self.drops = np.zeros(len(DROP_REASONS) + 1, np.int64)
         # allocation -> its routes: (is_up, key, row)
         self.routes: dict[Any, list[tuple[bool, tuple[int, int, int, int], int]]] = {}
+        self.pump(-1, 0, 1, 0.0)  # compiled now (or loaded from the cache), not mid-traffic
 
     # -- the loop ------------------------------------------------------------------------
 
     def pump(self, nest: int, timeout_ms: int, budget: int, now: float) -> int:
         up, dn = self.up_rows, self.down_rows
-        return int(_pump(self.epfd, nest, timeout_ms, budget, now, self.events, self.buf,
+        return int(self.loop(self.epfd, nest, timeout_ms, budget, now, self.events, self.buf,
                          self.sa, self.salen, self.out, self.listeners, self.up, self.down,
                          up.ints, up.expires, up.sa, dn.ints, dn.expires, dn.sa,
                          self.lis_ctr, self.cl_ctr, self.drops))

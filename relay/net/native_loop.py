@@ -1,0 +1,166 @@
+"""The compiled loop of the native datagram plane (relay/net/native.py says what it does).
+
+Compiled by numba on first use and cached beside this file (or in the user's cache when
+that is not writable); it calls libc's epoll_wait, recvfrom, sendto and clock_gettime
+directly and runs without the GIL.  Importing this module imports numba.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numba import njit
+from numba import types as nt
+
+from relay.net.native import (
+    _AF_INET6,
+    _CLOCK_MONOTONIC,
+    _EAGAIN,
+    _MSG_DONTWAIT,
+    BUDGET,
+    EVENTS,
+    IDLE,
+    PUNT_CLIENT,
+    PUNT_PEER,
+    READS,
+    RX_B,
+    RX_P,
+    SOCKADDR,
+    TRIO,
+    TX_B,
+    TX_P,
+)
+
+_i32, _intp, _u32 = nt.int32, nt.intp, nt.uint32
+_recvfrom: Any = nt.ExternalFunction("recvfrom", _intp(_i32, _intp, _intp, _i32, _intp, _intp))
+_sendto: Any = nt.ExternalFunction("sendto", _intp(_i32, _intp, _intp, _i32, _intp, _u32))
+_epoll_wait: Any = nt.ExternalFunction("epoll_wait", _i32(_i32, _intp, _i32, _i32))
+_clock_gettime: Any = nt.ExternalFunction("clock_gettime", _i32(_i32, _intp))
+_errno: Any = nt.ExternalFunction("__errno_location",
+                                  nt.CPointer(_i32)())  # type: ignore[no-untyped-call]
+KEY = nt.UniTuple(nt.int64, 4)  # type: ignore[no-untyped-call]
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _key_of(sa: Any) -> Any:  # pragma: no cover - compiled
+    port = (np.int64(sa[2]) << 8) | np.int64(sa[3])
+    if sa[0] == _AF_INET6 and sa[1] == 0:
+        a = np.int64(0)
+        b = np.int64(0)
+        for i in range(8):
+            a = (a << 8) | np.int64(sa[8 + i])
+            b = (b << 8) | np.int64(sa[16 + i])
+        return a, b, (np.int64(6) << 48) | port
+    ip = ((np.int64(sa[4]) << 24) | (np.int64(sa[5]) << 16) | (np.int64(sa[6]) << 8)
+          | np.int64(sa[7]))
+    return np.int64(0), np.int64(0), (np.int64(4) << 48) | (ip << 16) | port
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def pump(epfd: int, nest: int, timeout: int, budget: int, now: float,  # pragma: no cover
+          evs: Any, buf: Any, sa: Any, salen: Any, out: Any,
+          listeners: Any, up: Any, down: Any,
+          up_i: Any, up_f: Any, up_sa: Any, dn_i: Any, dn_f: Any, dn_sa: Any,
+          lis_ctr: Any, cl_ctr: Any, drops: Any) -> int:
+    """Forward what has routes until a datagram needs Python, Trio has work, the wait
+    times out or `budget` readiness events were handled; returns why (module codes)."""
+    evp = evs.ctypes.data
+    bp = buf.ctypes.data
+    sap = sa.ctypes.data
+    slp = salen.ctypes.data
+    size = buf.size
+    up_sap = up_sa.ctypes.data
+    dn_sap = dn_sa.ctypes.data
+    handled = 0
+    wait = timeout
+    tsp = out.ctypes.data + 16  # out[2:4]: a struct timespec
+    end = 0
+    if timeout > 0:
+        _clock_gettime(_CLOCK_MONOTONIC, tsp)
+        end = out[2] * 1000 + out[3] // 1000000 + timeout  # in milliseconds
+    while True:
+        ne = _epoll_wait(epfd, evp, EVENTS, wait)
+        if ne <= 0:
+            return IDLE
+        for e in range(ne):
+            o = e * 12 + 4  # struct epoll_event is packed: u32 events, u64 data (the fd)
+            fd = (np.int64(evs[o]) | (np.int64(evs[o + 1]) << 8)
+                  | (np.int64(evs[o + 2]) << 16) | (np.int64(evs[o + 3]) << 24))
+            if fd == nest:
+                return TRIO
+            if fd in listeners:
+                row = listeners[fd]
+                for _ in range(READS):
+                    salen[0] = SOCKADDR
+                    n = _recvfrom(fd, bp, size, _MSG_DONTWAIT, sap, slp)
+                    if n < 0:
+                        break
+                    first = buf[0]
+                    if n >= 4 and 0x40 <= first <= 0x7F:
+                        a, b, c = _key_of(sa)
+                        key = ((fd << 16) | (np.int64(first) << 8) | np.int64(buf[1]),
+                               a, b, c)
+                        if key in up:
+                            r = up[key]
+                            length = (np.int64(buf[2]) << 8) | np.int64(buf[3])
+                            if up_f[r] >= now and length <= n - 4:
+                                lis_ctr[row, RX_P] += 1
+                                lis_ctr[row, RX_B] += n
+                                drops[3] += 1
+                                sent = _sendto(up_i[r, 0], bp + 4, length, _MSG_DONTWAIT,
+                                               up_sap + r * SOCKADDR, up_i[r, 1])
+                                if sent >= 0:
+                                    cl = up_i[r, 2]
+                                    cl_ctr[cl, TX_P] += 1
+                                    cl_ctr[cl, TX_B] += length
+                                elif _errno()[0] == _EAGAIN:
+                                    drops[0] += 1
+                                else:
+                                    drops[1] += 1
+                                continue
+                    out[0] = fd
+                    out[1] = n
+                    return PUNT_CLIENT
+            else:
+                for _ in range(READS):
+                    salen[0] = SOCKADDR
+                    n = _recvfrom(fd, bp + 4, size - 4, _MSG_DONTWAIT, sap, slp)
+                    if n < 0:
+                        break
+                    a, b, c = _key_of(sa)
+                    key = (fd, a, b, c)
+                    if key in down:
+                        d = down[key]
+                        if dn_f[d] >= now:
+                            drops[3] += 1
+                            cl = dn_i[d, 2]
+                            cl_ctr[cl, RX_P] += 1
+                            cl_ctr[cl, RX_B] += n
+                            number = dn_i[d, 4]
+                            buf[0] = number >> 8
+                            buf[1] = number & 0xFF
+                            buf[2] = n >> 8
+                            buf[3] = n & 0xFF
+                            sent = _sendto(dn_i[d, 0], bp, n + 4, _MSG_DONTWAIT,
+                                           dn_sap + d * SOCKADDR, dn_i[d, 1])
+                            if sent >= 0:
+                                row = dn_i[d, 3]
+                                lis_ctr[row, TX_P] += 1
+                                lis_ctr[row, TX_B] += sent
+                            elif _errno()[0] == _EAGAIN:
+                                drops[0] += 1
+                            else:
+                                drops[2] += 1
+                            continue
+                    out[0] = fd
+                    out[1] = n
+                    return PUNT_PEER
+        handled += ne
+        if handled >= budget:
+            return BUDGET
+        if timeout > 0:  # wait on for what is left of the timeout
+            _clock_gettime(_CLOCK_MONOTONIC, tsp)
+            wait = end - (out[2] * 1000 + out[3] // 1000000)
+            if wait <= 0:
+                return IDLE

@@ -196,6 +196,7 @@ class NativePlane:
         self.drops = np.zeros(len(DROP_REASONS) + 1, np.int64)
         # allocation -> its routes: (is_up, key, row)
         self.routes: dict[Any, list[tuple[bool, tuple[int, int, int, int], int]]] = {}
+        self.forwarded = 0  # datagrams the compiled loop has forwarded (or tried to)
         self.pump(-1, 0, 1, 0.0)  # compiled now (or loaded from the cache), not mid-traffic
 
     # -- the loop ------------------------------------------------------------------------
@@ -222,6 +223,7 @@ class NativePlane:
         """Add the loop's counters into the stats objects and zero them."""
         if not self.drops[-1]:
             return  # nothing forwarded or dropped since the last fold
+        self.forwarded += int(self.drops[-1])
         ctr = self.lis_ctr
         if ctr.any():
             for row, traffic in enumerate(self.listener_traffic):

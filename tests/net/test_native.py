@@ -1,0 +1,127 @@
+"""The compiled datagram plane (`turn.data_plane: native`, relay/net/native.py).
+
+Every gateway test in tests/turn also runs on it (the `datagram_io` fixture); these check
+what is its own: the address encoding shared with the compiled loop, that ChannelData is
+forwarded by the loop itself both ways (not handed back to Python) with the same counters
+as the Python path, that the route table follows the allocation, and the polling mode used
+under a test clock."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import trio
+
+from benchmarks.echo_peer import serve_udp_echo
+from benchmarks.turnclient import TurnClient
+from relay.net import native
+from relay.net.gateway import Gateway, serve_gateway
+from relay.turn.stats import TurnStats
+from tests.turn.gateway_harness import HAS_IPV6, PASSWORD, USER, config
+
+pytestmark = pytest.mark.skipif(not native.AVAILABLE, reason=native.MISSING or "numba")
+
+@pytest.mark.parametrize("addr", [("127.0.0.1", 1), ("10.1.2.3", 65535), ("::1", 49152, 0, 0),
+                                  ("2001:db8::7", 5, 0x12345, 0)])
+def test_a_sockaddr_reads_back_as_the_address_python_reports(addr: tuple) -> None:
+    raw = native.sockaddr(addr)
+    assert len(raw) == (28 if ":" in addr[0] else 16)
+    assert native.from_sockaddr(bytearray(raw) + bytearray(28 - len(raw))) == addr
+
+
+def test_address_keys_tell_families_ports_and_addresses_apart() -> None:
+    keys = {native.addr_key(a) for a in [
+        ("127.0.0.1", 1), ("127.0.0.1", 2), ("127.0.0.2", 1), ("::1", 1, 0, 0),
+        ("::2", 1, 0, 0), ("::ffff:127.0.0.1", 1, 0, 0), ("0.0.0.1", 1)]}
+    assert len(keys) == 7
+    # the same IPv6 address in another spelling is the same key
+    assert native.addr_key(("2001:db8::1", 9, 0, 0)) == native.addr_key(
+        ("2001:0db8:0:0::0001", 9, 0, 0))
+
+
+def _native_config(host: str) -> object:
+    net = f"{host}/128" if ":" in host else f"{host}/32"
+    return config(
+        listeners=[{"name": "udp", "protocol": "TURN-UDP", "address": host, "port": 0,
+                    "routes": ["peers"]}],
+        clusters=[{"name": "peers", "type": "STATIC", "endpoints": [net]}],
+        turn={"data_plane": "native"})
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", pytest.param("::1", marks=pytest.mark.skipif(
+    not HAS_IPV6, reason="no IPv6 loopback"))])
+async def test_channel_data_is_forwarded_by_the_compiled_loop_both_ways(host: str) -> None:
+    stats = TurnStats()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            gw: Gateway = await nursery.start(serve_gateway, _native_config(host), stats)
+            plane = gw.native
+            assert plane is not None
+            peer = await nursery.start(serve_udp_echo, host, 0)
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            async with TurnClient((host, gw.bound_ports["udp"]), USER, PASSWORD,
+                                  rto=0.1) as c:
+                await c.allocate(family=2 if family == socket.AF_INET6 else 1)
+                await c.channel_bind(0x4001, peer[:2])
+                assert len(plane.up) == 1 and len(plane.down) == 1
+                rounds, back = 50, 0
+                for i in range(rounds):
+                    await c.send_channel(0x4001, b"media %d" % i)
+                    with trio.move_on_after(1):
+                        kind, number, data = await c.recv()
+                        assert (kind, number, data) == ("channel", 0x4001, b"media %d" % i)
+                        back += 1
+                assert back >= rounds - 2  # loopback UDP: a loss is possible, not likely
+                await c.binding()  # a trip through Python: the counters are folded
+                # The loop itself carried the data both ways: nothing was handed back.
+                assert plane.forwarded >= 2 * back
+                cluster = stats.cluster("peers").traffic
+                assert cluster.tx_packets >= back and cluster.rx_packets >= back
+                assert cluster.tx_bytes >= sum(len(b"media %d" % i) for i in range(back))
+                lis = stats.listeners["udp"].traffic
+                assert lis.tx_packets >= back + 3  # the answers and the ChannelData
+                assert not any(stats.drops.values())
+                await c.refresh(0)
+                # The allocation ended: its routes are gone with it.
+                assert len(plane.up) == 0 and len(plane.down) == 0 and not plane.routes
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_without_a_channel_gets_a_data_indication_from_python() -> None:
+    stats = TurnStats()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            gw: Gateway = await nursery.start(serve_gateway, _native_config("127.0.0.1"),
+                                              stats)
+            assert gw.native is not None
+            peer = await nursery.start(serve_udp_echo, "127.0.0.1", 0)
+            async with TurnClient(("127.0.0.1", gw.bound_ports["udp"]), USER, PASSWORD,
+                                  rto=0.1) as c:
+                await c.allocate()
+                await c.create_permission(peer)
+                assert len(gw.native.up) == 0  # a permission alone is no route
+                await c.send_indication(peer, b"no channel")
+                kind, meta, data = await c.recv()
+                assert (kind, meta, data) == ("data", peer, b"no channel")
+                assert gw.native.forwarded == 0
+            nursery.cancel_scope.cancel()
+
+
+async def test_under_a_test_clock_the_plane_polls_instead_of_blocking(
+        autojump_clock: trio.testing.MockClock) -> None:
+    # A virtual clock must not be slept through in epoll_wait: the task polls and waits on
+    # the set with wait_readable, and relays all the same.
+    assert native.trio_epoll_fd() is None
+    stats = TurnStats()
+    async with trio.open_nursery() as nursery:
+        gw: Gateway = await nursery.start(serve_gateway, _native_config("127.0.0.1"), stats)
+        assert gw.native is not None
+        peer = await nursery.start(serve_udp_echo, "127.0.0.1", 0)
+        async with TurnClient(("127.0.0.1", gw.bound_ports["udp"]), USER, PASSWORD,
+                              rto=0.1) as c:
+            await c.allocate()
+            await c.channel_bind(0x4002, peer)
+            await c.send_channel(0x4002, b"polled")
+            assert await c.recv() == ("channel", 0x4002, b"polled")
+        nursery.cancel_scope.cancel()

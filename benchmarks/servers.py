@@ -146,10 +146,12 @@ def coturn_command(host: str, port: int, min_port: int, max_port: int, *,
 
 
 def relay_config_yaml(host: str, port: int, min_port: int, max_port: int,
-                      guard: bool = False, *, workers: int = 1, health_port: int = 0) -> str:
+                      guard: bool = False, *, workers: int = 1, health_port: int = 0,
+                      data_plane: str | None = None) -> str:
     """A StunnerConfig v1 equivalent to coturn_command(); `guard`: keep relay's default
     401/438 reflection guard instead of turning it off; `workers` TURN worker processes
-    (as coturn's relay threads); `health_port`: serve /status there (0: no admin)."""
+    (as coturn's relay threads); `health_port`: serve /status there (0: no admin);
+    `data_plane`: turn.data_plane (None: the default)."""
     peers = "::1/128" if ":" in host else "127.0.0.1/32"
     return (
         "version: v1\n"
@@ -167,9 +169,9 @@ def relay_config_yaml(host: str, port: int, min_port: int, max_port: int,
         # turnutils_uclient (an RFC 5766 client) picks channel numbers up to 0x7FFF, which
         # RFC 8656 refuses; coturn accepts them, so relay does here too.
         f"turn: {{min_port: {min_port}, max_port: {max_port}, "
-        # turn.workers only when asked for, so trees from before the key run too (A/B)
         f"{'' if guard else 'unauthorized_ratelimit: 0, '}rfc5766_channels: true"
-        f"{'' if workers == 1 else f', workers: {workers}'}}}\n"
+        f", workers: {workers}"
+        f"{'' if data_plane is None else f', data_plane: {data_plane}'}}}\n"
     )
 
 
@@ -212,7 +214,7 @@ def run_relay(host: str = "127.0.0.1", port: int | None = None, *,
               port_range: tuple[int, int] | None = None, python: str | None = None,
               ready_timeout: float = 20.0, root: str | None = None,
               guard: bool = False, workers: int = 1,
-              health_port: int = 0) -> Iterator[ServerProcess]:
+              health_port: int = 0, data_plane: str | None = None) -> Iterator[ServerProcess]:
     """Run relay (``python -m relay -c CONFIG``) on loopback for the ``with`` block; from the
     source tree ``root`` (default: this checkout), e.g. a ``git worktree`` of another
     commit for an A/B comparison."""
@@ -223,7 +225,7 @@ def run_relay(host: str = "127.0.0.1", port: int | None = None, *,
         cfg = os.path.join(tmp, "relay.yaml")
         with open(cfg, "w") as fh:
             fh.write(relay_config_yaml(host, port, lo, hi, guard, workers=workers,
-                                       health_port=health_port))
+                                       health_port=health_port, data_plane=data_plane))
         cmd = [python or sys.executable, "-m", "relay", "-c", cfg]
         env = dict(os.environ)
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")

@@ -3,8 +3,10 @@
     python -m benchmarks.workers_bench --rounds 3 -n 50 -r 25000 -t 6
 
 Each round runs the same fixed-rate ChannelData load (`turn_load`) through relay with
-`turn.workers: 1`, relay with `turn.workers: 2`, coturn `--relay-threads=1` and coturn
-`--relay-threads=2`, in an order that is reversed every other round, and prints server CPU
+`turn.workers: 1`, relay with `turn.workers: 2` (both on the default data plane: compiled
+where numba is installed), relay with one worker on the Python path (`turn.data_plane:
+python`), coturn `--relay-threads=1` and coturn `--relay-threads=2`, in an order that is
+reversed every other round, and prints server CPU
 (the process and its children: relay's workers) per echoed packet, loss, packets per
 server CPU-second, and, for relay with 2 workers, the share of received datagrams per
 worker (from `/status`).  Medians per server at the end.  Loopback only; every run is
@@ -24,7 +26,9 @@ from benchmarks.report import write_json
 from benchmarks.servers import free_udp_port, run_coturn, run_relay
 from benchmarks.turn_load import MAX_DURATION, LoadConfig, run_load
 
-SERVERS = ("relay-w1", "relay-w2", "coturn-t1", "coturn-t2")
+# relay-w*: the default data plane (compiled where numba is installed); relay-py-w1: the
+# Python path (turn.data_plane: python), for the A/B of the two planes
+SERVERS = ("relay-w1", "relay-w2", "relay-py-w1", "coturn-t1", "coturn-t2")
 
 
 @dataclass
@@ -59,7 +63,8 @@ def measure(server: str, args: argparse.Namespace, r: int) -> Run:
     if server.startswith("relay"):
         workers = int(server[-1])
         health = free_udp_port()  # a free TCP port is as likely; retried by the OS if not
-        with run_relay(workers=workers, health_port=health) as srv:
+        plane = "python" if "-py-" in server else None
+        with run_relay(workers=workers, health_port=health, data_plane=plane) as srv:
             res = run_load(LoadConfig(server=srv.address, server_pid=srv.pid, **load))  # type: ignore[arg-type]
             if workers > 1:
                 doc = _status(health)
@@ -92,7 +97,7 @@ def main() -> None:
         for server in servers if r % 2 == 0 else servers[::-1]:
             run = measure(server, args, r)
             runs.append(run)
-            print(f"round {r} {server:9s}: cpu {run.cpu_pct:5.1f}% delivered "
+            print(f"round {r} {server:11s}: cpu {run.cpu_pct:5.1f}% delivered "
                   f"{run.delivered_pps:7.0f} pkt/s loss {run.loss_pct:.2f}% -> "
                   f"{run.us_per_echo:.2f} us/echo, {run.packets_per_cpu_second:,.0f} pkt per "
                   f"CPU-s" + (f", per worker {run.worker_share} %" if run.worker_share else ""),
@@ -106,7 +111,7 @@ def main() -> None:
         ppcs = statistics.median(x.packets_per_cpu_second for x in mine)
         shares = [max(x.worker_share) for x in mine if x.worker_share]
         extra = f", busiest worker {max(shares):.1f} % of packets" if shares else ""
-        print(f"  {server:9s} {us:6.2f} us/echo  loss {loss:.2f} %  {ppcs:9,.0f} pkt/CPU-s"
+        print(f"  {server:11s} {us:6.2f} us/echo  loss {loss:.2f} %  {ppcs:9,.0f} pkt/CPU-s"
               + extra)
     if args.json:
         write_json(args.json, {"args": vars(args), "runs": [x.__dict__ for x in runs]})

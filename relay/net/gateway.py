@@ -879,8 +879,8 @@ class Gateway:
         trio.lowlevel.add_instrument(driver)
         try:
             while True:
-                for code, fd, n, data, addr in await driver.punted():
-                    self._punted(code, fd, n, data, addr)
+                for kind, fd, n, data, addr in await driver.punted():
+                    self._punted(kind, fd, n, data, addr)
                 plane.fold(drops)
         finally:
             trio.lowlevel.remove_instrument(driver)
@@ -890,9 +890,9 @@ class Gateway:
             except (OSError, ValueError):
                 pass
 
-    def _punted(self, code: int, fd: int, n: int, data: memoryview, addr: Any) -> None:
+    def _punted(self, kind: int, fd: int, n: int, data: memoryview, addr: Any) -> None:
         """A datagram the compiled plane handed back, decided as on the plain path."""
-        if code == native.PUNT_CLIENT:
+        if kind == native.PUNT_CLIENT:
             handler = self.client_handlers.get(fd)
             if handler is not None:
                 handler(data, n, addr)
@@ -908,8 +908,9 @@ class Gateway:
         try:
             while True:
                 code = plane.pump(-1, 0, BATCH, now())
-                if code == native.PUNT_CLIENT or code == native.PUNT_PEER:
-                    self._punted(*plane.take_punt(code))
+                if code == native.PUNT:
+                    for punt in plane.take_punts():
+                        self._punted(*punt)
                     punts += 1
                     if punts < BATCH:
                         continue

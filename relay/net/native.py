@@ -52,10 +52,12 @@ __all__ = ["AVAILABLE", "MISSING", "Driver", "NativePlane", "trio_epoll_fd"]
 
 # what pump() returned
 IDLE = 0  # nothing more to read (timeout, or a signal interrupted the wait)
-PUNT_CLIENT = 1  # a datagram from a listener socket for Python: buf[:n], address in sa
-PUNT_PEER = 2  # a datagram from a relay socket for Python: buf[4:4+n], address in sa
+PUNT = 1  # datagrams for Python: out[0] rows of `punts` (take_punts)
 TRIO = 3  # Trio's epoll descriptor is readable: something else has work
 BUDGET = 4  # handled `budget` readiness events: let others run
+# kinds of handed-back datagrams
+PUNT_CLIENT = 1  # from a listener socket: slot[:n]
+PUNT_PEER = 2  # from a relay socket: slot[4:4+n] (room for the ChannelData header before)
 
 SOCKADDR = 28  # room for a sockaddr_in6
 EVENTS = 64
@@ -72,6 +74,7 @@ _AF_INET = socket.AF_INET
 _AF_INET6 = socket.AF_INET6
 _sa4 = struct.Struct("=H2s4s8x")  # family (host order), port, address: sockaddr_in
 _sa6 = struct.Struct("=H2sI16sI")  # family, port, flowinfo (network order), address, scope
+_mmsghdr = struct.Struct("=QI4xQQ")  # msg_name, msg_namelen, msg_iov, msg_iovlen (LP64)
 
 
 def trio_epoll_fd() -> int | None:
@@ -176,11 +179,21 @@ class NativePlane:
         np = numpy
         self.loop = native_loop.pump
         self.epfd = epfd
-        self.buf = np.zeros(buffer, np.uint8)
-        self.sa = np.zeros(SOCKADDR, np.uint8)
-        self.salen = np.zeros(1, np.uint32)
+        self.slots = np.zeros((READS, buffer), np.uint8)
+        self.names = np.zeros((READS, SOCKADDR), np.uint8)
+        # struct mmsghdr[READS] twice: reads of a listener socket (into the slots) and of a
+        # relay socket (4 bytes into them), as u32 words: [2] msg_namelen, [14] msg_len
+        self.mm = np.zeros((2, READS, 16), np.uint32)
+        self.iov = np.zeros((2, READS, 2), np.uint64)
+        raw = self.mm.view(np.uint8)
+        for k, skip in enumerate((0, 4)):
+            for i in range(READS):
+                self.iov[k, i] = (self.slots.ctypes.data + i * buffer + skip, buffer - skip)
+                _mmsghdr.pack_into(raw[k, i], 0, self.names.ctypes.data + i * SOCKADDR,
+                                   SOCKADDR, self.iov.ctypes.data + (k * READS + i) * 16, 1)
+        self.punts = np.zeros((READS, 4), np.int64)  # kind, fd, slot, length
         self.events = np.zeros(EVENTS * 12, np.uint8)
-        self.out = np.zeros(4, np.int64)  # punted fd and length; a timespec
+        self.out = np.zeros(4, np.int64)  # how many punts; a timespec
         self.listeners = NumbaDict.empty(nt.int64, nt.int64)  # fd -> counter row
         self.listener_traffic: list[Any] = []  # counter row -> the listener's Traffic
         self.listener_rows: dict[int, int] = {}  # fd -> row (rows are reused)
@@ -203,21 +216,26 @@ class NativePlane:
 
     def pump(self, nest: int, timeout_ms: int, budget: int, now: float) -> int:
         up, dn = self.up_rows, self.down_rows
-        return int(self.loop(self.epfd, nest, timeout_ms, budget, now, self.events, self.buf,
-                         self.sa, self.salen, self.out, self.listeners, self.up, self.down,
+        return int(self.loop(self.epfd, nest, timeout_ms, budget, now, self.events, self.slots,
+                         self.names, self.mm, self.punts, self.out, self.listeners, self.up,
+                         self.down,
                          up.ints, up.expires, up.sa, dn.ints, dn.expires, dn.sa,
                          self.lis_ctr, self.cl_ctr, self.drops))
 
-    def take_punt(self, code: int) -> tuple[int, int, int, Any, Any]:
-        """The datagram the loop handed back, copied out of its buffer: (code, socket fd,
+    def take_punts(self) -> list[tuple[int, int, int, memoryview, Any]]:
+        """The datagrams the loop handed back, copied out of their slots: (kind, socket fd,
         length, data, source address); a relay socket's datagram comes after 4 bytes of
         room for the ChannelData header."""
-        fd, n = int(self.out[0]), int(self.out[1])
-        if code == PUNT_CLIENT:
-            data = memoryview(self.buf[: max(n, 4)].tobytes())  # [0] read even when n == 0
-        else:
-            data = memoryview(bytearray(self.buf[: 4 + n].tobytes()))
-        return code, fd, n, data, from_sockaddr(self.sa)
+        taken = []
+        for i in range(int(self.out[0])):
+            kind, fd, slot, n = (int(v) for v in self.punts[i])
+            raw = self.slots[slot]
+            if kind == PUNT_CLIENT:
+                data = memoryview(raw[: max(n, 4)].tobytes())  # [0] read even when n == 0
+            else:
+                data = memoryview(bytearray(raw[: 4 + n].tobytes()))
+            taken.append((kind, fd, n, data, from_sockaddr(self.names[slot])))
+        return taken
 
     def fold(self, drops: dict[str, int]) -> None:
         """Add the loop's counters into the stats objects and zero them."""
@@ -376,8 +394,8 @@ class Driver(trio.abc.Instrument):
         # Blocking, the loop comes back for Trio's I/O and at Trio's deadline anyway: the
         # budget only bounds the time between two folds of the counters.
         code = plane.pump(self.nest, ms, self.budget * 16 if ms else self.budget, self.now())
-        while code == PUNT_CLIENT or code == PUNT_PEER:
-            punts.append(plane.take_punt(code))
+        while code == PUNT:
+            punts.extend(plane.take_punts())
             if len(punts) >= self.budget:
                 break
             code = plane.pump(self.nest, 0, self.budget, self.now())

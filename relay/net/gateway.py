@@ -350,6 +350,7 @@ class Gateway:
         if self.native is not None:
             self.batch_io = False  # the compiled loop does its own reads and sends
         self.client_handlers: dict[int, Callable[[memoryview, int, Any], None]] = {}
+        self.native_driven = False  # the plane runs in a Trio instrument (else it polls)
         for c in cfg.clusters:
             self.stats.cluster(c.name)
 
@@ -871,12 +872,14 @@ class Gateway:
             try:
                 self.epoll.register(nest, select.EPOLLIN)
             except OSError:
+                native.release_driving()
                 nest = None
         if nest is None:
             await self._native_polling(plane)
             return
         driver = native.Driver(plane, nest, BATCH, drops)
         trio.lowlevel.add_instrument(driver)
+        self.native_driven = True
         try:
             while True:
                 for kind, fd, n, data, addr in await driver.punted():
@@ -884,6 +887,8 @@ class Gateway:
                 plane.fold(drops)
         finally:
             trio.lowlevel.remove_instrument(driver)
+            native.release_driving()
+            self.native_driven = False
             plane.fold(drops)
             try:
                 self.epoll.unregister(nest)

@@ -35,8 +35,10 @@ on the set with `trio.lowlevel.wait_readable` as the plain path does.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import socket
 import struct
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -49,6 +51,8 @@ MISSING = "" if AVAILABLE else "no module named numba (pip install numba)"
 np: Any = None  # numpy, imported with the first plane
 
 __all__ = ["AVAILABLE", "MISSING", "Driver", "NativePlane", "trio_epoll_fd"]
+
+log = logging.getLogger("relay.native")
 
 # what pump() returned
 IDLE = 0  # nothing more to read (timeout, or a signal interrupted the wait)
@@ -77,12 +81,19 @@ _sa6 = struct.Struct("=H2sI16sI")  # family, port, flowinfo (network order), add
 _mmsghdr = struct.Struct("=QI4xQQ")  # msg_name, msg_namelen, msg_iov, msg_iovlen (LP64)
 
 
+# One plane per Trio run may block in the driver: a second gateway in the same process
+# (tests) would not be watched while the first one's loop sleeps, so it polls instead.
+_DRIVING: trio.lowlevel.RunVar[bool] = trio.lowlevel.RunVar("relay_native_driving",
+                                                            default=False)
+
+
 def trio_epoll_fd() -> int | None:
     """The descriptor of the running Trio loop's epoll set, or None where it cannot be had
     (another I/O manager, another layout of Trio's internals, a clock that is not the
-    system clock: a test's virtual time must not be slept through in epoll_wait)."""
-    import trio
-
+    system clock: a test's virtual time must not be slept through in epoll_wait, another
+    plane already driven in this run).  Whoever gets it calls `release_driving` after."""
+    if _DRIVING.get():
+        return None
     try:
         if type(trio.lowlevel.current_clock()).__name__ != "SystemClock":
             return None
@@ -92,7 +103,14 @@ def trio_epoll_fd() -> int | None:
         fd = epoll.fileno()
     except (AttributeError, ImportError, RuntimeError, ValueError):
         return None
-    return fd if isinstance(fd, int) and fd >= 0 else None
+    if not isinstance(fd, int) or fd < 0:
+        return None
+    _DRIVING.set(True)
+    return fd
+
+
+def release_driving() -> None:
+    _DRIVING.set(False)
 
 
 def addr_key(addr: Any) -> tuple[int, int, int]:
@@ -383,8 +401,20 @@ class Driver(trio.abc.Instrument):
         self.task: trio.lowlevel.Task | None = None
         self.token = trio.lowlevel.current_trio_token()
         self.now = trio.current_time
+        self.logged = 0.0
 
     def before_io_wait(self, timeout: float) -> None:
+        # Trio drops an instrument that raises: the plane would stop without a word.
+        try:
+            self._run(timeout)
+        except trio.RunFinishedError:
+            pass  # the run is ending: nobody to wake
+        except Exception:  # a bug of ours: say so, go on forwarding
+            if time.monotonic() - self.logged >= 1.0:
+                self.logged = time.monotonic()
+                log.exception("native data plane: error in the loop's driver")
+
+    def _run(self, timeout: float) -> None:
         plane = self.plane
         punts = self.punts
         if timeout <= 0 or punts:

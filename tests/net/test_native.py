@@ -12,6 +12,7 @@ import socket
 
 import pytest
 import trio
+import trio.testing
 
 from benchmarks.echo_peer import serve_udp_echo
 from benchmarks.turnclient import TurnClient
@@ -125,3 +126,25 @@ async def test_under_a_test_clock_the_plane_polls_instead_of_blocking(
             await c.send_channel(0x4002, b"polled")
             assert await c.recv() == ("channel", 0x4002, b"polled")
         nursery.cancel_scope.cancel()
+
+
+async def test_two_gateways_in_one_process_both_relay_one_of_them_polling() -> None:
+    # Only one plane per Trio run may sleep in its own epoll_wait (the other's sockets
+    # would go unwatched meanwhile): the second polls, and both relay.
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            gws: list[Gateway] = [
+                await nursery.start(serve_gateway, _native_config("127.0.0.1"), TurnStats())
+                for _ in range(2)]
+            peer = await nursery.start(serve_udp_echo, "127.0.0.1", 0)
+            await trio.testing.wait_all_tasks_blocked()  # both planes' tasks have started
+            assert sorted(gw.native_driven for gw in gws) == [False, True]
+            for n, gw in enumerate(gws):
+                async with TurnClient(("127.0.0.1", gw.bound_ports["udp"]), USER, PASSWORD,
+                                      rto=0.1) as c:
+                    await c.allocate()
+                    await c.channel_bind(0x4003, peer)
+                    for i in range(5):
+                        await c.send_channel(0x4003, b"gw %d #%d" % (n, i))
+                        assert await c.recv() == ("channel", 0x4003, b"gw %d #%d" % (n, i))
+            nursery.cancel_scope.cancel()

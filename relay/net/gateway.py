@@ -861,9 +861,9 @@ class Gateway:
         back, decided here as on the plain path (`client_handler`, `peer_datagram`).
 
         With Trio's epoll descriptor at hand (`native.trio_epoll_fd`) the plane runs in a
-        Trio instrument where Trio would sleep (`native.Driver`) and this task gets the
-        datagrams it hands back.  Without it the task runs the plane itself: it polls
-        without blocking and waits on the set with `wait_readable`, as the relay reader."""
+        Trio instrument where Trio would sleep (`native.Driver`), which this task installs
+        and removes.  Without it the task runs the plane itself: it polls without blocking
+        and waits on the set with `wait_readable`, as the relay reader."""
         plane = self.native
         assert plane is not None
         drops = self.stats.drops
@@ -877,14 +877,11 @@ class Gateway:
         if nest is None:
             await self._native_polling(plane)
             return
-        driver = native.Driver(plane, nest, BATCH, drops)
+        driver = native.Driver(plane, nest, BATCH, drops, self._punted)
         trio.lowlevel.add_instrument(driver)
         self.native_driven = True
         try:
-            while True:
-                for kind, fd, n, data, addr in await driver.punted():
-                    self._punted(kind, fd, n, data, addr)
-                plane.fold(drops)
+            await trio.sleep_forever()
         finally:
             trio.lowlevel.remove_instrument(driver)
             native.release_driving()

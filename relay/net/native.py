@@ -39,7 +39,7 @@ import logging
 import socket
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -189,13 +189,12 @@ class NativePlane:
     def __init__(self, epfd: int, buffer: int) -> None:
         global np
         import numpy  # ImportError: the caller says which setting needs it
-        from numba import types as nt
-        from numba.typed import Dict as NumbaDict
 
         from relay.net import native_loop
 
         np = numpy
         self.loop = native_loop.pump
+        self.tables = native_loop
         self.epfd = epfd
         self.slots = np.zeros((READS, buffer), np.uint8)
         self.names = np.zeros((READS, SOCKADDR), np.uint8)
@@ -212,11 +211,13 @@ class NativePlane:
         self.punts = np.zeros((READS, 4), np.int64)  # kind, fd, slot, length
         self.events = np.zeros(EVENTS * 12, np.uint8)
         self.out = np.zeros(4, np.int64)  # how many punts; a timespec
-        self.listeners = NumbaDict.empty(nt.int64, nt.int64)  # fd -> counter row
+        self.listeners = native_loop.new_fds()  # fd -> counter row
         self.listener_traffic: list[Any] = []  # counter row -> the listener's Traffic
         self.listener_rows: dict[int, int] = {}  # fd -> row (rows are reused)
-        self.up = NumbaDict.empty(native_loop.KEY, nt.int64)
-        self.down = NumbaDict.empty(native_loop.KEY, nt.int64)
+        # (listener fd << 16 | channel, client address) -> up row;
+        # (relay fd, peer address) -> down row
+        self.up = native_loop.new_routes()
+        self.down = native_loop.new_routes()
         self.up_rows = _Table(3)  # relay socket fd, sockaddr length, cluster row
         self.down_rows = _Table(5)  # listener fd, sockaddr length, cluster row, lis row, number
         self.cluster_rows: dict[int, int] = {}  # id(ConnectionStats) -> row
@@ -228,7 +229,14 @@ class NativePlane:
         # allocation -> its routes: (is_up, key, row)
         self.routes: dict[Any, list[tuple[bool, tuple[int, int, int, int], int]]] = {}
         self.forwarded = 0  # datagrams the compiled loop has forwarded (or tried to)
-        self.pump(-1, 0, 1, 0.0)  # compiled now (or loaded from the cache), not mid-traffic
+        # compiled now (or loaded from the cache), not mid-traffic
+        self.pump(-1, 0, 1, 0.0)
+        for table in (self.up, self.down):
+            native_loop.route_set(table, 0, 0, 0, 0, 0)
+            native_loop.route_del(table, 0, 0, 0, 0, 0)
+        native_loop.fd_set(self.listeners, -1, 0)
+        native_loop.fd_del(self.listeners, -1)
+        native_loop.size(self.up)
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -298,7 +306,7 @@ class NativePlane:
             if row >= len(self.lis_ctr):
                 self.lis_ctr = np.concatenate([self.lis_ctr, np.zeros_like(self.lis_ctr)])
         self.listener_rows[fd] = row
-        self.listeners[fd] = row
+        self.tables.fd_set(self.listeners, fd, row)
 
     def remove_listener(self, fd: int, drops: dict[str, int]) -> None:
         """Forget a listener (before its socket closes); its counters are folded first."""
@@ -307,7 +315,7 @@ class NativePlane:
             return
         self.fold(drops)
         self.listener_traffic[row] = None
-        del self.listeners[fd]
+        self.tables.fd_del(self.listeners, fd)
 
     # -- routes --------------------------------------------------------------------------
 
@@ -325,8 +333,7 @@ class NativePlane:
         """Forget an allocation's routes (it ended, or its client is not on a UDP listener)."""
         for is_up, key, row in self.routes.pop(alloc, ()):
             table, rows = (self.up, self.up_rows) if is_up else (self.down, self.down_rows)
-            if table.get(key) == row:
-                del table[key]
+            self.tables.route_del(table, *key, row)
             rows.put(row)
 
     def sync(self, alloc: Any, listener_fd: int, allowed: Any) -> None:
@@ -360,7 +367,7 @@ class NativePlane:
             rows.ints[row] = (relay_fd, len(peer_sa), cl)
             rows.expires[row] = expires
             rows.sa[row, : len(peer_sa)] = np.frombuffer(peer_sa, np.uint8)
-            self.up[key] = row
+            self.tables.route_set(self.up, *key, row)
             routes.append((True, key, row))
             if not (perm.any_port or allowed(chan.peer[0], chan.peer[1])):
                 continue  # the plain path asks the policy per datagram: leave it that
@@ -370,37 +377,42 @@ class NativePlane:
             rows.ints[row] = (listener_fd, len(client_sa), cl, lis_row, number)
             rows.expires[row] = expires
             rows.sa[row, : len(client_sa)] = np.frombuffer(client_sa, np.uint8)
-            self.down[key] = row
+            self.tables.route_set(self.down, *key, row)
             routes.append((False, key, row))
 
-    def allocations(self) -> Iterable[Any]:
-        return list(self.routes)
+    def route_counts(self) -> tuple[int, int]:
+        """(client -> peer routes, peer -> client routes) in the table."""
+        return self.tables.size(self.up), self.tables.size(self.down)
 
 
 class Driver(trio.abc.Instrument):
     """Runs the compiled loop where Trio would sleep.
 
     Trio calls `before_io_wait(timeout)` right before it blocks in its own epoll_wait for
-    `timeout`; the driver runs the loop first, blocking in the plane's epoll_wait for up to
-    that long (at most `WAIT`), with Trio's epoll descriptor in the set so that any other
-    I/O ends the wait at once.  When it returned for another reason than Trio's I/O (a
-    datagram for Python, the wait over, the budget spent) Trio's own wait must not follow,
-    so the driver wakes Trio (`run_sync_soon`).  With tasks runnable the timeout is 0: the
-    loop forwards what is queued and returns.  Datagrams for Python are copied out and
-    handed to the owning task (`punted`); counters are folded on every return."""
+    `timeout`; the driver runs the loop there instead, blocking in the plane's epoll_wait
+    (at most `WAIT` at a time) with Trio's epoll descriptor in the set, so that any other
+    I/O ends the wait at once.  Datagrams the loop hands back go to `handle` (the gateway's
+    Python path) right there, and the loop goes on until Trio's timeout is spent, Trio has
+    I/O, or a handled datagram made a task runnable; when it stops for another reason than
+    Trio's I/O, Trio's own wait must not follow, so the driver wakes Trio
+    (`run_sync_soon`).  With tasks runnable the timeout is 0: the loop forwards what is
+    queued and returns.  Counters are folded on every return.
+
+    The handlers are the synchronous code the plain loops run per datagram (the core's
+    answer and effects: tasks it starts go to their nurseries as from any task)."""
 
     WAIT = 0.05  # at most this long in one wait: `now` (for route expiry) is that fresh
 
-    def __init__(self, plane: NativePlane, nest: int, budget: int,
-                 drops: dict[str, int]) -> None:
+    def __init__(self, plane: NativePlane, nest: int, budget: int, drops: dict[str, int],
+                 handle: Callable[[int, int, int, memoryview, Any], None]) -> None:
         self.plane = plane
         self.nest = nest
         self.budget = budget
         self.drops = drops
-        self.punts: list[tuple[int, int, int, Any, Any]] = []
-        self.task: trio.lowlevel.Task | None = None
+        self.handle = handle
         self.token = trio.lowlevel.current_trio_token()
         self.now = trio.current_time
+        self.statistics = trio.lowlevel.current_statistics
         self.logged = 0.0
 
     def before_io_wait(self, timeout: float) -> None:
@@ -416,41 +428,26 @@ class Driver(trio.abc.Instrument):
 
     def _run(self, timeout: float) -> None:
         plane = self.plane
-        punts = self.punts
-        if timeout <= 0 or punts:
-            ms = 0
-        else:
-            ms = int(min(timeout, self.WAIT) * 1000.0 + 0.999)
-        # Blocking, the loop comes back for Trio's I/O and at Trio's deadline anyway: the
-        # budget only bounds the time between two folds of the counters.
-        code = plane.pump(self.nest, ms, self.budget * 16 if ms else self.budget, self.now())
-        while code == PUNT:
-            punts.extend(plane.take_punts())
-            if len(punts) >= self.budget:
+        clock = time.perf_counter
+        end = clock() + timeout
+        handled = 0
+        while True:
+            left = end - clock()
+            ms = int(min(left, self.WAIT) * 1000.0 + 0.999) if left > 0 else 0
+            # Blocking, the loop comes back for Trio's I/O and at Trio's deadline anyway:
+            # the budget only bounds the time between two folds of the counters.
+            code = plane.pump(self.nest, ms, self.budget * 16 if ms else self.budget,
+                              self.now())
+            if code != PUNT:
                 break
-            code = plane.pump(self.nest, 0, self.budget, self.now())
+            for punt in plane.take_punts():
+                self.handle(*punt)
+                handled += 1
+            if handled >= self.budget or self.statistics().tasks_runnable:
+                break  # let the tasks run (a new allocation's, say)
         plane.fold(self.drops)
-        if punts and self.task is not None:
-            task, self.task = self.task, None
-            trio.lowlevel.reschedule(task)
-        elif ms == 0 or code == TRIO:
-            return
-        self.token.run_sync_soon(_nothing)  # Trio's timeout is spent or a task is runnable
-
-    async def punted(self) -> list[tuple[int, int, int, Any, Any]]:
-        """The datagrams handed back since the last call; waits for some."""
-        if self.punts:
-            await trio.lowlevel.checkpoint()
-        else:
-            self.task = trio.lowlevel.current_task()
-
-            def abort(_: Any) -> trio.lowlevel.Abort:
-                self.task = None
-                return trio.lowlevel.Abort.SUCCEEDED
-
-            await trio.lowlevel.wait_task_rescheduled(abort)
-        punts, self.punts = self.punts, []
-        return punts
+        if timeout > 0 and code != TRIO:
+            self.token.run_sync_soon(_nothing)  # Trio's timeout is spent, or a task runs
 
 
 def _nothing() -> None:

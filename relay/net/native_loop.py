@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 from numba import types as nt
+from numba.typed import Dict
 
 from relay.net.native import (
     _AF_INET6,
@@ -182,3 +183,45 @@ def pump(epfd: int, nest: int, timeout: int, budget: int, now: float,  # pragma:
             wait = end - (out[2] * 1000 + out[3] // 1000000)
             if wait <= 0:
                 return IDLE
+
+
+# The forwarding table is changed only through these (compiled once, cached like `pump`):
+# numba compiles a typed dict's Python-side methods on their first call in every process,
+# about two seconds in all, which would stall the first ChannelBind of every start.
+
+@njit(cache=True)
+def new_routes() -> Any:  # pragma: no cover - compiled
+    return Dict.empty(KEY, nt.int64)
+
+
+@njit(cache=True)
+def new_fds() -> Any:  # pragma: no cover - compiled
+    return Dict.empty(nt.int64, nt.int64)
+
+
+@njit(cache=True)
+def route_set(table: Any, a: int, b: int, c: int, d: int, row: int) -> None:  # pragma: no cover
+    table[(a, b, c, d)] = row
+
+
+@njit(cache=True)
+def route_del(table: Any, a: int, b: int, c: int, d: int, row: int) -> None:  # pragma: no cover
+    key = (a, b, c, d)
+    if key in table and table[key] == row:
+        del table[key]
+
+
+@njit(cache=True)
+def fd_set(table: Any, fd: int, row: int) -> None:  # pragma: no cover - compiled
+    table[fd] = row
+
+
+@njit(cache=True)
+def fd_del(table: Any, fd: int) -> None:  # pragma: no cover - compiled
+    if fd in table:
+        del table[fd]
+
+
+@njit(cache=True)
+def size(table: Any) -> int:  # pragma: no cover - compiled
+    return len(table)

@@ -65,7 +65,7 @@ async def test_channel_data_is_forwarded_by_the_compiled_loop_both_ways(host: st
                                   rto=0.1) as c:
                 await c.allocate(family=2 if family == socket.AF_INET6 else 1)
                 await c.channel_bind(0x4001, peer[:2])
-                assert len(plane.up) == 1 and len(plane.down) == 1
+                assert plane.route_counts() == (1, 1)
                 rounds, back = 50, 0
                 for i in range(rounds):
                     await c.send_channel(0x4001, b"media %d" % i)
@@ -85,7 +85,7 @@ async def test_channel_data_is_forwarded_by_the_compiled_loop_both_ways(host: st
                 assert not any(stats.drops.values())
                 await c.refresh(0)
                 # The allocation ended: its routes are gone with it.
-                assert len(plane.up) == 0 and len(plane.down) == 0 and not plane.routes
+                assert plane.route_counts() == (0, 0) and not plane.routes
             nursery.cancel_scope.cancel()
 
 
@@ -101,7 +101,7 @@ async def test_a_peer_without_a_channel_gets_a_data_indication_from_python() -> 
                                   rto=0.1) as c:
                 await c.allocate()
                 await c.create_permission(peer)
-                assert len(gw.native.up) == 0  # a permission alone is no route
+                assert gw.native.route_counts() == (0, 0)  # a permission alone is no route
                 await c.send_indication(peer, b"no channel")
                 kind, meta, data = await c.recv()
                 assert (kind, meta, data) == ("data", peer, b"no channel")

@@ -902,6 +902,11 @@ class Gateway:
             entry = self.relay_fds.get(fd)
             if entry is not None:
                 self.peer_datagram(entry, data, n, addr)
+                alloc = entry.alloc
+                if self.native is not None and alloc.listener in self.sockets:
+                    check = self.policy.check
+                    self.native.learn(alloc, fd, addr,
+                                      lambda ip, port: check(alloc.listener, ip, port).allowed)
 
     async def _native_polling(self, plane: native.NativePlane) -> None:
         drops = self.stats.drops

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import socket
 import struct
 import time
@@ -71,6 +72,10 @@ READS = 16  # datagrams read from one socket per readiness event
 RX_P, RX_B, TX_P, TX_B = 0, 1, 2, 3
 _EAGAIN = 11
 _CLOCK_MONOTONIC = 1
+# a peer -> client route for a permission (a Data indication to any port of the peer IP)
+# rather than for one bound channel: this bit on the relay socket's fd in the key
+_PERM_ROUTE = 1 << 40
+LEARNED = 64  # Data-indication routes to exact peer addresses learned per allocation
 # drop columns, in the gateway's names
 DROP_REASONS = ("send_buffer_full", "peer_not_allowed", "too_large")
 _MSG_DONTWAIT = 0x40
@@ -209,6 +214,18 @@ class NativePlane:
                 _mmsghdr.pack_into(raw[k, i], 0, self.names.ctypes.data + i * SOCKADDR,
                                    SOCKADDR, self.iov.ctypes.data + (k * READS + i) * 16, 1)
         self.punts = np.zeros((READS, 4), np.int64)  # kind, fd, slot, length
+        # a Data indication: its head (STUN header, XOR-PEER-ADDRESS, DATA's header) in
+        # `ind`, sent with sendmsg from three pieces: head, the slot's payload, padding
+        self.ind = np.zeros(48, np.uint8)
+        self.pad = np.zeros(4, np.uint8)
+        self.iov_out = np.zeros((3, 2), np.uint64)
+        self.iov_out[0, 0] = self.ind.ctypes.data
+        self.iov_out[2, 0] = self.pad.ctypes.data
+        self.msg = np.zeros(7, np.uint64)  # struct msghdr
+        self.msg[2] = self.iov_out.ctypes.data
+        self.msg[3] = 3
+        self.rng = np.frombuffer(bytearray(os.urandom(8)), np.int64).copy()
+        self.rng[0] |= 1  # xorshift: never all zeros
         self.events = np.zeros(EVENTS * 12, np.uint8)
         self.out = np.zeros(4, np.int64)  # how many punts; a timespec
         self.listeners = native_loop.new_fds()  # fd -> counter row
@@ -228,6 +245,8 @@ class NativePlane:
         self.drops = np.zeros(len(DROP_REASONS) + 1, np.int64)
         # allocation -> its routes: (is_up, key, row)
         self.routes: dict[Any, list[tuple[bool, tuple[int, int, int, int], int]]] = {}
+        # allocation -> (listener counter row, listener fd, client sockaddr)
+        self.client_of: dict[Any, tuple[int, int, bytes]] = {}
         self.forwarded = 0  # datagrams the compiled loop has forwarded (or tried to)
         # compiled now (or loaded from the cache), not mid-traffic
         self.pump(-1, 0, 1, 0.0)
@@ -243,7 +262,8 @@ class NativePlane:
     def pump(self, nest: int, timeout_ms: int, budget: int, now: float) -> int:
         up, dn = self.up_rows, self.down_rows
         return int(self.loop(self.epfd, nest, timeout_ms, budget, now, self.events, self.slots,
-                         self.names, self.mm, self.punts, self.out, self.listeners, self.up,
+                         self.names, self.mm, self.punts, self.out, self.ind, self.msg,
+                         self.iov_out, self.rng, self.listeners, self.up,
                          self.down,
                          up.ints, up.expires, up.sa, dn.ints, dn.expires, dn.sa,
                          self.lis_ctr, self.cl_ctr, self.drops))
@@ -331,6 +351,7 @@ class NativePlane:
 
     def drop(self, alloc: Any) -> None:
         """Forget an allocation's routes (it ended, or its client is not on a UDP listener)."""
+        self.client_of.pop(alloc, None)
         for is_up, key, row in self.routes.pop(alloc, ()):
             table, rows = (self.up, self.up_rows) if is_up else (self.down, self.down_rows)
             self.tables.route_del(table, *key, row)
@@ -343,7 +364,7 @@ class NativePlane:
         peer policy for a permission that does not admit every port (as the plain path asks
         per datagram)."""
         self.drop(alloc)
-        if not alloc.alive or not alloc.channels:
+        if not alloc.alive or not (alloc.channels or alloc.permissions):
             return
         lis_row = self.listener_rows.get(listener_fd)
         if lis_row is None:
@@ -351,6 +372,7 @@ class NativePlane:
         routes = self.routes[alloc] = []
         ca, cb, cc = addr_key(alloc.client)
         client_sa = sockaddr(alloc.client)
+        self.client_of[alloc] = (lis_row, listener_fd, client_sa)
         for number, chan in alloc.channels.items():
             perm = alloc.permissions.get(chan.peer[0])
             sock = getattr(chan.endpoint, "sock", None)
@@ -379,6 +401,46 @@ class NativePlane:
             rows.sa[row, : len(client_sa)] = np.frombuffer(client_sa, np.uint8)
             self.tables.route_set(self.down, *key, row)
             routes.append((False, key, row))
+        for ip, perm in alloc.permissions.items():
+            endpoint = alloc.relays.get(2 if ":" in ip else 1)
+            sock = getattr(endpoint, "sock", None)
+            if not perm.any_port or sock is None or sock.fileno() < 0:
+                continue  # the policy per datagram, or nothing to read it from: Python
+            pa, pb, pc = addr_key((ip, 0))
+            key = (sock.fileno() | _PERM_ROUTE, pa, pb, pc)
+            row = self.down_rows.take()
+            rows = self.down_rows
+            rows.ints[row] = (listener_fd, len(client_sa), self._cluster_row(perm.cluster),
+                              lis_row, -1)
+            rows.expires[row] = perm.expires
+            rows.sa[row, : len(client_sa)] = np.frombuffer(client_sa, np.uint8)
+            self.tables.route_set(self.down, *key, row)
+            routes.append((False, key, row))
+
+    def learn(self, alloc: Any, relay_fd: int, peer: Any, allowed: Any) -> None:
+        """After Python sent a Data indication for a datagram from `peer` on `relay_fd`
+        (no channel, a permission the policy is asked about per port): the same answer for
+        this exact peer address until the permission lapses or the allocation's routes are
+        rebuilt (`sync`).  At most `LEARNED` such routes per allocation."""
+        routes = self.routes.get(alloc)
+        if routes is None or len(routes) >= LEARNED + 2 * len(alloc.channels) \
+                + len(alloc.permissions):
+            return
+        ip, port = peer[0], peer[1]
+        perm = alloc.permissions.get(ip)
+        if perm is None or (ip, port) in alloc.peer_channels or not allowed(ip, port):
+            return
+        pa, pb, pc = addr_key((ip, port))
+        key = (relay_fd, pa, pb, pc)
+        lis_row, listener_fd, client_sa = self.client_of[alloc]
+        row = self.down_rows.take()
+        rows = self.down_rows
+        rows.ints[row] = (listener_fd, len(client_sa), self._cluster_row(perm.cluster),
+                          lis_row, -1)
+        rows.expires[row] = perm.expires
+        rows.sa[row, : len(client_sa)] = np.frombuffer(client_sa, np.uint8)
+        self.tables.route_set(self.down, *key, row)
+        routes.append((False, key, row))
 
     def route_counts(self) -> tuple[int, int]:
         """(client -> peer routes, peer -> client routes) in the table."""

@@ -21,6 +21,7 @@ from relay.net.native import (
     _CLOCK_MONOTONIC,
     _EAGAIN,
     _MSG_DONTWAIT,
+    _PERM_ROUTE,
     BUDGET,
     EVENTS,
     IDLE,
@@ -41,6 +42,7 @@ _recvmmsg: Any = nt.ExternalFunction("recvmmsg", _i32(_i32, _intp, _u32, _i32, _
 _sendto: Any = nt.ExternalFunction("sendto", _intp(_i32, _intp, _intp, _i32, _intp, _u32))
 _epoll_wait: Any = nt.ExternalFunction("epoll_wait", _i32(_i32, _intp, _i32, _i32))
 _clock_gettime: Any = nt.ExternalFunction("clock_gettime", _i32(_i32, _intp))
+_sendmsg: Any = nt.ExternalFunction("sendmsg", _intp(_i32, _intp, _i32))
 _errno: Any = nt.ExternalFunction("__errno_location",
                                   nt.CPointer(_i32)())  # type: ignore[no-untyped-call]
 KEY = nt.UniTuple(nt.int64, 4)  # type: ignore[no-untyped-call]
@@ -62,8 +64,62 @@ def _key_of(sa: Any) -> Any:  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
+def _random(rng: Any) -> Any:  # pragma: no cover - compiled
+    """xorshift64*: transaction IDs of Data indications (RFC 8489: random, not secret)."""
+    x = rng[0]
+    x ^= x >> 12
+    x ^= x << 25
+    x ^= x >> 27
+    rng[0] = x
+    return x * np.int64(0x2545F4914F6CDD1D)
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _indication_head(ind: Any, sa: Any, body: Any, n: Any, v6: Any,  # pragma: no cover
+                     rng: Any) -> Any:
+    """STUN header, XOR-PEER-ADDRESS of the peer in `sa` and the DATA attribute's header
+    of a Data indication into `ind`; its length."""
+    ind[0] = 0x00
+    ind[1] = 0x17
+    ind[2] = body >> 8
+    ind[3] = body & 0xFF
+    ind[4] = 0x21
+    ind[5] = 0x12
+    ind[6] = 0xA4
+    ind[7] = 0x42
+    r1 = _random(rng)
+    r2 = _random(rng)
+    for k in range(8):
+        ind[8 + k] = (r1 >> (8 * k)) & 0xFF
+    for k in range(4):
+        ind[16 + k] = (r2 >> (8 * k)) & 0xFF
+    ind[20] = 0x00
+    ind[21] = 0x12  # XOR-PEER-ADDRESS
+    ind[22] = 0
+    ind[23] = 20 if v6 else 8
+    ind[24] = 0
+    ind[25] = 2 if v6 else 1
+    ind[26] = sa[2] ^ 0x21  # port ^ the cookie's high half
+    ind[27] = sa[3] ^ 0x12
+    if v6:
+        for k in range(16):  # address ^ (cookie | transaction ID)
+            ind[28 + k] = sa[8 + k] ^ ind[4 + k]
+        at = 44
+    else:
+        for k in range(4):
+            ind[28 + k] = sa[4 + k] ^ ind[4 + k]
+        at = 32
+    ind[at] = 0x00
+    ind[at + 1] = 0x13  # DATA
+    ind[at + 2] = n >> 8
+    ind[at + 3] = n & 0xFF
+    return at + 4
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
 def pump(epfd: int, nest: int, timeout: int, budget: int, now: float,  # pragma: no cover
          evs: Any, slots: Any, names: Any, mm: Any, punts: Any, out: Any,
+         ind: Any, msg: Any, iov: Any, rng: Any,
          listeners: Any, up: Any, down: Any,
          up_i: Any, up_f: Any, up_sa: Any, dn_i: Any, dn_f: Any, dn_sa: Any,
          lis_ctr: Any, cl_ctr: Any, drops: Any) -> int:
@@ -78,6 +134,7 @@ def pump(epfd: int, nest: int, timeout: int, budget: int, now: float,  # pragma:
     evp = evs.ctypes.data
     up_sap = up_sa.ctypes.data
     dn_sap = dn_sa.ctypes.data
+    msg_p = msg.ctypes.data
     mm_lis = mm.ctypes.data
     mm_rel = mm_lis + READS * 64
     slot_p = slots.ctypes.data
@@ -142,22 +199,41 @@ def pump(epfd: int, nest: int, timeout: int, budget: int, now: float,  # pragma:
                     n = np.int64(mm[1, i, 14])
                     mm[1, i, 2] = SOCKADDR
                     a, b, c = _key_of(names[i])
-                    key = (fd, a, b, c)
+                    key = (fd, a, b, c)  # a bound channel, or a Data indication learned
+                    d = -1
                     if key in down:
                         d = down[key]
-                        if dn_f[d] >= now:
+                    else:  # a permission that admits every port of the peer's address
+                        key = (fd | _PERM_ROUTE, a, b, c & ~np.int64(0xFFFF))
+                        if key in down:
+                            d = down[key]
+                    if d >= 0 and dn_f[d] >= now:
+                        number = dn_i[d, 4]
+                        v6 = c >> 48 == 6
+                        body = (24 if v6 else 12) + 4 + n + (-n & 3)
+                        if number >= 0 or body <= 0xFFFC:
                             drops[3] += 1
                             cl = dn_i[d, 2]
                             cl_ctr[cl, RX_P] += 1
                             cl_ctr[cl, RX_B] += n
-                            number = dn_i[d, 4]
-                            buf = slots[i]
-                            buf[0] = number >> 8
-                            buf[1] = number & 0xFF
-                            buf[2] = n >> 8
-                            buf[3] = n & 0xFF
-                            sent = _sendto(dn_i[d, 0], slot_p + i * slot_size, n + 4,
-                                           _MSG_DONTWAIT, dn_sap + d * SOCKADDR, dn_i[d, 1])
+                            if number >= 0:  # ChannelData: the header before the payload
+                                buf = slots[i]
+                                buf[0] = number >> 8
+                                buf[1] = number & 0xFF
+                                buf[2] = n >> 8
+                                buf[3] = n & 0xFF
+                                sent = _sendto(dn_i[d, 0], slot_p + i * slot_size, n + 4,
+                                               _MSG_DONTWAIT, dn_sap + d * SOCKADDR,
+                                               dn_i[d, 1])
+                            else:  # a Data indication: head, payload, padding
+                                hlen = _indication_head(ind, names[i], body, n, v6, rng)
+                                msg[0] = dn_sap + d * SOCKADDR  # msg_name
+                                msg[1] = dn_i[d, 1]  # msg_namelen
+                                iov[0, 1] = hlen
+                                iov[1, 0] = slot_p + i * slot_size + 4
+                                iov[1, 1] = n
+                                iov[2, 1] = -n & 3
+                                sent = _sendmsg(dn_i[d, 0], msg_p, _MSG_DONTWAIT)
                             if sent >= 0:
                                 row = dn_i[d, 3]
                                 lis_ctr[row, TX_P] += 1

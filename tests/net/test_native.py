@@ -18,6 +18,7 @@ from benchmarks.echo_peer import serve_udp_echo
 from benchmarks.turnclient import TurnClient
 from relay.net import native
 from relay.net.gateway import Gateway, serve_gateway
+from relay.stun.fastpath import data_indication
 from relay.turn.stats import TurnStats
 from tests.turn.gateway_harness import HAS_IPV6, PASSWORD, USER, config
 
@@ -89,23 +90,35 @@ async def test_channel_data_is_forwarded_by_the_compiled_loop_both_ways(host: st
             nursery.cancel_scope.cancel()
 
 
-async def test_a_peer_without_a_channel_gets_a_data_indication_from_python() -> None:
-    stats = TurnStats()
+@pytest.mark.parametrize("host", ["127.0.0.1", pytest.param("::1", marks=pytest.mark.skipif(
+    not HAS_IPV6, reason="no IPv6 loopback"))])
+async def test_data_indications_are_learned_then_built_by_the_compiled_loop(host: str) -> None:
+    # A permission without a channel: the first datagram from the peer goes through Python
+    # (the policy is asked per port on loopback, where relay listens itself); the route it
+    # learns lets the loop build the next ones, byte for byte what Python would build.
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            gw: Gateway = await nursery.start(serve_gateway, _native_config("127.0.0.1"),
-                                              stats)
-            assert gw.native is not None
-            peer = await nursery.start(serve_udp_echo, "127.0.0.1", 0)
-            async with TurnClient(("127.0.0.1", gw.bound_ports["udp"]), USER, PASSWORD,
+            gw: Gateway = await nursery.start(serve_gateway, _native_config(host), TurnStats())
+            plane = gw.native
+            assert plane is not None
+            peer = await nursery.start(serve_udp_echo, host, 0)
+            async with TurnClient((host, gw.bound_ports["udp"]), USER, PASSWORD,
                                   rto=0.1) as c:
-                await c.allocate()
-                await c.create_permission(peer)
-                assert gw.native.route_counts() == (0, 0)  # a permission alone is no route
-                await c.send_indication(peer, b"no channel")
-                kind, meta, data = await c.recv()
-                assert (kind, meta, data) == ("data", peer, b"no channel")
-                assert gw.native.forwarded == 0
+                await c.allocate(family=2 if ":" in host else 1)
+                await c.create_permission(peer[:2])
+                assert plane.route_counts() == (0, 0)  # nothing learned yet
+                await c.send_indication(peer[:2], b"first")
+                assert await c.recv() == ("data", peer[:2], b"first")
+                assert plane.forwarded == 0 and plane.route_counts() == (0, 1)
+                for size in range(1, 9):  # every padding
+                    payload = bytes(range(size))
+                    await c.send_indication(peer[:2], payload)
+                    raw = await c._recv_datagram()
+                    assert raw == data_indication(raw[8:20], peer[0], peer[1], payload)
+                await c.binding()  # a trip through Python: the counters are folded
+                assert plane.forwarded >= 8
+                await c.refresh(0)
+                assert plane.route_counts() == (0, 0)
             nursery.cancel_scope.cancel()
 
 

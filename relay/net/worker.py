@@ -14,6 +14,7 @@ ignored: Ctrl-C and a reload reach the supervisor, which tells the workers.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import pickle
@@ -99,6 +100,10 @@ async def run(spec: WorkerSpec, inp: trio.lowlevel.FdStream,
         gw: Gateway = await nursery.start(
             lambda task_status: serve_gateway(spec.config, stats, spec.own_addresses,
                                               shared=share, task_status=task_status))
+        # as the main process: what start-up made (numba's compiled loop among it) is
+        # never garbage, and a full collection must not walk it every time
+        gc.collect()
+        gc.freeze()
         await out.send_all(frame("ready", dict(gw.bound_ports)))
         nursery.start_soon(_report, out, stats)
         async with trio.open_nursery() as until:
@@ -131,6 +136,7 @@ def main() -> None:
                         format=f"%(asctime)s worker {spec.index} %(name)s %(levelname)s "
                                "%(message)s")
     raise_nofile_limit()  # this process's own limit and descriptor reserve
+    gc.set_threshold(50_000, 50, 10)  # as the main process (relay/__main__.py says why)
     inp = trio.lowlevel.FdStream(os.dup(0))
     out = trio.lowlevel.FdStream(os.dup(1))
 

@@ -163,7 +163,6 @@ class _Table:
     """Route rows (numpy) with a free list; `ints` columns, one float (expiry), a sockaddr."""
 
     def __init__(self, columns: int, capacity: int = 256) -> None:
-
         self.ints = np.zeros((capacity, columns), np.int64)
         self.expires = np.zeros(capacity, np.float64)
         self.sa = np.zeros((capacity, SOCKADDR), np.uint8)
@@ -171,7 +170,6 @@ class _Table:
 
     def take(self) -> int:
         if not self.free:
-
             old = len(self.expires)
             self.ints = np.concatenate([self.ints, np.zeros_like(self.ints)])
             self.expires = np.concatenate([self.expires, np.zeros_like(self.expires)])
@@ -263,8 +261,7 @@ class NativePlane:
         up, dn = self.up_rows, self.down_rows
         return int(self.loop(self.epfd, nest, timeout_ms, budget, now, self.events, self.slots,
                          self.names, self.mm, self.punts, self.out, self.ind, self.msg,
-                         self.iov_out, self.rng, self.listeners, self.up,
-                         self.down,
+                         self.iov_out, self.rng, self.listeners, self.up, self.down,
                          up.ints, up.expires, up.sa, dn.ints, dn.expires, dn.sa,
                          self.lis_ctr, self.cl_ctr, self.drops))
 

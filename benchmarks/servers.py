@@ -146,10 +146,13 @@ def coturn_command(host: str, port: int, min_port: int, max_port: int, *,
 
 
 def relay_config_yaml(host: str, port: int, min_port: int, max_port: int,
-                      guard: bool = False, *, workers: int = 1, health_port: int = 0) -> str:
+                      guard: bool = False, *, workers: int = 1, health_port: int = 0,
+                      workers_key: bool = True) -> str:
     """A StunnerConfig v1 equivalent to coturn_command(); `guard`: keep relay's default
     401/438 reflection guard instead of turning it off; `workers` TURN worker processes
-    (as coturn's relay threads); `health_port`: serve /status there (0: no admin)."""
+    (as coturn's relay threads); `health_port`: serve /status there (0: no admin);
+    `workers_key`: the tree knows `turn.workers` (older trees refuse the key and run one
+    process)."""
     peers = "::1/128" if ":" in host else "127.0.0.1/32"
     return (
         "version: v1\n"
@@ -167,9 +170,10 @@ def relay_config_yaml(host: str, port: int, min_port: int, max_port: int,
         # turnutils_uclient (an RFC 5766 client) picks channel numbers up to 0x7FFF, which
         # RFC 8656 refuses; coturn accepts them, so relay does here too.
         f"turn: {{min_port: {min_port}, max_port: {max_port}, "
-        # turn.workers only when asked for, so trees from before the key run too (A/B)
+        # turn.workers always where the tree knows it (its default is every CPU), so a
+        # benchmark runs what it says; never for trees from before the key (A/B)
         f"{'' if guard else 'unauthorized_ratelimit: 0, '}rfc5766_channels: true"
-        f"{'' if workers == 1 else f', workers: {workers}'}}}\n"
+        f"{f', workers: {workers}' if workers_key else ''}}}\n"
     )
 
 
@@ -222,8 +226,11 @@ def run_relay(host: str = "127.0.0.1", port: int | None = None, *,
     with tempfile.TemporaryDirectory(prefix="relay-bench-relay-") as tmp:
         cfg = os.path.join(tmp, "relay.yaml")
         with open(cfg, "w") as fh:
+            knows_workers = os.path.exists(os.path.join(root, "relay", "net", "workers.py"))
+            if workers != 1 and not knows_workers:
+                raise ValueError(f"{root} has no TURN workers (turn.workers: {workers})")
             fh.write(relay_config_yaml(host, port, lo, hi, guard, workers=workers,
-                                       health_port=health_port))
+                                       health_port=health_port, workers_key=knows_workers))
         cmd = [python or sys.executable, "-m", "relay", "-c", cfg]
         env = dict(os.environ)
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")

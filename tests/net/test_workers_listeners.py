@@ -6,6 +6,7 @@ processes, as the single process does them (docs/lifecycle.md):
 - a removed listener drains: its allocations relay on in both workers, new Allocates there
   get 508, and once the last one is deleted its port is free again (no worker and not the
   supervisor holds it), while another listener relays through the reload with no loss;
+- a listener put back before its drain ended keeps its sockets and allocations;
 - a re-bound listener serves on its new port in both workers, the old port is released;
 - a reload whose new port is taken is refused naming the key; every worker keeps the old
   config (the old secret allocates, the rotated one in the refused file does not).
@@ -324,4 +325,31 @@ async def test_a_reload_whose_port_is_taken_is_refused_and_every_worker_keeps_th
                 async with clients_on(port_a, peer):  # the old secret, on both workers
                     got = spread(await settled(rt, 1 + CLIENTS), base)
                     assert all(n >= 1 for n in got), got
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_listener_put_back_before_it_drained_keeps_its_sockets(tmp_path: Path) -> None:
+    ports = free_port_range(64, ("127.0.0.1",))
+    path = tmp_path / "relay.json"
+    with trio.fail_after(90):
+        async with relay_with_workers(path, raw_config([udp("udp-a"), udp("udp-b")],
+                                                       ports)) as rt, \
+                trio.open_nursery() as nursery:
+            peer = await nursery.start(serve_udp_echo, "127.0.0.1", 0)
+            port_a = rt.health.listeners["udp-a"].port
+            port_b = rt.health.listeners["udp-b"].port
+            group = workers(rt).groups["udp-b"]
+            async with clients_on(port_b, peer, 4) as on_b:
+                base = await settled(rt, 4)
+                assert await sighup(rt, path, raw_config([udp("udp-a", port_a)], ports))
+                assert workers(rt).retiring == {"udp-b": group}
+                assert await sighup(rt, path, raw_config(
+                    [udp("udp-a", port_a), udp("udp-b", port_b)], ports))
+                assert workers(rt).groups["udp-b"] is group and not workers(rt).retiring
+                assert rt.health.listeners["udp-b"].bound
+                for i, old in enumerate(on_b):  # the same sockets: nothing was cut
+                    assert await relays(old, b"back %d" % i), i
+                async with clients_on(port_b, peer):  # new ones allocate (no 508)
+                    got = spread(await settled(rt, 4 + CLIENTS), base)
+                    assert all(n >= 1 for n in got), got  # in both workers
             nursery.cancel_scope.cancel()

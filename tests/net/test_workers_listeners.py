@@ -9,7 +9,8 @@ processes, as the single process does them (docs/lifecycle.md):
 - a listener put back before its drain ended keeps its sockets and allocations;
 - a re-bound listener serves on its new port in both workers, the old port is released;
 - a reload whose new port is taken is refused naming the key; every worker keeps the old
-  config (the old secret allocates, the rotated one in the refused file does not).
+  config (the old secret allocates, the rotated one in the refused file does not);
+- a worker restarted after a reload serves the listeners in force, not the removed ones.
 
 relay runs in-process with its signal handling on; the workers are real processes.  Every
 wait is bounded; no test asserts a duration.
@@ -352,4 +353,28 @@ async def test_a_listener_put_back_before_it_drained_keeps_its_sockets(tmp_path:
                 async with clients_on(port_b, peer):  # new ones allocate (no 508)
                     got = spread(await settled(rt, 4 + CLIENTS), base)
                     assert all(n >= 1 for n in got), got  # in both workers
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_worker_restarted_after_a_reload_serves_the_reloaded_listeners(
+        tmp_path: Path) -> None:
+    ports = free_port_range(64, ("127.0.0.1",))
+    path = tmp_path / "relay.json"
+    with trio.fail_after(90):
+        async with relay_with_workers(path, raw_config([udp("udp-a")], ports)) as rt, \
+                trio.open_nursery() as nursery:
+            peer = await nursery.start(serve_udp_echo, "127.0.0.1", 0)
+            port_a = rt.health.listeners["udp-a"].port
+            # udp-b added, udp-a removed (nothing to drain: closed in both workers)
+            assert await sighup(rt, path, raw_config([udp("udp-b")], ports))
+            port_b = rt.health.listeners["udp-b"].port
+            await until(lambda: not workers(rt).retiring, "udp-a closed", timeout=WAIT)
+            victim = rt.health.workers[0]
+            os.kill(victim.pid or 0, signal.SIGKILL)
+            await until(lambda: victim.up and victim.restarts == 1, "worker 0 restarted",
+                        timeout=WAIT)
+            assert port_is_free(port_a)  # the restarted worker did not get udp-a back
+            async with clients_on(port_b, peer):  # udp-b in the restarted worker too
+                got = await settled(rt, CLIENTS)
+                assert all(n >= 1 for n in got), got
             nursery.cancel_scope.cancel()

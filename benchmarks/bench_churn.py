@@ -48,7 +48,10 @@ def _free_tcp_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _config(tls_port: int, ws_port: int, cert: str, key: str) -> str:
+def _config(tls_port: int, ws_port: int, cert: str, key: str, workers_key: bool = True
+            ) -> str:
+    """One process (`turn.workers: 1` where the tree knows the key): the RSS measured is
+    the process that holds the TLS connections and the signaling sockets."""
     return (
         "version: v1\n"
         "admin: {metrics_endpoint: \"\", healthcheck_endpoint: \"\", loglevel: \"all:ERROR\"}\n"
@@ -58,6 +61,7 @@ def _config(tls_port: int, ws_port: int, cert: str, key: str) -> str:
         "clusters: [{name: peers, type: STATIC, endpoints: [\"127.0.0.1/32\"]}]\n"
         f"signaling: {{listen: \"127.0.0.1:{ws_port}\", "
         "backend: {allowall: true, secret: churn-secret}}\n"
+        + ("turn: {workers: 1}\n" if workers_key else "")
     )
 
 
@@ -90,7 +94,8 @@ def run_relay_churn(root: str | None = None, python: str | None = None,
         tls_port, ws_port = _free_tcp_port(), _free_tcp_port()
         cfg = os.path.join(tmp, "relay.yaml")
         with open(cfg, "w") as fh:
-            fh.write(_config(tls_port, ws_port, cert_path, key_path))
+            fh.write(_config(tls_port, ws_port, cert_path, key_path, workers_key=os.path.exists(
+                os.path.join(root, "relay", "net", "workers.py"))))
         env = dict(os.environ)
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
         log = open(log_path or os.path.join(tmp, "relay.log"), "wb")
@@ -129,14 +134,18 @@ _CLIENT_CTX.verify_mode = ssl.CERT_NONE
 
 def aborted_tls_handshake(addr: tuple[str, int], timeout: float = 2.0) -> None:
     """Send a ClientHello, wait for the server's first flight, then reset the connection
-    before finishing the handshake."""
+    before finishing the handshake.  (A server that answers within the first call finishes
+    the handshake at once: then the reset comes after it, and nothing is waited for.)"""
     raw = socket.create_connection(addr, timeout=timeout)
     tls = _CLIENT_CTX.wrap_socket(raw, do_handshake_on_connect=False,
                                   server_hostname="localhost")
     tls.setblocking(False)
+    answered = False
     with contextlib.suppress(ssl.SSLWantReadError, ssl.SSLError, OSError):
-        tls.do_handshake()  # the ClientHello leaves; the answer is not there yet
-    select.select([tls], [], [], timeout)  # the server's hello has arrived
+        tls.do_handshake()  # the ClientHello leaves; the answer is usually not there yet
+        answered = True
+    if not answered:
+        select.select([tls], [], [], timeout)  # the server's hello has arrived
     _reset(tls)
 
 

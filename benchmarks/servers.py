@@ -147,11 +147,12 @@ def coturn_command(host: str, port: int, min_port: int, max_port: int, *,
 
 def relay_config_yaml(host: str, port: int, min_port: int, max_port: int,
                       guard: bool = False, *, workers: int = 1, health_port: int = 0,
-                      data_plane: str | None = None) -> str:
+                      workers_key: bool = True, data_plane: str | None = None) -> str:
     """A StunnerConfig v1 equivalent to coturn_command(); `guard`: keep relay's default
     401/438 reflection guard instead of turning it off; `workers` TURN worker processes
     (as coturn's relay threads); `health_port`: serve /status there (0: no admin);
-    `data_plane`: turn.data_plane (None: the default)."""
+    `workers_key`: the tree knows `turn.workers` (older trees refuse the key and run one
+    process); `data_plane`: turn.data_plane (None: the tree's default)."""
     peers = "::1/128" if ":" in host else "127.0.0.1/32"
     return (
         "version: v1\n"
@@ -169,8 +170,10 @@ def relay_config_yaml(host: str, port: int, min_port: int, max_port: int,
         # turnutils_uclient (an RFC 5766 client) picks channel numbers up to 0x7FFF, which
         # RFC 8656 refuses; coturn accepts them, so relay does here too.
         f"turn: {{min_port: {min_port}, max_port: {max_port}, "
+        # turn.workers always where the tree knows it (its default is every CPU), so a
+        # benchmark runs what it says; never for trees from before the key (A/B)
         f"{'' if guard else 'unauthorized_ratelimit: 0, '}rfc5766_channels: true"
-        f", workers: {workers}"
+        f"{f', workers: {workers}' if workers_key else ''}"
         f"{'' if data_plane is None else f', data_plane: {data_plane}'}}}\n"
     )
 
@@ -224,8 +227,12 @@ def run_relay(host: str = "127.0.0.1", port: int | None = None, *,
     with tempfile.TemporaryDirectory(prefix="relay-bench-relay-") as tmp:
         cfg = os.path.join(tmp, "relay.yaml")
         with open(cfg, "w") as fh:
+            knows_workers = os.path.exists(os.path.join(root, "relay", "net", "workers.py"))
+            if workers != 1 and not knows_workers:
+                raise ValueError(f"{root} has no TURN workers (turn.workers: {workers})")
             fh.write(relay_config_yaml(host, port, lo, hi, guard, workers=workers,
-                                       health_port=health_port, data_plane=data_plane))
+                                       health_port=health_port, workers_key=knows_workers,
+                                       data_plane=data_plane))
         cmd = [python or sys.executable, "-m", "relay", "-c", cfg]
         env = dict(os.environ)
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")

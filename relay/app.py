@@ -45,7 +45,7 @@ from relay.net.probe import run_probe
 from relay.net.workers import Workers, serve_workers
 from relay.runtime import Runtime
 from relay.signaling.server import serve_signaling
-from relay.signaling.turn_credentials import TurnServers, own_uris
+from relay.signaling.turn_credentials import TurnServers, listener_uris
 from relay.turn.stats import TurnStats
 
 log = logging.getLogger("relay")
@@ -100,7 +100,7 @@ async def run(
     quiet_foreign_accept_loops()  # hypercorn's accept loop: EMFILE counted, not a traceback
     admin = config.admin.metrics_endpoint is not None or (
         config.admin.healthcheck_endpoint is not None)
-    control = Control(runtime, config_path)
+    control = Control(runtime, config_path, turn_servers)
     try:
         async with trio.open_nursery() as nursery:
             if handle_signals:  # first, so no signal finds relay without its handler
@@ -114,7 +114,7 @@ async def run(
                 gateway = await nursery.start(
                     _serve_listeners, runtime, frozenset(http.values()))
                 control.gateway = gateway
-                turn_servers.uris = tuple(own_uris(_turn_uri_parts(config, gateway)))
+                turn_servers.uris = listener_uris(config.listeners, gateway.bound_ports)
             if admin:  # readiness is served: keep it honest about the media path
                 await nursery.start(run_probe, health)
             if watch and config_path is not None:
@@ -148,19 +148,6 @@ async def _serve_listeners(
             task_status.started(gateway)
     finally:
         runtime.health.mark_unbound()
-
-
-def _turn_uri_parts(config: Config, gateway: Gateway) -> list[tuple[str, str, int]]:
-    """(protocol, host, port) of each TURN listener as clients reach it: the public
-    address/port when set, else the bound one; wildcard addresses name no host: left out."""
-    out = []
-    for lis in config.listeners:
-        host = lis.public_address or lis.address
-        port = lis.public_port or gateway.bound_ports.get(lis.name, 0)
-        if host in ("", "0.0.0.0", "::") or not port:
-            continue
-        out.append((lis.protocol, host, port))
-    return out
 
 
 def describe(running: Running) -> list[str]:

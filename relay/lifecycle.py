@@ -37,6 +37,7 @@ from relay.net.workers import Workers
 from relay.runtime import Runtime
 from relay.signaling.hub import Hub
 from relay.signaling.reload import open_connections, reconfigure, say_goodbye
+from relay.signaling.turn_credentials import TurnServers, listener_uris
 
 log = logging.getLogger("relay")
 
@@ -48,8 +49,10 @@ SIGNALING_CLOSE_WAIT = 5.0  # at most this long for signaling clients to close a
 class Control:
     """Reload and drain of one running relay."""
 
-    def __init__(self, runtime: Runtime, config_path: str | None = None) -> None:
+    def __init__(self, runtime: Runtime, config_path: str | None = None,
+                 turn_servers: TurnServers | None = None) -> None:
         self.runtime = runtime
+        self.turn_servers = turn_servers  # relay's own TURN URIs (/turn/credentials)
         self.config = runtime.config  # the config in force
         self.config_path = config_path
         self.gateway: Gateway | Workers | None = None  # Workers: turn.workers > 1
@@ -96,6 +99,8 @@ class Control:
             gw = self.gateway
             live = [lis for lis in new.listeners if lis.name in gw.bound_ports]
             self.runtime.health.set_listeners(live, gw.bound_ports)
+            if self.turn_servers is not None:
+                self.turn_servers.uris = listener_uris(live, gw.bound_ports)
         restart = needs_restart(self.config, new, gateway=self.gateway is not None,
                                 signaling=self.hub is not None)
         if restart:

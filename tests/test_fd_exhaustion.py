@@ -41,7 +41,9 @@ listeners:
   - {{name: tcp, protocol: TURN-TCP, address: 127.0.0.1, port: 0, routes: [peers]}}
 clusters:
   - {{name: peers, type: STATIC, endpoints: [127.0.0.1/32]}}
-turn: {{min_port: {lo}, max_port: {hi}, max_connections_per_ip: 2000}}
+# one process: the limit, its reserve and the counts asserted are that process's own (each
+# TURN worker keeps its own reserve, docs/workers.md)
+turn: {{workers: 1, min_port: {lo}, max_port: {hi}, max_connections_per_ip: 2000}}
 signaling:
   http: {{listen: "127.0.0.1:0", max_connections_per_ip: 2000}}
   backend: {{allowall: true, secret: fd-test-secret}}

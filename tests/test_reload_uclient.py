@@ -38,7 +38,10 @@ def raw_config(password: str, listeners: list[dict[str, object]], ports: tuple[i
                  "credentials": {"username": USER, "password": password}},
         "listeners": listeners,
         "clusters": [{"name": "peers", "type": "STATIC", "endpoints": ["127.0.0.1/32"]}],
-        "turn": {"min_port": ports[0], "max_port": ports[1], "rfc5766_channels": True},
+        # one process: the test reads the gateway's own counters while uclient streams
+        # (tests/net/test_workers_listeners.py reloads listeners with workers)
+        "turn": {"workers": 1, "min_port": ports[0], "max_port": ports[1],
+                 "rfc5766_channels": True},
     }
 
 

@@ -195,9 +195,10 @@ class TurnConfig:
     # How TURN-UDP datagrams are forwarded: "native" (compiled with numba: relay/net/native.py),
     # "python" (the interpreter; `batch_io` applies), "auto" (native where numba is installed)
     data_plane: str = "auto"
-    # TURN worker processes sharing the listener ports (0: one per usable CPU); 1, the
-    # default, runs the gateway in the main process (docs/workers.md says why)
-    workers: int = 1
+    # TURN worker processes sharing the listener ports; by default (or 0) one per usable
+    # CPU, at most one per two relay ports; 1 runs the gateway in the main process
+    # (docs/workers.md)
+    workers: int = attrs.field(factory=usable_cpus)
     # RFC 5766 let clients pick channels up to 0x7FFF (coturn's turnutils_uclient does);
     # RFC 8656 narrowed them to 0x4000-0x4FFF, our default.
     rfc5766_channels: bool = False
@@ -589,7 +590,7 @@ def _parse_turn(raw: Any, key: str) -> TurnConfig:
         rfc5766_channels=s.get_bool("rfc5766_channels", d.rfc5766_channels),
         batch_io=s.get_bool("batch_io", d.batch_io),
         data_plane=_data_plane(s, d.data_plane),
-        workers=_workers(s, min_port, max_port, d.workers),
+        workers=_workers(s, min_port, max_port),
     )
     s.done()
     return cfg
@@ -605,15 +606,17 @@ def _data_plane(s: Section, default: str) -> str:
     return value
 
 
-def _workers(s: Section, min_port: int, max_port: int, default: int) -> int:
-    """`turn.workers` (default 1): 0 means one per usable CPU; each worker needs its own
-    slice of the relay port range, at least two ports (an even/odd pair)."""
-    n = s.get_int("workers", default, min=0, max=1024)
+def _workers(s: Section, min_port: int, max_port: int) -> int:
+    """`turn.workers`: absent or 0, one per usable CPU, as many as the relay port range
+    gives each worker its own slice of at least two ports (an even/odd pair); a number asks
+    for exactly that many (an error when the range is too small for them)."""
+    n = s.get_int("workers", 0, min=0, max=1024)
+    ports = max_port - min_port + 1
     if n == 0:
-        n = usable_cpus()
-    if n > 1 and (max_port - min_port + 1) // n < 2:
+        return max(1, min(usable_cpus(), ports // 2))
+    if n > 1 and ports // n < 2:
         raise ConfigError(s.key("workers"), f"{n} workers need at least {2 * n} relay ports "
-                          f"(min_port..max_port has {max_port - min_port + 1})")
+                          f"(min_port..max_port has {ports})")
     return n
 
 

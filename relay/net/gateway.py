@@ -296,7 +296,11 @@ def _io(alloc: Allocation) -> AllocationIO:
 @attrs.frozen
 class WorkerShare:
     """What the gateway of a worker process shares with the other workers: its listener
-    sockets (name -> socket bound by the supervisor), the quota ledger, the nonce key."""
+    sockets (name -> socket bound by the supervisor), the quota ledger, the nonce key.
+
+    `sockets` holds the sockets handed and not served yet: those of every listener at
+    start, those a reload hands (the worker fills it before `Gateway.reconfigure`, which
+    takes what new or re-bound listeners need)."""
 
     sockets: dict[str, socket.socket]
     ledger: QuotaLedger
@@ -428,7 +432,12 @@ class Gateway:
         yet, so a reload can bind all its new listeners before it changes anything. `key`
         names the listener in the config, for errors."""
         fam = FAMILY_V6 if ":" in lis.address else FAMILY_V4
-        given = None if self.shared is None else self.shared.sockets.get(lis.name)
+        given = None
+        if self.shared is not None:  # a worker serves what the supervisor bound, never binds
+            given = self.shared.sockets.pop(lis.name, None)
+            if given is None:
+                raise OSError(errno.EBADF, f"{key}.port (listener {lis.name}): no socket "
+                              "from the supervisor")
         if lis.protocol != "TURN-UDP":
             return self._bind_stream(lis, fam, key, given)
         if given is not None:  # bound by the supervisor, shared by port with the workers

@@ -2,14 +2,18 @@
 
 Reads its `WorkerSpec` (pickled) from stdin, serves the gateway on the listener sockets it
 inherited, reports `("ready", ports)` and then its counters every `REPORT_INTERVAL` on
-stdout.  Later messages on stdin: `("config", Config)` reloads its gateway
-(`Gateway.reconfigure`); `("drain", grace)` drains it: new Allocates refused (508), the
-allocations relay on until they end or `grace` seconds pass, then it reports `("drained",
-cut)` and goes on refusing until the supervisor stops it (when every worker has drained),
-so a client the kernel sends to it hears 508 rather than nothing.  SIGTERM drains the same
-way (a service manager may signal the whole group).  When its stdin closes (the supervisor
-stops it, or is gone) it stops at once and exits 0.  SIGINT and SIGHUP are
-ignored: Ctrl-C and a reload reach the supervisor, which tells the workers.
+stdout, and the names of the listeners it serves whenever they change (`("listeners",
+names)`: a removed listener stays until it drained).  Later messages on stdin:
+`("config", Config)` reloads its gateway (`Gateway.reconfigure`), with the listener sockets
+the supervisor sent just before on the descriptor channel (`WorkerSpec.channel_fd`): new
+or re-bound listeners are served on them, the rest are closed.  `("drain", grace)` drains
+it: new Allocates refused (508), the allocations relay on until they end or `grace`
+seconds pass, then it reports `("drained", cut)` and goes on refusing until the supervisor
+stops it (when every worker has drained), so a client the kernel sends to it hears 508
+rather than nothing.  SIGTERM drains the same way (a service manager may signal the whole
+group).  When its stdin closes (the supervisor stops it, or is gone) it stops at once and
+exits 0.  SIGINT and SIGHUP are ignored: Ctrl-C and a reload reach the supervisor, which
+tells the workers.
 """
 
 from __future__ import annotations
@@ -28,15 +32,29 @@ from relay.errors import ConfigError
 from relay.fdlimit import raise_nofile_limit
 from relay.net.gateway import Gateway, WorkerShare, serve_gateway
 from relay.net.shared_quota import SharedQuota
-from relay.net.workers import REPORT_INTERVAL, WorkerSpec, _frames, _len, frame
+from relay.net.workers import (
+    REPORT_INTERVAL,
+    WorkerSpec,
+    _frames,
+    _len,
+    frame,
+    receive_sockets,
+)
 from relay.turn.stats import TurnStats
 
 log = logging.getLogger("relay.worker")
 
 
-async def _report(out: trio.lowlevel.FdStream, stats: TurnStats) -> None:
+async def _report(out: trio.lowlevel.FdStream, stats: TurnStats, gw: Gateway) -> None:
+    """Counters every `REPORT_INTERVAL`; the listeners served (draining ones included)
+    whenever they change, so the supervisor knows when a removed one is closed everywhere."""
+    serving = set(gw.listener_configs)
     while True:
         await trio.sleep(REPORT_INTERVAL)
+        now = set(gw.listener_configs)
+        if now != serving:
+            serving = now
+            await out.send_all(frame("listeners", sorted(now)))
         await out.send_all(frame("stats", stats))
 
 
@@ -44,10 +62,18 @@ POLL = 0.2  # a drain checks for the last allocation this often
 
 
 async def _commands(inp: trio.lowlevel.FdStream, out: trio.lowlevel.FdStream, gw: Gateway,
+                    share: WorkerShare, channel: socket.socket,
                     stop: trio.CancelScope, nursery: trio.Nursery) -> None:
-    """The supervisor's messages, until stdin closes (then stop at once)."""
+    """The supervisor's messages, until stdin closes (then stop at once).  A config comes
+    after its listener sockets on the descriptor channel: the gateway takes those of new
+    or re-bound listeners, the others are closed here."""
     async for kind, body in _frames(inp):
         if kind == "config":
+            handed = await receive_sockets(channel)
+            if handed is None:
+                break  # the supervisor is gone
+            share.sockets.clear()
+            share.sockets.update(handed)
             try:
                 changes = gw.reconfigure(body)
             except (OSError, ConfigError) as exc:  # checked by the supervisor first
@@ -55,6 +81,10 @@ async def _commands(inp: trio.lowlevel.FdStream, out: trio.lowlevel.FdStream, gw
             else:
                 log.info("config reloaded: %s",
                          "; ".join(changes) if changes else "no listener changed")
+            finally:
+                for sock in share.sockets.values():  # not needed: its listener kept its own
+                    sock.close()
+                share.sockets.clear()
         elif kind == "drain":
             nursery.start_soon(_drain, gw, float(body), out)
     stop.cancel()
@@ -88,10 +118,9 @@ async def _on_sigterm(gw: Gateway, grace: float, out: trio.lowlevel.FdStream,
 
 async def run(spec: WorkerSpec, inp: trio.lowlevel.FdStream,
               out: trio.lowlevel.FdStream) -> None:
-    sockets = {}
-    for name, fd in spec.fds.items():
-        if name not in sockets:
-            sockets[name] = socket.socket(fileno=fd)
+    sockets = {name: socket.socket(fileno=fd) for name, fd in spec.fds.items()}
+    channel = socket.socket(fileno=spec.channel_fd)
+    channel.setblocking(False)
     ledger = SharedQuota(spec.quota_fd, spec.workers, spec.index)
     stats = TurnStats()
     share = WorkerShare(sockets=sockets, ledger=ledger, nonce_key=spec.nonce_key,
@@ -105,10 +134,11 @@ async def run(spec: WorkerSpec, inp: trio.lowlevel.FdStream,
         gc.collect()
         gc.freeze()
         await out.send_all(frame("ready", dict(gw.bound_ports)))
-        nursery.start_soon(_report, out, stats)
+        nursery.start_soon(_report, out, stats, gw)
         async with trio.open_nursery() as until:
             grace = spec.config.shutdown.grace_period
-            until.start_soon(_commands, inp, out, gw, until.cancel_scope, until)
+            until.start_soon(_commands, inp, out, gw, share, channel, until.cancel_scope,
+                             until)
             until.start_soon(_on_sigterm, gw, grace, out, until)
         nursery.cancel_scope.cancel()
     await out.send_all(frame("stats", stats))

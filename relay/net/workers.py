@@ -1,11 +1,11 @@
 """TURN on every core: worker processes sharing the listener ports (`turn.workers` > 1).
 
 The supervisor (in the main process, beside the admin app and signaling) binds, per
-TURN-UDP listener, one `SO_REUSEPORT` socket per worker and keeps every one of them open
-for its whole life, handing worker *i* its socket *i*.  The kernel picks a group member by a
-hash of the client's 4-tuple; since the group never changes, neither does a client's worker,
-also while another worker is down or after it restarts (docs/workers.md has the
-measurements).  A TURN-TCP/TLS listener is one listening socket shared by every worker: a
+TURN-UDP listener, one `SO_REUSEPORT` socket per worker and keeps every one of them open as
+long as the listener exists, handing worker *i* its socket *i*.  The kernel picks a group
+member by a hash of the client's 4-tuple; since the group never changes, neither does a
+client's worker, also while another worker is down or after it restarts (docs/workers.md
+has the measurements).  A TURN-TCP/TLS listener is one listening socket shared by every worker: a
 connection lives in the worker that accepted it.
 
 Each worker (`python -m relay.net.worker`) runs the ordinary gateway (`serve_gateway`) in
@@ -29,9 +29,12 @@ the workers over their stdin: each worker reloads its own gateway from its share
 config; a drain makes each worker refuse new allocations and report once its last one
 ended (or its grace period is over); the drain is over when every worker has, then relay
 stops them (they exit 0).  A worker that exits during a drain is not restarted.
-The listener sockets are the supervisor's, bound at start: a reload that adds, removes or
-re-binds a listener applies that at the next restart (it says so); everything else
-(credentials, routes, clusters, quotas, TLS certificates, ...) applies live.
+Listeners are added, removed and re-bound live, as in one process: the supervisor binds a
+new listener's sockets (before it tells any worker, so a bind error refuses the reload
+everywhere) and hands each worker its own over a unix socket pair (`SCM_RIGHTS`) just
+before the config; a worker never binds a listener itself.  A removed listener's sockets
+stay in the supervisor until no worker serves it any more (each drains it as one process
+does), so the `SO_REUSEPORT` group keeps its order while any worker still drains.
 Stopping closes each worker's stdin (it stops at once) and waits `STOP_TIMEOUT` before
 SIGKILL; a worker whose stdin closes because the supervisor died stops too.
 """
@@ -39,6 +42,7 @@ SIGKILL; a worker whose stdin closes because the supervisor died stops too.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import pickle
@@ -66,6 +70,7 @@ REPORT_INTERVAL = 0.25
 RESTART_DELAY = 0.5
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
+MAX_HANDED = 250  # listener sockets one reload can hand a worker (SCM_MAX_FD is 253)
 _len = struct.Struct("!I")
 
 
@@ -77,6 +82,7 @@ class WorkerSpec:
     config: Config  # its own: port slice, 401 share, workers=1
     own_addresses: frozenset[tuple[str, int]]
     fds: dict[str, int]  # listener name -> inherited socket descriptor
+    channel_fd: int  # its end of the descriptor channel (listener sockets on reload)
     quota_fd: int
     workers: int
     nonce_key: bytes
@@ -108,9 +114,10 @@ def worker_config(config: Config, index: int, workers: int) -> Config:
     return attrs.evolve(config, turn=turn, listeners=tuple(listeners), signaling=None)
 
 
-def _bind(lis: ListenerConfig, port: int) -> socket.socket:
+def _bind(lis: ListenerConfig, port: int, key: str) -> socket.socket:
     """A listener's socket for the workers: TURN-UDP, one member of the `SO_REUSEPORT`
-    group on `port`; TURN-TCP/TLS, the one listening socket they all accept from."""
+    group on `port`; TURN-TCP/TLS, the one listening socket they all accept from.  `key`
+    names the listener in the config, for errors."""
     fam = socket.AF_INET6 if ":" in lis.address else socket.AF_INET
     udp = lis.protocol == "TURN-UDP"
     sock = socket.socket(fam, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
@@ -124,9 +131,65 @@ def _bind(lis: ListenerConfig, port: int) -> socket.socket:
             sock.listen(socket.SOMAXCONN)
     except OSError as exc:
         sock.close()
-        raise OSError(exc.errno, f"listener {lis.name}: cannot bind {lis.address}:{port}"
-                      f"/{'udp' if udp else 'tcp'}: {exc.strerror}") from None
+        raise OSError(exc.errno, f"{key}.port (listener {lis.name}): cannot bind "
+                      f"{lis.address}:{port}/{'udp' if udp else 'tcp'}: {exc.strerror}"
+                      ) from None
     return sock
+
+
+@attrs.define
+class Group:
+    """One listener's sockets in the supervisor: `socks[i]` is worker *i*'s (TURN-UDP: a
+    member of the `SO_REUSEPORT` group; TURN-TCP/TLS: the same listening socket for all)."""
+
+    lis: ListenerConfig
+    port: int  # as bound (the config may ask for 0)
+    socks: list[socket.socket]
+
+    def close(self) -> None:
+        for s in {id(s): s for s in self.socks}.values():
+            s.close()
+
+
+def bind_group(lis: ListenerConfig, workers: int, udp_buffer: int, key: str) -> Group:
+    """Bind one listener for `workers` workers; nothing stays open on an error."""
+    first = _bind(lis, lis.port, key)
+    port = int(first.getsockname()[1])
+    if lis.protocol != "TURN-UDP":
+        return Group(lis, port, [first] * workers)
+    socks = [first]
+    try:
+        for _ in range(1, workers):
+            socks.append(_bind(lis, port, key))
+    except OSError:
+        for s in socks:
+            s.close()
+        raise
+    for s in socks:
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            with contextlib.suppress(OSError):
+                s.setsockopt(socket.SOL_SOCKET, opt, udp_buffer)
+    return Group(lis, port, socks)
+
+
+def send_sockets(channel: socket.socket, sockets: dict[str, socket.socket]) -> None:
+    """Hand a worker these listener sockets (name -> socket) over its descriptor channel
+    (`SCM_RIGHTS`): one message, the names pickled, the descriptors attached in order."""
+    names = list(sockets)
+    socket.send_fds(channel, [pickle.dumps(names)], [sockets[n].fileno() for n in names])
+
+
+async def receive_sockets(channel: socket.socket) -> dict[str, socket.socket] | None:
+    """The listener sockets of one `send_sockets` message (None: the channel closed)."""
+    await trio.lowlevel.wait_readable(channel)
+    data, fds, flags, _addr = socket.recv_fds(channel, 1 << 16, MAX_HANDED)
+    socks = [socket.socket(fileno=fd) for fd in fds]
+    if not data or flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
+        for s in socks:
+            s.close()
+        return None
+    names: list[str] = pickle.loads(data)
+    return dict(zip(names, socks, strict=True))
 
 
 class Workers:
@@ -139,8 +202,9 @@ class Workers:
         self.stats = stats
         self.health = health
         self.own_addresses = frozenset(own_addresses)
-        self.bound_ports: dict[str, int] = {}
-        self.sockets: list[dict[str, socket.socket]] = [{} for _ in range(self.count)]
+        self.groups: dict[str, Group] = {}  # the listeners in force, by name
+        # removed listeners, held until no worker serves them any more (see `reconfigure`)
+        self.retiring: dict[str, Group] = {}
         self.reports: dict[int, TurnStats] = {}
         self.retired = TurnStats()  # counters of workers that are gone
         self.status = {i: WorkerStatus(i) for i in range(self.count)}
@@ -150,47 +214,111 @@ class Workers:
         self.stopping = False
         self.draining = False
         self.drained: set[int] = set()  # workers whose drain is over
-        # worker index -> messages for its stdin (reload, drain), while it runs
+        # worker index -> messages for its stdin (reload, drain), from its start on
         self.inboxes: dict[int, trio.MemorySendChannel[bytes]] = {}
-        self.started_listeners = {lis.name: lis for lis in config.listeners}
+        # worker index -> the supervisor's end of its descriptor channel
+        self.channels: dict[int, socket.socket] = {}
+        # worker index -> the listeners it serves (draining ones included), as it reports
+        self.serving: dict[int, set[str]] = {}
+
+    @property
+    def bound_ports(self) -> dict[str, int]:
+        """Listener name -> bound port, for the listeners in force."""
+        return {name: g.port for name, g in self.groups.items()}
 
     # -- reload and drain, as Gateway's --------------------------------------------------------
 
     def reconfigure(self, config: Config) -> list[str]:
-        """Send each worker its share of a reloaded config; what changed, for the log.
-        Listener sockets stay as bound at start (see the module docstring)."""
-        changes: list[str] = []
-        later: list[str] = []
-        listeners = []
+        """Apply a reloaded config in every worker; what changed, for the log.
+
+        Listeners are matched by name, as `Gateway.reconfigure` does.  The supervisor binds
+        what is new (an added listener, or one whose protocol, address or port changed)
+        before anything changes: a bind error (or an unreadable TLS certificate) raises and
+        the old config stays, in every worker.  Then each worker gets its sockets of the
+        listeners in force over its descriptor channel and its share of the config on its
+        stdin; its gateway serves the new ones with the sockets handed (it never binds a
+        listener itself), closes re-bound ones and drains removed ones.
+
+        A removed listener's sockets stay open here until no worker serves it any more: a
+        TURN-UDP group that lost a member would re-hash the clients of the workers still
+        draining theirs (docs/workers.md), and a listener back before its drain ended
+        keeps its sockets."""
         new = {lis.name: lis for lis in config.listeners}
-        for name, old in self.started_listeners.items():
-            lis = new.get(name)
-            if lis is None:
-                later.append(f"listener {name} removed")
-                listeners.append(self._current(name))
-            elif not same_binding(old, self.bound_ports[name], lis):
-                later.append(f"listener {name} re-bound")
-                listeners.append(self._current(name))
-            else:
-                if lis.protocol == "TURN-TLS":
-                    tls_context(lis.cert, lis.key)  # readable, or the reload is refused
-                listeners.append(lis)
-        later += [f"listener {name} added" for name in new if name not in self.started_listeners]
-        if later:
-            log.warning("reload: with turn.workers > 1, %s take(s) effect at the next restart",
-                        ", ".join(later))
+        for lis in config.listeners:
+            if lis.protocol == "TURN-TLS":
+                tls_context(lis.cert, lis.key)  # readable, or the reload is refused
+        opened: dict[str, Group] = {}
+        try:
+            for i, lis in enumerate(config.listeners):
+                g = self.groups.get(lis.name)
+                if g is not None and same_binding(g.lis, g.port, lis):
+                    continue
+                r = self.retiring.get(lis.name)
+                if g is None and r is not None and same_binding(r.lis, r.port, lis):
+                    continue  # back before it drained
+                key = f"listeners[{i}]"
+                self._check_free(lis, key)
+                opened[lis.name] = bind_group(lis, self.count,
+                                              config.turn.udp_receive_buffer, key)
+        except BaseException:
+            for g in opened.values():
+                g.close()
+            raise
+        # Nothing can fail from here on.
+        changes: list[str] = []
+        for name in list(self.groups):
+            if name not in new:
+                self.retiring[name] = self.groups.pop(name)
+                changes.append(f"listener {name}: removed, draining in the workers")
+        for name, lis in new.items():
+            if name in opened:
+                old = self.groups.pop(name, None) or self.retiring.pop(name, None)
+                if old is not None:
+                    old.close()  # each worker closes its own copy as it re-binds
+                    changes.append(f"listener {name}: re-bound")
+                g = self.groups[name] = opened[name]
+                changes.append(f"listener {name}: {lis.protocol} on "
+                               f"{_hostport(lis.address, g.port)}")
+            elif name not in self.groups:
+                self.groups[name] = self.retiring.pop(name)
+                changes.append(f"listener {name}: back, no longer draining")
+            self.groups[name].lis = lis
         turn = attrs.evolve(config.turn, workers=self.count)
-        self.config = attrs.evolve(config, turn=turn, listeners=tuple(listeners))
+        self.config = attrs.evolve(config, turn=turn)
+        told = 0
         for index, inbox in list(self.inboxes.items()):
+            try:
+                send_sockets(self.channels[index], self._sockets(index))
+            except OSError as exc:  # gone: it restarts with the new config
+                log.warning("reload: TURN worker %d not reached: %s", index, exc)
+                continue
             inbox.send_nowait(frame("config", worker_config(self.config, index, self.count)))
-        changes.append(f"{len(self.inboxes)} TURN worker(s) reloaded")
+            told += 1
+        changes.append(f"{told} TURN worker(s) reloaded")
+        self._release_retired()
         return changes
 
-    def _current(self, name: str) -> ListenerConfig:
-        for lis in self.config.listeners:
-            if lis.name == name:
-                return lis
-        return self.started_listeners[name]
+    def _check_free(self, lis: ListenerConfig, key: str) -> None:
+        """A TURN-UDP port the supervisor holds already (a listener still draining, say) is
+        in use, as it is for the single process: `SO_REUSEPORT` would let the new sockets
+        join that group."""
+        if lis.protocol != "TURN-UDP" or not lis.port:
+            return
+        for g in (*self.groups.values(), *self.retiring.values()):
+            if (g.lis.protocol, g.lis.address, g.port) == (lis.protocol, lis.address, lis.port):
+                raise OSError(errno.EADDRINUSE, f"{key}.port (listener {lis.name}): cannot "
+                              f"bind {lis.address}:{lis.port}/udp: Address already in use")
+
+    def _release_retired(self) -> None:
+        """Close the removed listeners no worker serves any more."""
+        for name in list(self.retiring):
+            if not any(name in names for names in self.serving.values()):
+                self.retiring.pop(name).close()
+                log.info("listener %s: closed in every TURN worker", name)
+
+    def _sockets(self, index: int) -> dict[str, socket.socket]:
+        """Worker `index`'s sockets of the listeners in force."""
+        return {name: g.socks[index] for name, g in self.groups.items()}
 
     def drain(self) -> None:
         """Every worker refuses new allocations and exits once its last one ended."""
@@ -209,35 +337,22 @@ class Workers:
         return sum(st.allocations for st in self.status.values() if st.up)
 
     def bind(self) -> None:
-        for lis in self.config.listeners:
-            if lis.protocol == "TURN-UDP":
-                first = _bind(lis, lis.port)
-                port = first.getsockname()[1]
-                self.sockets[0][lis.name] = first
-                for i in range(1, self.count):
-                    self.sockets[i][lis.name] = _bind(lis, port)
-                for i in range(self.count):
-                    s = self.sockets[i][lis.name]
-                    try:
-                        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                            s.setsockopt(socket.SOL_SOCKET, opt,
-                                         self.config.turn.udp_receive_buffer)
-                    except OSError:
-                        pass
-            else:
-                shared = _bind(lis, lis.port)
-                port = shared.getsockname()[1]
-                for i in range(self.count):
-                    self.sockets[i][lis.name] = shared
-            self.bound_ports[lis.name] = port
+        try:
+            for i, lis in enumerate(self.config.listeners):
+                self.groups[lis.name] = bind_group(
+                    lis, self.count, self.config.turn.udp_receive_buffer, f"listeners[{i}]")
+        except OSError:
+            self.close_sockets()
+            raise
+
+    def close_sockets(self) -> None:
+        for g in (*self.groups.values(), *self.retiring.values()):
+            g.close()
+        self.groups.clear()
+        self.retiring.clear()
 
     def close(self) -> None:
-        seen: set[int] = set()
-        for group in self.sockets:
-            for s in group.values():
-                if id(s) not in seen:
-                    seen.add(id(s))
-                    s.close()
+        self.close_sockets()
         self.quota.close()
         os.close(self.quota.fd)
 
@@ -249,15 +364,16 @@ class Workers:
         for rep in self.reports.values():
             add_stats(self.stats, rep)
 
-    def _spec(self, index: int) -> WorkerSpec:
+    def _spec(self, index: int, channel_fd: int) -> WorkerSpec:
         own = set(self.own_addresses)
-        for lis in self.config.listeners:
-            own.add((lis.address, self.bound_ports[lis.name]))
+        for g in self.groups.values():
+            own.add((g.lis.address, g.port))
         return WorkerSpec(
             index=index,
             config=worker_config(self.config, index, self.count),
             own_addresses=frozenset(own),
-            fds={name: s.fileno() for name, s in self.sockets[index].items()},
+            fds={name: s.fileno() for name, s in self._sockets(index).items()},
+            channel_fd=channel_fd,
             quota_fd=self.quota.fd,
             workers=self.count,
             nonce_key=self.nonce_key,
@@ -270,17 +386,30 @@ class Workers:
         st = self.status[index]
         first = True
         while True:
-            spec = self._spec(index)
-            pass_fds = [*spec.fds.values(), spec.quota_fd]
-            proc = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "relay.net.worker"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=pass_fds)
-            self.processes[index] = proc
-            st.pid = proc.pid
-            st.since = time.time()
-            got_ready = False
+            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            mine.setblocking(False)
             inbox, outbox = trio.open_memory_channel[bytes](64)
+            spec = self._spec(index, theirs.fileno())
+            # From here on reloads and a drain reach it: queued until it reads them, so
+            # none falls between its spec and its first read.
+            self.inboxes[index] = inbox
+            self.channels[index] = mine
+            self.serving[index] = set(spec.fds)
+            if self.draining:  # a drain began while it started
+                inbox.send_nowait(frame("drain", self.config.shutdown.grace_period))
+            got_ready = False
+            proc: trio.Process | None = None
             try:
+                try:
+                    proc = await trio.lowlevel.open_process(
+                        [sys.executable, "-m", "relay.net.worker"],
+                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                        pass_fds=[*spec.fds.values(), spec.quota_fd, spec.channel_fd])
+                finally:
+                    theirs.close()
+                self.processes[index] = proc
+                st.pid = proc.pid
+                st.since = time.time()
                 assert proc.stdin is not None and proc.stdout is not None
                 await proc.stdin.send_all(frame("spec", spec))
                 async with trio.open_nursery() as nursery:
@@ -289,10 +418,6 @@ class Workers:
                         if kind == "ready":
                             got_ready = True
                             st.up = True
-                            self.inboxes[index] = inbox
-                            if self.draining:  # a drain began while it started
-                                inbox.send_nowait(
-                                    frame("drain", self.config.shutdown.grace_period))
                             if first:
                                 first = False
                                 task_status.started()
@@ -301,6 +426,9 @@ class Workers:
                                 self.drained.add(index)
                             else:  # SIGTERM sent to the worker alone: stop, then restart
                                 await proc.stdin.aclose()
+                        elif kind == "listeners":
+                            self.serving[index] = set(body)
+                            self._release_retired()
                         elif kind == "stats":
                             self.reports[index] = body
                             st.allocations = body.allocations_active
@@ -312,16 +440,20 @@ class Workers:
             finally:
                 st.up = False
                 self.inboxes.pop(index, None)
+                self.channels.pop(index, None)
+                mine.close()
                 with trio.CancelScope(shield=True):
-                    if proc.returncode is None:
+                    if proc is not None and proc.returncode is None:
                         await _stop(proc)
+                    self.serving.pop(index, None)
+                    self._release_retired()
                     last = self.reports.pop(index, None)
                     if last is not None:
                         add_stats(self.retired, last, gauges=False)
                     self.quota.clear_row(index)
                     st.allocations = 0
                     self.sum_reports()
-                    if index in self.drained:
+                    if proc is not None and index in self.drained:
                         log.info("TURN worker %d (pid %d) drained, exited with code %s",
                                  index, proc.pid, proc.returncode)
             if first and not got_ready:
@@ -379,6 +511,10 @@ async def _frames(stream: trio.abc.ReceiveStream) -> Any:
 def frame(kind: str, body: Any) -> bytes:
     data = pickle.dumps((kind, body))
     return _len.pack(len(data)) + data
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def serve_workers(

@@ -18,11 +18,12 @@ import hmac
 import json
 import secrets
 import string
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from urllib.parse import parse_qs
 
 import attrs
 
+from relay.config import ListenerConfig
 from relay.config.signaling import TurnRestConfig
 from relay.signaling.answers import JSON, Answer, text_answer
 
@@ -55,10 +56,24 @@ def own_uris(listeners: Sequence[tuple[str, str, int]]) -> list[str]:
     return out
 
 
+def listener_uris(listeners: Iterable[ListenerConfig], bound_ports: Mapping[str, int]
+                  ) -> tuple[str, ...]:
+    """URIs of relay's own TURN listeners as clients reach them: the public address/port
+    when set, else the bound one; wildcard addresses name no host: left out."""
+    parts = []
+    for lis in listeners:
+        host = lis.public_address or lis.address
+        port = lis.public_port or bound_ports.get(lis.name, 0)
+        if host in ("", "0.0.0.0", "::") or not port:
+            continue
+        parts.append((lis.protocol, host, port))
+    return tuple(own_uris(parts))
+
+
 @attrs.define
 class TurnServers:
     """The URIs handed out when `[turn] servers` is empty: filled in by the app once the
-    gateway's listeners are bound (empty until then: 404)."""
+    gateway's listeners are bound (empty until then: 404), and again after each reload."""
 
     uris: tuple[str, ...] = ()
 

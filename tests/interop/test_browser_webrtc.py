@@ -109,7 +109,8 @@ def _config(address: str, min_port: int, max_port: int) -> Config:
                        "port": 0, "routes": ["loop"]}],
         # Both peers' relayed addresses are on loopback: the operator admits it explicitly.
         "clusters": [{"name": "loop", "type": "STATIC", "endpoints": ["127.0.0.1/32"]}],
-        "turn": {"min_port": min_port, "max_port": max_port},
+        # One process: the `wire` fixture watches the gateway's own methods in this process.
+        "turn": {"workers": 1, "min_port": min_port, "max_port": max_port},
     })
 
 

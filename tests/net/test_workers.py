@@ -9,10 +9,15 @@ loss, and comes back; the quotas hold for the whole server; the pieces (port sli
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
+import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -21,12 +26,22 @@ import trio
 from benchmarks.echo_peer import serve_udp_echo
 from benchmarks.turnclient import TurnClient, TurnError
 from relay.app import Running
-from relay.config import ConfigError, TurnConfig, usable_cpus
+from relay.config import (
+    DEMO_PASSWORD,
+    DEMO_USERNAME,
+    Config,
+    ConfigError,
+    TurnConfig,
+    default_config,
+    usable_cpus,
+)
 from relay.net.shared_quota import SharedQuota
 from relay.net.workers import port_slices, worker_config
 from relay.turn.policy import PeerPolicy
 from relay.turn.server import TurnServer
 from relay.turn.stats import TurnStats
+from tests.test_cli import LISTENER_LINE, MINIMAL, relay, write
+from tests.test_cli import Running as CliRunning
 from tests.test_lifecycle import relays
 from tests.turn.gateway_harness import PASSWORD, USER, client, config, running, until
 from tests.turn.stream_client import StreamTurnClient
@@ -194,13 +209,81 @@ def test_each_worker_gets_a_slice_of_a_listeners_own_relay_range() -> None:
 
 
 def test_workers_config_key() -> None:
-    assert config().turn.workers == 1  # the harness's default: one process
-    assert config(turn={"workers": 0}).turn.workers == usable_cpus()
-    assert TurnConfig().workers == 1  # one process by default (docs/workers.md)
+    assert config().turn.workers == 1  # the harness pins one process
+    # 0: one per usable CPU, at most one per two relay ports (16 here)
+    assert config(turn={"workers": 0}).turn.workers == min(usable_cpus(), 8)
+    assert config(turn={"workers": 0}, ports=2).turn.workers == 1
     with pytest.raises(ConfigError, match=r"turn\.workers"):
         config(turn={"workers": 8}, ports=8)
     with pytest.raises(ConfigError, match=r"turn\.workers"):
         config(turn={"workers": -1})
+
+
+def test_a_config_without_turn_workers_runs_one_worker_per_usable_cpu() -> None:
+    assert TurnConfig().workers == usable_cpus()
+    assert default_config().turn.workers == usable_cpus()  # 49152-65535: room for all
+    text = MINIMAL.format(port=0, metrics="", lo=40000, hi=40999)
+    assert "workers" not in text
+    assert Config.from_text(text).turn.workers == usable_cpus()
+    # a range too small for one worker per CPU gets as many as it has room for
+    assert Config.from_text(MINIMAL.format(port=0, metrics="", lo=40000, hi=40001)
+                            ).turn.workers == 1
+
+
+def _default_on_free_ports() -> str:
+    """The embedded default configuration (`--print-default-config`) with its fixed ports
+    (3478, 8080, 8086) set to 0: they may be taken on a machine running tests."""
+    text = relay("--print-default-config").stdout
+    for fixed, free in (("port: 3478", "port: 0"), ("127.0.0.1:8080/", "127.0.0.1:0/"),
+                        ("http://127.0.0.1:8086", "http://127.0.0.1:0")):
+        assert fixed in text
+        text = text.replace(fixed, free)
+    assert "workers" not in text
+    return text
+
+
+def test_the_embedded_default_starts_a_worker_per_cpu_and_relays(tmp_path: Path) -> None:
+    r = CliRunning(write(tmp_path, _default_on_free_ports()))
+    try:
+        out = r.read_until(b"relay is ready")
+        m = LISTENER_LINE.search(out)
+        assert m is not None and m.group(1) == "udp-listener", out
+        server = (m.group(2), int(m.group(3)))
+        health = re.search(r"^health: http://127\.0\.0\.1:(\d+)/live", out, re.MULTILINE)
+        assert health is not None, out
+
+        def status() -> dict[str, Any]:
+            url = f"http://127.0.0.1:{health.group(1)}/status"
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                doc: dict[str, Any] = json.loads(resp.read())
+            return doc
+
+        async def scenario() -> tuple[dict[str, Any], bool]:
+            with trio.fail_after(60):
+                async with trio.open_nursery() as nursery:
+                    peer = await nursery.start(serve_udp_echo, "127.0.0.1", 0)
+                    async with TurnClient(server, DEMO_USERNAME, DEMO_PASSWORD) as c:
+                        await c.allocate()
+                        await c.channel_bind(0x4000, peer)
+                        ok = await _echo(c, 0x4000, b"default")
+                        await trio.sleep(0.6)  # the workers' next reports
+                        doc = await trio.to_thread.run_sync(status)
+                    nursery.cancel_scope.cancel()
+            return doc, ok
+
+        doc, ok = trio.run(scenario)
+        rc, err = r.stop(signal.SIGINT)
+    finally:
+        r.kill()
+    assert ok
+    assert doc["allocations"] == 1
+    if usable_cpus() > 1:
+        workers = doc["workers"]
+        assert len(workers) == usable_cpus() and all(w["up"] for w in workers), workers
+        assert sum(w["allocations"] for w in workers) == 1
+    else:  # one CPU: one process
+        assert "workers" not in doc
+    assert rc == 0 and "Traceback" not in err, err
 
 
 def test_shared_quota_ledger_counts_over_every_row() -> None:

@@ -2,7 +2,8 @@
 
     python -m benchmarks.workers_bench --rounds 3 -n 50 -r 25000 -t 6
 
-Each round runs the same fixed-rate ChannelData load (`turn_load`) through relay with
+Each round runs the same fixed-rate ChannelData load (`turn_load`; `--mode send`: Send and
+Data indications) through relay with
 `turn.workers: 1`, relay with `turn.workers: 2` (both on the default data plane: compiled
 where numba is installed), relay with one worker on the Python path (`turn.data_plane:
 python`), coturn `--relay-threads=1` and coturn `--relay-threads=2`, in an order that is
@@ -57,7 +58,7 @@ def _status(port: int) -> dict[str, object]:
 
 
 def measure(server: str, args: argparse.Namespace, r: int) -> Run:
-    load = dict(clients=args.clients, mode="channel", size=args.size, rate=args.rate,
+    load = dict(clients=args.clients, mode=args.mode, size=args.size, rate=args.rate,
                 duration=args.duration, progress=False)
     share: list[float] = []
     if server.startswith("relay"):
@@ -84,6 +85,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--servers", default=",".join(SERVERS))
     p.add_argument("-n", "--clients", type=int, default=50)
+    p.add_argument("--mode", choices=("channel", "send"), default="channel",
+                   help="ChannelData, or Send/Data indications")
     p.add_argument("-s", "--size", type=int, default=100)
     p.add_argument("-r", "--rate", type=float, default=25000.0)
     p.add_argument("-t", "--duration", type=float, default=6.0)
@@ -113,6 +116,14 @@ def main() -> None:
         extra = f", busiest worker {max(shares):.1f} % of packets" if shares else ""
         print(f"  {server:11s} {us:6.2f} us/echo  loss {loss:.2f} %  {ppcs:9,.0f} pkt/CPU-s"
               + extra)
+    # ratios of CPU per echo within each round (the servers ran minutes apart, not days)
+    for a, b in (("relay-w1", "coturn-t1"), ("relay-w2", "coturn-t2"),
+                 ("relay-w1", "relay-py-w1")):
+        if a in servers and b in servers:
+            ratios = [x.us_per_echo / y.us_per_echo for x in runs if x.server == a
+                      for y in runs if y.server == b and y.round == x.round and y.us_per_echo]
+            print(f"  {a}/{b}: per-round ratios {' '.join(f'{q:.2f}' for q in ratios)}, "
+                  f"median {statistics.median(ratios):.2f}")
     if args.json:
         write_json(args.json, {"args": vars(args), "runs": [x.__dict__ for x in runs]})
 

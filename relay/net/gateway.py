@@ -43,7 +43,7 @@ from relay.net import mmsg, native
 from relay.net.forward import forward_channel_data, forward_send_indication
 from relay.net.mmsg import RecvBatch, SendBatch, SendResult
 from relay.net.stream import StreamConnection, serve_connection, tls_context
-from relay.stun.fastpath import data_indication
+from relay.stun.fastpath import data_indication, scan_send_indication
 from relay.stun.framing import CHANNEL_DATA, STUN, demux_table
 from relay.turn.allocation import Address, Allocation, Channel, Permission, RelayEndpoint
 from relay.turn.auth import Authenticator
@@ -355,6 +355,7 @@ class Gateway:
             self.batch_io = False  # the compiled loop does its own reads and sends
         self.client_handlers: dict[int, Callable[[memoryview, int, Any], None]] = {}
         self.native_driven = False  # the plane runs in a Trio instrument (else it polls)
+        self.handler_listeners: dict[Any, ListenerState] = {}  # client handler -> listener
         for c in cfg.clusters:
             self.stats.cluster(c.name)
 
@@ -812,7 +813,8 @@ class Gateway:
         plane = self.native
         assert plane is not None
         fd = sock.fileno()
-        self.client_handlers[fd] = self.client_handler(lis, sock)
+        handler = self.client_handlers[fd] = self.client_handler(lis, sock)
+        self.handler_listeners[handler] = lis
         plane.add_listener(fd, lis.stats.traffic)
         self.epoll.register(fd, select.EPOLLIN)
         try:
@@ -822,8 +824,10 @@ class Gateway:
 
     def _unwatch_listener(self, sock: socket.socket) -> None:
         fd = sock.fileno()
-        if self.native is None or fd < 0 or self.client_handlers.pop(fd, None) is None:
+        handler = self.client_handlers.pop(fd, None) if fd >= 0 else None
+        if self.native is None or handler is None:
             return
+        self.handler_listeners.pop(handler, None)
         self.native.remove_listener(fd, self.stats.drops)
         try:
             self.epoll.unregister(fd)
@@ -907,6 +911,8 @@ class Gateway:
             handler = self.client_handlers.get(fd)
             if handler is not None:
                 handler(data, n, addr)
+                if n >= 20 and data[0] == 0 and data[1] == 0x16 and self.native is not None:
+                    self._learn_send(handler, data, n, addr)
         else:
             entry = self.relay_fds.get(fd)
             if entry is not None:
@@ -916,6 +922,19 @@ class Gateway:
                     check = self.policy.check
                     self.native.learn(alloc, fd, addr,
                                       lambda ip, port: check(alloc.listener, ip, port).allowed)
+
+    def _learn_send(self, handler: Any, data: memoryview, n: int, addr: Any) -> None:
+        """A Send indication Python forwarded: the compiled plane may send the next ones to
+        that exact peer address itself (the policy answered for it)."""
+        found = scan_send_indication(data, n)
+        lis = self.handler_listeners.get(handler)
+        if found is None or lis is None or self.native is None:
+            return
+        alloc = lis.allocations.get(addr)
+        if alloc is not None:
+            check = self.policy.check
+            self.native.learn_send(alloc, (found[0], found[1]),
+                                   lambda ip, port: check(alloc.listener, ip, port).allowed)
 
     async def _native_polling(self, plane: native.NativePlane) -> None:
         drops = self.stats.drops

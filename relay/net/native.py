@@ -75,6 +75,10 @@ _CLOCK_MONOTONIC = 1
 # a peer -> client route for a permission (a Data indication to any port of the peer IP)
 # rather than for one bound channel: this bit on the relay socket's fd in the key
 _PERM_ROUTE = 1 << 40
+# a client -> peer route for Send indications: (allocation id with this bit, peer address
+# or address-with-any-port) -> (relay socket of the peer's family, cluster row); the
+# client's own key with channel number 1 (never a channel) gives the allocation id
+_SEND_ROUTE = 1 << 41
 LEARNED = 64  # Data-indication routes to exact peer addresses learned per allocation
 # drop columns, in the gateway's names
 DROP_REASONS = ("send_buffer_full", "peer_not_allowed", "too_large")
@@ -224,6 +228,8 @@ class NativePlane:
         self.msg[3] = 3
         self.rng = np.frombuffer(bytearray(os.urandom(8)), np.int64).copy()
         self.rng[0] |= 1  # xorshift: never all zeros
+        self.psa = np.zeros(SOCKADDR, np.uint8)  # a Send indication's peer, as a sockaddr
+        self.found = np.zeros(6, np.int64)  # and what else parse_send found
         self.events = np.zeros(EVENTS * 12, np.uint8)
         self.out = np.zeros(4, np.int64)  # how many punts; a timespec
         self.listeners = native_loop.new_fds()  # fd -> counter row
@@ -245,15 +251,19 @@ class NativePlane:
         self.routes: dict[Any, list[tuple[bool, tuple[int, int, int, int], int]]] = {}
         # allocation -> (listener counter row, listener fd, client sockaddr)
         self.client_of: dict[Any, tuple[int, int, bytes]] = {}
+        self.alloc_ids: dict[Any, int] = {}  # allocation -> its id in Send routes
+        self.next_id = 1
         self.forwarded = 0  # datagrams the compiled loop has forwarded (or tried to)
         # compiled now (or loaded from the cache), not mid-traffic
         self.pump(-1, 0, 1, 0.0)
         for table in (self.up, self.down):
             native_loop.route_set(table, 0, 0, 0, 0, 0)
             native_loop.route_del(table, 0, 0, 0, 0, 0)
+            native_loop.route_get(table, 0, 0, 0, 0)
         native_loop.fd_set(self.listeners, -1, 0)
         native_loop.fd_del(self.listeners, -1)
         native_loop.size(self.up)
+        native_loop.parse_send(self.slots[0], 0, self.psa, self.found)
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -261,7 +271,8 @@ class NativePlane:
         up, dn = self.up_rows, self.down_rows
         return int(self.loop(self.epfd, nest, timeout_ms, budget, now, self.events, self.slots,
                          self.names, self.mm, self.punts, self.out, self.ind, self.msg,
-                         self.iov_out, self.rng, self.listeners, self.up, self.down,
+                         self.iov_out, self.rng, self.psa, self.found, self.listeners,
+                         self.up, self.down,
                          up.ints, up.expires, up.sa, dn.ints, dn.expires, dn.sa,
                          self.lis_ctr, self.cl_ctr, self.drops))
 
@@ -349,8 +360,12 @@ class NativePlane:
     def drop(self, alloc: Any) -> None:
         """Forget an allocation's routes (it ended, or its client is not on a UDP listener)."""
         self.client_of.pop(alloc, None)
+        self.alloc_ids.pop(alloc, None)
         for is_up, key, row in self.routes.pop(alloc, ()):
             table, rows = (self.up, self.up_rows) if is_up else (self.down, self.down_rows)
+            if row < 0:  # the client's key for Send routes: its value is the id, no row
+                self.tables.route_del(table, *key, self.tables.route_get(table, *key))
+                continue
             self.tables.route_del(table, *key, row)
             rows.put(row)
 
@@ -398,12 +413,20 @@ class NativePlane:
             rows.sa[row, : len(client_sa)] = np.frombuffer(client_sa, np.uint8)
             self.tables.route_set(self.down, *key, row)
             routes.append((False, key, row))
+        if alloc.permissions:  # Send indications: the client's key gives its id
+            alloc_id = self.alloc_ids[alloc] = self.next_id
+            self.next_id += 1
+            key = ((listener_fd << 16) | 1, ca, cb, cc)
+            self.tables.route_set(self.up, *key, alloc_id)
+            routes.append((True, key, -1))
         for ip, perm in alloc.permissions.items():
             endpoint = alloc.relays.get(2 if ":" in ip else 1)
             sock = getattr(endpoint, "sock", None)
             if not perm.any_port or sock is None or sock.fileno() < 0:
                 continue  # the policy per datagram, or nothing to read it from: Python
             pa, pb, pc = addr_key((ip, 0))
+            self._send_route(routes, self.alloc_ids[alloc], sock.fileno(), (pa, pb, pc),
+                             perm)
             key = (sock.fileno() | _PERM_ROUTE, pa, pb, pc)
             row = self.down_rows.take()
             rows = self.down_rows
@@ -413,6 +436,33 @@ class NativePlane:
             rows.sa[row, : len(client_sa)] = np.frombuffer(client_sa, np.uint8)
             self.tables.route_set(self.down, *key, row)
             routes.append((False, key, row))
+
+    def _send_route(self, routes: list[tuple[bool, tuple[int, int, int, int], int]],
+                    alloc_id: int, relay_fd: int, peer_key: tuple[int, int, int],
+                    perm: Any) -> None:
+        row = self.up_rows.take()
+        self.up_rows.ints[row] = (relay_fd, 0, self._cluster_row(perm.cluster))
+        self.up_rows.expires[row] = perm.expires
+        key = (alloc_id | _SEND_ROUTE, *peer_key)
+        self.tables.route_set(self.up, *key, row)
+        routes.append((True, key, row))
+
+    def learn_send(self, alloc: Any, peer: tuple[str, int], allowed: Any) -> None:
+        """After Python forwarded a Send indication to `peer` (a permission the policy is
+        asked about per port): the same for this exact peer address until the routes are
+        rebuilt (`sync`), at most `LEARNED` per allocation."""
+        routes = self.routes.get(alloc)
+        alloc_id = self.alloc_ids.get(alloc)
+        if routes is None or alloc_id is None or len(routes) >= LEARNED + 2 * len(
+                alloc.channels) + 2 * len(alloc.permissions) + 1:
+            return
+        ip, port = peer
+        perm = alloc.permissions.get(ip)
+        endpoint = alloc.relays.get(2 if ":" in ip else 1)
+        sock = getattr(endpoint, "sock", None)
+        if perm is None or sock is None or sock.fileno() < 0 or not allowed(ip, port):
+            return
+        self._send_route(routes, alloc_id, sock.fileno(), addr_key(peer), perm)
 
     def learn(self, alloc: Any, relay_fd: int, peer: Any, allowed: Any) -> None:
         """After Python sent a Data indication for a datagram from `peer` on `relay_fd`

@@ -17,11 +17,13 @@ from numba import types as nt
 from numba.typed import Dict
 
 from relay.net.native import (
+    _AF_INET,
     _AF_INET6,
     _CLOCK_MONOTONIC,
     _EAGAIN,
     _MSG_DONTWAIT,
     _PERM_ROUTE,
+    _SEND_ROUTE,
     BUDGET,
     EVENTS,
     IDLE,
@@ -117,9 +119,84 @@ def _indication_head(ind: Any, sa: Any, body: Any, n: Any, v6: Any,  # pragma: n
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
+def parse_send(buf: Any, n: Any, psa: Any, found: Any) -> Any:  # pragma: no cover - compiled
+    """A Send indication in `buf[:n]`, read as `stun.fastpath.scan_send_indication` reads
+    it (the first XOR-PEER-ADDRESS and the first DATA; anything malformed: False).  On
+    success the peer's sockaddr is in `psa` and `found` holds (sockaddr length, payload
+    start, payload end, key a, key b, key c) with the key of `_key_of`.
+
+    Every byte read is below `n` (each attribute is checked to end within the message
+    before its value is read), and `n` never exceeds the slot: the checks are the bounds
+    checks, in compiled code that has none of its own."""
+    if n < 20 or buf[0] != 0x00 or buf[1] != 0x16:
+        return False
+    length = (np.int64(buf[2]) << 8) | np.int64(buf[3])
+    if length + 20 != n or length & 3:
+        return False
+    if buf[4] != 0x21 or buf[5] != 0x12 or buf[6] != 0xA4 or buf[7] != 0x42:
+        return False
+    pos = np.int64(20)
+    family = 0
+    start = np.int64(-1)
+    end = np.int64(-1)
+    while pos < n:
+        if pos + 4 > n:
+            return False
+        atype = (np.int64(buf[pos]) << 8) | np.int64(buf[pos + 1])
+        alen = (np.int64(buf[pos + 2]) << 8) | np.int64(buf[pos + 3])
+        vstart = pos + 4
+        pos = vstart + alen + (-alen & 3)
+        if pos > n:
+            return False
+        if atype == 0x0012:  # XOR-PEER-ADDRESS
+            if family == 0:
+                if alen < 4:
+                    return False
+                fam = buf[vstart + 1]
+                if fam == 1 and alen == 8:
+                    family = 4
+                    psa[0] = _AF_INET
+                    psa[1] = 0
+                    psa[2] = buf[vstart + 2] ^ 0x21
+                    psa[3] = buf[vstart + 3] ^ 0x12
+                    for k in range(4):
+                        psa[4 + k] = buf[vstart + 4 + k] ^ buf[4 + k]
+                    for k in range(8):
+                        psa[8 + k] = 0
+                elif fam == 2 and alen == 20:
+                    family = 6
+                    psa[0] = _AF_INET6
+                    psa[1] = 0
+                    psa[2] = buf[vstart + 2] ^ 0x21
+                    psa[3] = buf[vstart + 3] ^ 0x12
+                    for k in range(4):
+                        psa[4 + k] = 0  # flowinfo
+                    for k in range(16):  # address ^ (cookie | transaction ID)
+                        psa[8 + k] = buf[vstart + 4 + k] ^ buf[4 + k]
+                    for k in range(4):
+                        psa[24 + k] = 0  # scope
+                else:
+                    return False
+        elif atype == 0x0013:  # DATA
+            if start < 0:
+                start = vstart
+                end = vstart + alen
+    if family == 0 or start < 0:
+        return False
+    a, b, c = _key_of(psa)
+    found[0] = 28 if family == 6 else 16
+    found[1] = start
+    found[2] = end
+    found[3] = a
+    found[4] = b
+    found[5] = c
+    return True
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
 def pump(epfd: int, nest: int, timeout: int, budget: int, now: float,  # pragma: no cover
          evs: Any, slots: Any, names: Any, mm: Any, punts: Any, out: Any,
-         ind: Any, msg: Any, iov: Any, rng: Any,
+         ind: Any, msg: Any, iov: Any, rng: Any, psa: Any, found: Any,
          listeners: Any, up: Any, down: Any,
          up_i: Any, up_f: Any, up_sa: Any, dn_i: Any, dn_f: Any, dn_sa: Any,
          lis_ctr: Any, cl_ctr: Any, drops: Any) -> int:
@@ -179,6 +256,38 @@ def pump(epfd: int, nest: int, timeout: int, budget: int, now: float,  # pragma:
                                 sent = _sendto(up_i[r, 0], slot_p + i * slot_size + 4, length,
                                                _MSG_DONTWAIT, up_sap + r * SOCKADDR,
                                                up_i[r, 1])
+                                if sent >= 0:
+                                    cl = up_i[r, 2]
+                                    cl_ctr[cl, TX_P] += 1
+                                    cl_ctr[cl, TX_B] += length
+                                elif _errno()[0] == _EAGAIN:
+                                    drops[0] += 1
+                                else:
+                                    drops[1] += 1
+                                continue
+                    if first == 0 and n >= 20 and buf[1] == 0x16:  # a Send indication?
+                        a, b, c = _key_of(names[i])
+                        key = ((fd << 16) | 1, a, b, c)  # the client's allocation
+                        if key in up and parse_send(buf, n, psa, found):
+                            alloc_id = up[key]
+                            # the exact peer address (learned), else any port of it
+                            key = (alloc_id | _SEND_ROUTE, found[3], found[4], found[5])
+                            r = -1
+                            if key in up:
+                                r = up[key]
+                            else:
+                                key = (alloc_id | _SEND_ROUTE, found[3], found[4],
+                                       found[5] & ~np.int64(0xFFFF))
+                                if key in up:
+                                    r = up[key]
+                            if r >= 0 and up_f[r] >= now:
+                                lis_ctr[row, RX_P] += 1
+                                lis_ctr[row, RX_B] += n
+                                drops[3] += 1
+                                length = found[2] - found[1]
+                                sent = _sendto(up_i[r, 0], slot_p + i * slot_size + found[1],
+                                               length, _MSG_DONTWAIT, psa.ctypes.data,
+                                               found[0])
                                 if sent >= 0:
                                     cl = up_i[r, 2]
                                     cl_ctr[cl, TX_P] += 1
@@ -285,6 +394,12 @@ def route_del(table: Any, a: int, b: int, c: int, d: int, row: int) -> None:  # 
     key = (a, b, c, d)
     if key in table and table[key] == row:
         del table[key]
+
+
+@njit(cache=True)
+def route_get(table: Any, a: int, b: int, c: int, d: int) -> int:  # pragma: no cover
+    key = (a, b, c, d)
+    return table[key] if key in table else -1
 
 
 @njit(cache=True)

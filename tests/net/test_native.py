@@ -13,12 +13,23 @@ import socket
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from benchmarks.echo_peer import serve_udp_echo
 from benchmarks.turnclient import TurnClient
 from relay.net import native
 from relay.net.gateway import Gateway, serve_gateway
-from relay.stun.fastpath import data_indication
+from relay.stun import (
+    Data,
+    Lifetime,
+    Message,
+    MessageClass,
+    Method,
+    Software,
+    XorPeerAddress,
+)
+from relay.stun.fastpath import data_indication, scan_send_indication
 from relay.turn.stats import TurnStats
 from tests.turn.gateway_harness import HAS_IPV6, PASSWORD, USER, config
 
@@ -66,7 +77,8 @@ async def test_channel_data_is_forwarded_by_the_compiled_loop_both_ways(host: st
                                   rto=0.1) as c:
                 await c.allocate(family=2 if family == socket.AF_INET6 else 1)
                 await c.channel_bind(0x4001, peer[:2])
-                assert plane.route_counts() == (1, 1)
+                # the channel, the client's key for Send indications; the way back
+                assert plane.route_counts() == (2, 1)
                 rounds, back = 50, 0
                 for i in range(rounds):
                     await c.send_channel(0x4001, b"media %d" % i)
@@ -106,17 +118,19 @@ async def test_data_indications_are_learned_then_built_by_the_compiled_loop(host
                                   rto=0.1) as c:
                 await c.allocate(family=2 if ":" in host else 1)
                 await c.create_permission(peer[:2])
-                assert plane.route_counts() == (0, 0)  # nothing learned yet
+                assert plane.route_counts() == (1, 0)  # the client's key; nothing learned
                 await c.send_indication(peer[:2], b"first")
                 assert await c.recv() == ("data", peer[:2], b"first")
-                assert plane.forwarded == 0 and plane.route_counts() == (0, 1)
+                # learned both ways: Send indications to that peer address, Data
+                # indications from it
+                assert plane.forwarded == 0 and plane.route_counts() == (2, 1)
                 for size in range(1, 9):  # every padding
                     payload = bytes(range(size))
                     await c.send_indication(peer[:2], payload)
                     raw = await c._recv_datagram()
                     assert raw == data_indication(raw[8:20], peer[0], peer[1], payload)
                 await c.binding()  # a trip through Python: the counters are folded
-                assert plane.forwarded >= 8
+                assert plane.forwarded >= 16  # both ways, by the loop
                 await c.refresh(0)
                 assert plane.route_counts() == (0, 0)
             nursery.cancel_scope.cancel()
@@ -161,3 +175,55 @@ async def test_two_gateways_in_one_process_both_relay_one_of_them_polling() -> N
                         await c.send_channel(0x4003, b"gw %d #%d" % (n, i))
                         assert await c.recv() == ("channel", 0x4003, b"gw %d #%d" % (n, i))
             nursery.cancel_scope.cancel()
+
+
+def _send_indication(peer: tuple[str, int], payload: bytes, extra: bytes = b"") -> bytes:
+    return Message(method=Method.SEND, cls=MessageClass.INDICATION,
+                   transaction_id=bytes(range(12)),
+                   attributes=[XorPeerAddress(peer[0], peer[1]), Data(payload)]
+                   ).encode() + extra
+
+
+SEND_SAMPLES = [
+    _send_indication(("192.0.2.1", 3478), b"media"),
+    _send_indication(("2001:db8::5", 9), b"x" * 7),
+    _send_indication(("10.0.0.1", 1), b""),
+    # other attributes around them, and a second XOR-PEER-ADDRESS and DATA (the first count)
+    Message(method=Method.SEND, cls=MessageClass.INDICATION, transaction_id=bytes(12),
+            attributes=[Software("x"), XorPeerAddress("198.51.100.7", 40000), Lifetime(5),
+                        Data(b"first"), XorPeerAddress("::1", 2), Data(b"second")]).encode(),
+]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.sampled_from(SEND_SAMPLES), st.lists(st.tuples(st.integers(0, 200),
+                                                         st.integers(0, 255)), max_size=4),
+       st.integers(-8, 8), st.binary(max_size=40))
+def test_the_compiled_send_parser_agrees_with_pythons(base: bytes,
+                                                      flips: list[tuple[int, int]],
+                                                      cut: int, tail: bytes) -> None:
+    # Mutated, cut and extended Send indications: the compiled parser (unchecked memory
+    # access) finds exactly what scan_send_indication finds, or refuses what it refuses.
+    import numpy as np
+
+    from relay.net import native_loop
+    data = bytearray(base)
+    for at, value in flips:
+        if at < len(data):
+            data[at] = value
+    if cut < 0:
+        del data[cut:]
+    data += tail if cut > 0 else b""
+    n = len(data)
+    buf = np.zeros(65600, np.uint8)
+    buf[:n] = np.frombuffer(bytes(data), np.uint8)
+    psa = np.zeros(28, np.uint8)
+    found = np.zeros(6, np.int64)
+    got = native_loop.parse_send(buf, n, psa, found)
+    want = scan_send_indication(bytes(data), n)
+    assert got == (want is not None)
+    if want is not None:
+        ip, port, payload = want
+        assert native.from_sockaddr(psa)[:2] == (ip, port)
+        assert bytes(buf[found[1]:found[2]]) == bytes(payload)
+        assert tuple(int(v) for v in found[3:6]) == native.addr_key((ip, port))

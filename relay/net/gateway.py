@@ -1100,6 +1100,8 @@ async def serve_gateway(
     gw = Gateway(config, stats, own_addresses, shared=shared)
     try:
         gw.bind_listeners()
+        log.info("TURN-UDP data plane: %s", "compiled (numba)" if gw.native is not None
+                 else "Python" + (", batched I/O" if gw.batch_io else ""))
         async with trio.open_nursery() as nursery:
             gw.alloc_nursery = await nursery.start(_alloc_nursery)
             gw.nursery = nursery

@@ -3,6 +3,8 @@ the platform has them, else (and by default) one recvfrom/sendto per datagram.""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import trio
 
@@ -32,7 +34,9 @@ def test_batch_io_must_be_a_boolean() -> None:
 
 
 @pytest.mark.parametrize("plane", ["auto", "native", "python"])
-async def test_data_plane_picks_the_compiled_plane_where_numba_is_installed(plane: str) -> None:
+async def test_data_plane_picks_the_compiled_plane_where_numba_is_installed(
+        plane: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="relay.gateway")
     cfg = config(turn={"data_plane": plane})
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
@@ -42,6 +46,9 @@ async def test_data_plane_picks_the_compiled_plane_where_numba_is_installed(plan
                 return
             gw: Gateway = await nursery.start(serve_gateway, cfg, TurnStats())
             assert (gw.native is not None) is (plane != "python" and native.AVAILABLE)
+            # the operator reads which one in the log
+            assert ("TURN-UDP data plane: compiled (numba)" if gw.native is not None
+                    else "TURN-UDP data plane: Python") in caplog.text
             nursery.cancel_scope.cancel()
 
 

@@ -661,8 +661,34 @@ def _parse_config(raw: Any) -> Config:
         if lo > hi:
             raise ConfigError(f"listeners[{i}].min_relay_port",
                               f"relay port range {lo}-{hi} is empty (with turn.min_port/max_port)")
+    turn = _workers_for_listeners(turn, listeners, _explicit_workers(raw))
     return Config(version, admin, auth, listeners, clusters, stats, turn, signaling,
                   tuple(warnings), shutdown)
+
+
+def _explicit_workers(raw: Any) -> bool:
+    turn = raw.get("turn") if isinstance(raw, dict) else None
+    return isinstance(turn, dict) and turn.get("workers") not in (None, 0)
+
+
+def _workers_for_listeners(turn: TurnConfig, listeners: tuple[ListenerConfig, ...],
+                           explicit: bool) -> TurnConfig:
+    """Each worker takes a slice of every listener's own relay port range too: the default
+    worker count shrinks so that each slice holds two ports (an even/odd pair); a number
+    asked for is an error naming the listener whose range is too small for it."""
+    n = turn.workers
+    for i, lis in enumerate(listeners):
+        if not (lis.min_relay_port or lis.max_relay_port) or n <= 1:
+            continue
+        lo, hi = lis.relay_port_range(turn)
+        if (hi - lo + 1) // n >= 2:
+            continue
+        if explicit:
+            raise ConfigError(f"listeners[{i}].min_relay_port",
+                              f"relay port range {lo}-{hi} has {hi - lo + 1} port(s): too few "
+                              f"for turn.workers {n} (each worker needs two of them)")
+        n = max(1, (hi - lo + 1) // 2)
+    return turn if n == turn.workers else attrs.evolve(turn, workers=n)
 
 
 def _check_unique(names: list[str], key: str) -> None:

@@ -230,6 +230,29 @@ def test_a_config_without_turn_workers_runs_one_worker_per_usable_cpu() -> None:
                             ).turn.workers == 1
 
 
+def test_a_listener_range_too_small_for_the_workers() -> None:
+    # Each worker takes a slice of a listener's own relay range too: the default shrinks
+    # to what the range holds (two ports per worker); a number asked for is refused, by key.
+    def raw(workers: int | None) -> dict[str, Any]:
+        turn: dict[str, Any] = {"min_port": 40000, "max_port": 40999}
+        if workers is not None:
+            turn["workers"] = workers
+        return {"version": "v1",
+                "auth": {"type": "static", "realm": "r",
+                         "credentials": {"username": "u", "password": "p"}},
+                "listeners": [{"name": "udp", "protocol": "TURN-UDP", "address": "127.0.0.1",
+                               "port": 0, "routes": ["c"], "min_relay_port": 41000,
+                               "max_relay_port": 41002}],
+                "clusters": [{"name": "c", "type": "STATIC", "endpoints": ["127.0.0.1"]}],
+                "turn": turn}
+    assert Config.from_mapping(raw(None)).turn.workers == 1
+    assert Config.from_mapping(raw(0)).turn.workers == 1
+    assert Config.from_mapping(raw(1)).turn.workers == 1
+    with pytest.raises(ConfigError, match=r"listeners\[0\]\.min_relay_port: .*41000-41002 "
+                                          r"has 3 port\(s\): too few for turn\.workers 2"):
+        Config.from_mapping(raw(2))
+
+
 def _default_on_free_ports() -> str:
     """The embedded default configuration (`--print-default-config`) with its fixed ports
     (3478, 8080, 8086) set to 0: they may be taken on a machine running tests."""

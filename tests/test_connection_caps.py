@@ -55,6 +55,7 @@ async def _check_cap(target: tuple[str, int], where: str, cap: int) -> None:
 async def test_turn_tcp_and_signaling_cap_connections_per_source_ip() -> None:
     sig = Config.from_mapping({
         "version": "v1", "auth": {"type": "none"},
+        "admin": {"metrics_endpoint": "", "healthcheck_endpoint": ""},
         "signaling": {"http": {"listen": "127.0.0.1:0", "max_connections_per_ip": 2},
                       "backend": {"allowall": True, "secret": "x"}},
         "stats": {"trusted_proxies": []}})
@@ -72,6 +73,7 @@ async def test_a_trusted_proxy_is_not_capped_on_the_signaling_listener() -> None
     # Behind a reverse proxy every client arrives from the proxy's address.
     cfg = Config.from_mapping({
         "version": "v1", "auth": {"type": "none"},
+        "admin": {"metrics_endpoint": "", "healthcheck_endpoint": ""},
         "signaling": {"http": {"listen": "127.0.0.1:0", "max_connections_per_ip": 2},
                       "backend": {"allowall": True, "secret": "x"}},
         "stats": {"trusted_proxies": ["127.0.0.1/32"]}})

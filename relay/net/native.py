@@ -381,7 +381,7 @@ class NativePlane:
         lis_row = self.listener_rows.get(listener_fd)
         if lis_row is None:
             return
-        routes = self.routes[alloc] = []
+        self.routes[alloc] = []
         ca, cb, cc = addr_key(alloc.client)
         client_sa = sockaddr(alloc.client)
         self.client_of[alloc] = (lis_row, listener_fd, client_sa)
@@ -392,77 +392,67 @@ class NativePlane:
                 continue
             expires = min(perm.expires, chan.expires)
             cl = self._cluster_row(perm.cluster)
-            pa, pb, pc = addr_key(chan.peer)
             peer_sa = sockaddr(chan.peer)
             relay_fd = sock.fileno()
-            key = ((listener_fd << 16) | number, ca, cb, cc)
-            row = self.up_rows.take()
-            rows = self.up_rows
-            rows.ints[row] = (relay_fd, len(peer_sa), cl)
-            rows.expires[row] = expires
-            rows.sa[row, : len(peer_sa)] = np.frombuffer(peer_sa, np.uint8)
-            self.tables.route_set(self.up, *key, row)
-            routes.append((True, key, row))
+            self._route(alloc, True, ((listener_fd << 16) | number, ca, cb, cc),
+                        (relay_fd, len(peer_sa), cl), expires, peer_sa)
             if not (perm.any_port or allowed(chan.peer[0], chan.peer[1])):
                 continue  # the plain path asks the policy per datagram: leave it that
-            key = (relay_fd, pa, pb, pc)
-            row = self.down_rows.take()
-            rows = self.down_rows
-            rows.ints[row] = (listener_fd, len(client_sa), cl, lis_row, number)
-            rows.expires[row] = expires
-            rows.sa[row, : len(client_sa)] = np.frombuffer(client_sa, np.uint8)
-            self.tables.route_set(self.down, *key, row)
-            routes.append((False, key, row))
+            self._route(alloc, False, (relay_fd, *addr_key(chan.peer)),
+                        (listener_fd, len(client_sa), cl, lis_row, number), expires, client_sa)
         if alloc.permissions:  # Send indications: the client's key gives its id
             alloc_id = self.alloc_ids[alloc] = self.next_id
             self.next_id += 1
             key = ((listener_fd << 16) | 1, ca, cb, cc)
             self.tables.route_set(self.up, *key, alloc_id)
-            routes.append((True, key, -1))
+            self.routes[alloc].append((True, key, -1))
         for ip, perm in alloc.permissions.items():
-            endpoint = alloc.relays.get(2 if ":" in ip else 1)
-            sock = getattr(endpoint, "sock", None)
-            if not perm.any_port or sock is None or sock.fileno() < 0:
+            relay_fd = _relay_fd(alloc, ip)
+            if not perm.any_port or relay_fd < 0:
                 continue  # the policy per datagram, or nothing to read it from: Python
-            pa, pb, pc = addr_key((ip, 0))
-            self._send_route(routes, self.alloc_ids[alloc], sock.fileno(), (pa, pb, pc),
-                             perm)
-            key = (sock.fileno() | _PERM_ROUTE, pa, pb, pc)
-            row = self.down_rows.take()
-            rows = self.down_rows
-            rows.ints[row] = (listener_fd, len(client_sa), self._cluster_row(perm.cluster),
-                              lis_row, -1)
-            rows.expires[row] = perm.expires
-            rows.sa[row, : len(client_sa)] = np.frombuffer(client_sa, np.uint8)
-            self.tables.route_set(self.down, *key, row)
-            routes.append((False, key, row))
+            peer_key = addr_key((ip, 0))
+            self._send_route(alloc, relay_fd, peer_key, perm)
+            self._data_route(alloc, (relay_fd | _PERM_ROUTE, *peer_key), perm)
 
-    def _send_route(self, routes: list[tuple[bool, tuple[int, int, int, int], int]],
-                    alloc_id: int, relay_fd: int, peer_key: tuple[int, int, int],
+    def _route(self, alloc: Any, is_up: bool, key: tuple[int, int, int, int],
+               ints: tuple[int, ...], expires: float, sa: bytes = b"") -> None:
+        """One row into the client -> peer (`is_up`) or the peer -> client table, owned by
+        `alloc` (dropped with its routes)."""
+        rows = self.up_rows if is_up else self.down_rows
+        row = rows.take()
+        rows.ints[row] = ints
+        rows.expires[row] = expires
+        rows.sa[row, : len(sa)] = np.frombuffer(sa, np.uint8)
+        self.tables.route_set(self.up if is_up else self.down, *key, row)
+        self.routes[alloc].append((is_up, key, row))
+
+    def _data_route(self, alloc: Any, key: tuple[int, int, int, int], perm: Any) -> None:
+        """A peer -> client row that sends Data indications (no channel number)."""
+        lis_row, listener_fd, client_sa = self.client_of[alloc]
+        self._route(alloc, False, key, (listener_fd, len(client_sa),
+                                        self._cluster_row(perm.cluster), lis_row, -1),
+                    perm.expires, client_sa)
+
+    def _send_route(self, alloc: Any, relay_fd: int, peer_key: tuple[int, int, int],
                     perm: Any) -> None:
-        row = self.up_rows.take()
-        self.up_rows.ints[row] = (relay_fd, 0, self._cluster_row(perm.cluster))
-        self.up_rows.expires[row] = perm.expires
-        key = (alloc_id | _SEND_ROUTE, *peer_key)
-        self.tables.route_set(self.up, *key, row)
-        routes.append((True, key, row))
+        """A client -> peer row for Send indications (the peer comes from each message)."""
+        self._route(alloc, True, (self.alloc_ids[alloc] | _SEND_ROUTE, *peer_key),
+                    (relay_fd, 0, self._cluster_row(perm.cluster)), perm.expires)
 
     def learn_send(self, alloc: Any, peer: tuple[str, int], allowed: Any) -> None:
         """After Python forwarded a Send indication to `peer` (a permission the policy is
         asked about per port): the same for this exact peer address until the routes are
         rebuilt (`sync`), at most `LEARNED` per allocation."""
         routes = self.routes.get(alloc)
-        alloc_id = self.alloc_ids.get(alloc)
-        if routes is None or alloc_id is None or len(routes) >= LEARNED + 2 * len(
+        if routes is None or alloc not in self.alloc_ids or len(routes) >= LEARNED + 2 * len(
                 alloc.channels) + 2 * len(alloc.permissions) + 1:
             return
         ip, port = peer
         perm = alloc.permissions.get(ip)
-        endpoint = alloc.relays.get(2 if ":" in ip else 1)
-        sock = getattr(endpoint, "sock", None)
-        if perm is None or sock is None or sock.fileno() < 0 or not allowed(ip, port):
+        relay_fd = _relay_fd(alloc, ip)
+        if perm is None or relay_fd < 0 or not allowed(ip, port):
             return
-        self._send_route(routes, alloc_id, sock.fileno(), addr_key(peer), perm)
+        self._send_route(alloc, relay_fd, addr_key(peer), perm)
 
     def learn(self, alloc: Any, relay_fd: int, peer: Any, allowed: Any) -> None:
         """After Python sent a Data indication for a datagram from `peer` on `relay_fd`
@@ -477,21 +467,17 @@ class NativePlane:
         perm = alloc.permissions.get(ip)
         if perm is None or (ip, port) in alloc.peer_channels or not allowed(ip, port):
             return
-        pa, pb, pc = addr_key((ip, port))
-        key = (relay_fd, pa, pb, pc)
-        lis_row, listener_fd, client_sa = self.client_of[alloc]
-        row = self.down_rows.take()
-        rows = self.down_rows
-        rows.ints[row] = (listener_fd, len(client_sa), self._cluster_row(perm.cluster),
-                          lis_row, -1)
-        rows.expires[row] = perm.expires
-        rows.sa[row, : len(client_sa)] = np.frombuffer(client_sa, np.uint8)
-        self.tables.route_set(self.down, *key, row)
-        routes.append((False, key, row))
+        self._data_route(alloc, (relay_fd, *addr_key((ip, port))), perm)
 
     def route_counts(self) -> tuple[int, int]:
         """(client -> peer routes, peer -> client routes) in the table."""
         return self.tables.size(self.up), self.tables.size(self.down)
+
+
+def _relay_fd(alloc: Any, ip: str) -> int:
+    """The allocation's open relay socket of `ip`'s family, or -1."""
+    sock = getattr(alloc.relays.get(2 if ":" in ip else 1), "sock", None)
+    return -1 if sock is None else int(sock.fileno())
 
 
 class Driver(trio.abc.Instrument):

@@ -193,6 +193,31 @@ def parse_send(buf: Any, n: Any, psa: Any, found: Any) -> Any:  # pragma: no cov
     return True
 
 
+@njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def _to_peer(relay_fd: Any, data: Any, length: Any, sa: Any, salen: Any,  # pragma: no cover
+             cl: Any, cl_ctr: Any, drops: Any) -> None:
+    """Client -> peer: `length` bytes at address `data` out of the relay socket, counted
+    for the cluster, or counted as dropped."""
+    if _sendto(relay_fd, data, length, _MSG_DONTWAIT, sa, salen) >= 0:
+        cl_ctr[cl, TX_P] += 1
+        cl_ctr[cl, TX_B] += length
+    elif _errno()[0] == _EAGAIN:
+        drops[0] += 1
+    else:
+        drops[1] += 1
+
+
+@njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def _punt(punts: Any, npunt: Any, kind: Any, fd: Any, slot: Any,  # pragma: no cover
+          n: Any) -> Any:
+    """List the datagram in `slot` for Python; the new count."""
+    punts[npunt, 0] = kind
+    punts[npunt, 1] = fd
+    punts[npunt, 2] = slot
+    punts[npunt, 3] = n
+    return npunt + 1
+
+
 @njit(cache=True, nogil=True, boundscheck=False)
 def pump(epfd: int, nest: int, timeout: int, budget: int, now: float,  # pragma: no cover
          evs: Any, slots: Any, names: Any, mm: Any, punts: Any, out: Any,
@@ -253,17 +278,9 @@ def pump(epfd: int, nest: int, timeout: int, budget: int, now: float,  # pragma:
                                 lis_ctr[row, RX_P] += 1
                                 lis_ctr[row, RX_B] += n
                                 drops[3] += 1
-                                sent = _sendto(up_i[r, 0], slot_p + i * slot_size + 4, length,
-                                               _MSG_DONTWAIT, up_sap + r * SOCKADDR,
-                                               up_i[r, 1])
-                                if sent >= 0:
-                                    cl = up_i[r, 2]
-                                    cl_ctr[cl, TX_P] += 1
-                                    cl_ctr[cl, TX_B] += length
-                                elif _errno()[0] == _EAGAIN:
-                                    drops[0] += 1
-                                else:
-                                    drops[1] += 1
+                                _to_peer(up_i[r, 0], slot_p + i * slot_size + 4, length,
+                                         up_sap + r * SOCKADDR, up_i[r, 1], up_i[r, 2],
+                                         cl_ctr, drops)
                                 continue
                     if first == 0 and n >= 20 and buf[1] == 0x16:  # a Send indication?
                         a, b, c = _key_of(names[i])
@@ -284,24 +301,11 @@ def pump(epfd: int, nest: int, timeout: int, budget: int, now: float,  # pragma:
                                 lis_ctr[row, RX_P] += 1
                                 lis_ctr[row, RX_B] += n
                                 drops[3] += 1
-                                length = found[2] - found[1]
-                                sent = _sendto(up_i[r, 0], slot_p + i * slot_size + found[1],
-                                               length, _MSG_DONTWAIT, psa.ctypes.data,
-                                               found[0])
-                                if sent >= 0:
-                                    cl = up_i[r, 2]
-                                    cl_ctr[cl, TX_P] += 1
-                                    cl_ctr[cl, TX_B] += length
-                                elif _errno()[0] == _EAGAIN:
-                                    drops[0] += 1
-                                else:
-                                    drops[1] += 1
+                                _to_peer(up_i[r, 0], slot_p + i * slot_size + found[1],
+                                         found[2] - found[1], psa.ctypes.data, found[0],
+                                         up_i[r, 2], cl_ctr, drops)
                                 continue
-                    punts[npunt, 0] = PUNT_CLIENT
-                    punts[npunt, 1] = fd
-                    punts[npunt, 2] = i
-                    punts[npunt, 3] = n
-                    npunt += 1
+                    npunt = _punt(punts, npunt, PUNT_CLIENT, fd, i, n)
             else:
                 got = _recvmmsg(fd, mm_rel, READS, _MSG_DONTWAIT, 0)
                 for i in range(got):
@@ -352,11 +356,7 @@ def pump(epfd: int, nest: int, timeout: int, budget: int, now: float,  # pragma:
                             else:
                                 drops[2] += 1
                             continue
-                    punts[npunt, 0] = PUNT_PEER
-                    punts[npunt, 1] = fd
-                    punts[npunt, 2] = i
-                    punts[npunt, 3] = n
-                    npunt += 1
+                    npunt = _punt(punts, npunt, PUNT_PEER, fd, i, n)
             if npunt:
                 out[0] = npunt
                 return PUNT

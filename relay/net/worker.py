@@ -45,7 +45,21 @@ from relay.turn.stats import TurnStats
 log = logging.getLogger("relay.worker")
 
 
-async def _report(out: trio.lowlevel.FdStream, stats: TurnStats, gw: Gateway) -> None:
+class Outbox:
+    """The worker's stdout to the supervisor, one frame at a time: the counter reports,
+    the listener list, "ready" and "drained" come from different tasks, and a stream
+    sends for one task at once."""
+
+    def __init__(self, stream: trio.lowlevel.FdStream) -> None:
+        self.stream = stream
+        self.lock = trio.Lock()
+
+    async def send(self, kind: str, body: object) -> None:
+        async with self.lock:
+            await self.stream.send_all(frame(kind, body))
+
+
+async def _report(out: Outbox, stats: TurnStats, gw: Gateway) -> None:
     """Counters every `REPORT_INTERVAL`; the listeners served (draining ones included)
     whenever they change, so the supervisor knows when a removed one is closed everywhere."""
     serving = set(gw.listener_configs)
@@ -54,14 +68,14 @@ async def _report(out: trio.lowlevel.FdStream, stats: TurnStats, gw: Gateway) ->
         now = set(gw.listener_configs)
         if now != serving:
             serving = now
-            await out.send_all(frame("listeners", sorted(now)))
-        await out.send_all(frame("stats", stats))
+            await out.send("listeners", sorted(now))
+        await out.send("stats", stats)
 
 
 POLL = 0.2  # a drain checks for the last allocation this often
 
 
-async def _commands(inp: trio.lowlevel.FdStream, out: trio.lowlevel.FdStream, gw: Gateway,
+async def _commands(inp: trio.lowlevel.FdStream, out: Outbox, gw: Gateway,
                     share: WorkerShare, channel: socket.socket,
                     stop: trio.CancelScope, nursery: trio.Nursery) -> None:
     """The supervisor's messages, until stdin closes (then stop at once).  A config comes
@@ -90,7 +104,7 @@ async def _commands(inp: trio.lowlevel.FdStream, out: trio.lowlevel.FdStream, gw
     stop.cancel()
 
 
-async def _drain(gw: Gateway, grace: float, out: trio.lowlevel.FdStream) -> None:
+async def _drain(gw: Gateway, grace: float, out: Outbox) -> None:
     """Refuse new allocations; once the last one ended or after `grace` seconds (the rest
     cut), tell the supervisor."""
     if gw.server.draining:
@@ -106,10 +120,10 @@ async def _drain(gw: Gateway, grace: float, out: trio.lowlevel.FdStream) -> None
     cut = gw.allocations
     gw.perform(gw.server.close_all(trio.current_time()))
     log.info("drained: %d of %d allocation(s) cut", cut, before)
-    await out.send_all(frame("drained", cut))
+    await out.send("drained", cut)
 
 
-async def _on_sigterm(gw: Gateway, grace: float, out: trio.lowlevel.FdStream,
+async def _on_sigterm(gw: Gateway, grace: float, out: Outbox,
                       nursery: trio.Nursery) -> None:
     with trio.open_signal_receiver(signal.SIGTERM) as signals:
         async for _ in signals:
@@ -117,7 +131,7 @@ async def _on_sigterm(gw: Gateway, grace: float, out: trio.lowlevel.FdStream,
 
 
 async def run(spec: WorkerSpec, inp: trio.lowlevel.FdStream,
-              out: trio.lowlevel.FdStream) -> None:
+              out: Outbox) -> None:
     sockets = {name: socket.socket(fileno=fd) for name, fd in spec.fds.items()}
     channel = socket.socket(fileno=spec.channel_fd)
     channel.setblocking(False)
@@ -133,7 +147,7 @@ async def run(spec: WorkerSpec, inp: trio.lowlevel.FdStream,
         # never garbage, and a full collection must not walk it every time
         gc.collect()
         gc.freeze()
-        await out.send_all(frame("ready", dict(gw.bound_ports)))
+        await out.send("ready", dict(gw.bound_ports))
         nursery.start_soon(_report, out, stats, gw)
         async with trio.open_nursery() as until:
             grace = spec.config.shutdown.grace_period
@@ -141,7 +155,7 @@ async def run(spec: WorkerSpec, inp: trio.lowlevel.FdStream,
                              until)
             until.start_soon(_on_sigterm, gw, grace, out, until)
         nursery.cancel_scope.cancel()
-    await out.send_all(frame("stats", stats))
+    await out.send("stats", stats)
 
 
 def _read_exactly(fd: int, n: int) -> bytes:
@@ -168,11 +182,11 @@ def main() -> None:
     raise_nofile_limit()  # this process's own limit and descriptor reserve
     gc.set_threshold(50_000, 50, 10)  # as the main process (relay/__main__.py says why)
     inp = trio.lowlevel.FdStream(os.dup(0))
-    out = trio.lowlevel.FdStream(os.dup(1))
+    stdout = trio.lowlevel.FdStream(os.dup(1))
 
     async def go() -> None:
         try:
-            await run(spec, inp, out)
+            await run(spec, inp, Outbox(stdout))
         except (BrokenPipeError, trio.BrokenResourceError):
             pass  # the supervisor is gone
 
